@@ -1,0 +1,66 @@
+# leadflow: `make run` starts the suite on the example config, `make test` runs every test tier.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOS := $(shell find protos -name '*.proto')
+CONFIG ?= examples/demo.yaml
+DATA_DIR ?= data
+
+.DEFAULT_GOAL := help
+.PHONY: help install protos lint format test test-unit test-service test-e2e run clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+gen/.stamp: $(VENV)/.installed $(PROTOS)
+	rm -rf gen && mkdir -p gen/include/google/type
+	cp $(SITE)/google/type/money.proto gen/include/google/type/
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I gen/include \
+	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
+	@# gen/ is the import root of the generated code: put it on the venv's path.
+	echo "$(abspath gen)" > $(SITE)/leadflow_gen.pth
+	@touch $@
+
+install: $(VENV)/.installed gen/.stamp ## set up .venv with the project and its generated code
+
+protos: gen/.stamp ## generate Python code from protos/ into gen/
+
+lint: install ## ruff, mypy --strict, buf lint and format
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy leadflow gateway pricing_service routing_service delivery_service ledger_service
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code protos
+
+format: install ## apply ruff and buf formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/buf format -w protos
+
+test: install ## run the unit, service and end-to-end tiers
+	$(PY) -m pytest tests
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-service: install
+	$(PY) -m pytest tests/service
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e
+
+run: install ## start the whole suite on the example config with its demo buyer (gateway on :8080)
+	@# The demo buyer lives as long as the suite: stopped with it on Ctrl-C or any exit.
+	$(PY) examples/demo_buyer.py --port 8090 & buyer=$$!; trap "kill $$buyer 2>/dev/null" EXIT; \
+	  $(VENV)/bin/leadflow up --config $(CONFIG) --data-dir $(DATA_DIR)
+
+clean: ## remove generated code, the venv and local data
+	rm -rf gen $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

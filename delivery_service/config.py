@@ -1,0 +1,28 @@
+"""The delivery service's settings, read from the environment once in main()."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from leadflow.kit import ServiceSettings
+
+DEFAULT_PORT = 50053
+DEFAULT_METRICS_PORT = 50063
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to listen, and how many recent results answer a retried DeliverLead."""
+
+    service: ServiceSettings
+    recent_results: int = 10_000
+    grace_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
+            recent_results=int(os.environ.get("LEADFLOW_DELIVERY_RECENT_RESULTS", "10000")),
+            grace_seconds=float(os.environ.get("LEADFLOW_SHUTDOWN_GRACE_SECONDS", "10")),
+        )

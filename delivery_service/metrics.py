@@ -1,0 +1,22 @@
+"""The delivery service's Prometheus metrics (SPEC section 11), defined once per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+DELIVERIES = Counter(
+    "leadflow_deliveries_total",
+    "Leads delivered to buyers, by buyer, adapter and outcome.",
+    ["buyer", "adapter", "outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "leadflow_delivery_duration_seconds",
+    "Time to deliver a lead to a buyer, retries and backoff included.",
+    ["buyer", "adapter"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DELIVERY_RETRIES = Counter(
+    "leadflow_delivery_retries_total",
+    "Delivery attempts repeated after an error, by buyer.",
+    ["buyer"],
+)

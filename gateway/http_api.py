@@ -1,0 +1,195 @@
+"""The gateway's HTTP API (SPEC section 5): vendor submissions, operators' lead view, health and
+metrics. Every client mistake gets a 4xx with a reason; nothing a client sends yields a 500."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.clients import Downstream
+from gateway.intake import (
+    BODY_TYPES,
+    BadRequest,
+    negotiate,
+    pairs_to_dict,
+    parse_body,
+    render,
+    unflatten,
+)
+from gateway.lead_view import lead_view
+from gateway.orchestrator import Orchestrator
+from gateway.store import GatewayStore, KeyInProgress, StoredResponse
+from leadflow.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_IDEMPOTENCY_KEY = 255
+CONFIG_KEY = web.AppKey("config", Config)
+ORCHESTRATOR_KEY = web.AppKey("orchestrator", Orchestrator)
+DOWNSTREAM_KEY = web.AppKey("downstream", Downstream)
+STORE_KEY = web.AppKey("store", GatewayStore)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, reason: str, outcome: str = "failure", media: str = "application/json") -> web.Response:
+    body = render({"outcome": outcome, "reason": reason}, media)
+    return web.Response(status=status, body=body, content_type=media)
+
+
+@web.middleware
+async def errors_as_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 become the same `{"outcome","reason"}` bodies as ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, exc.reason)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "Internal error", outcome="error")
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The API key from `X-Api-Key` or HTTP Basic with user `API`."""
+    header = request.headers.get("X-Api-Key")
+    if header:
+        return header
+    auth = request.headers.get("Authorization", "")
+    scheme, _, encoded = auth.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if user.upper() == "API" else None
+
+
+def key_matches(request: web.Request, expected: str | None) -> bool:
+    presented = presented_key(request)
+    if not expected or presented is None:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+async def submit(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
+    flow = config.flows_by_id.get(flow_id)
+    if flow is None or source_id not in flow.sources_by_id:
+        return _error(404, "Unknown flow or source")
+    if not key_matches(request, config.sources_by_id[source_id].api_key):
+        return _error(401, "Unauthorized source")
+    media = negotiate(request.headers.get("Accept"))
+    if media is None:
+        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+    try:
+        fields = await _submitted_fields(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
+    except _UnsupportedMediaType as exc:
+        return _error(415, str(exc), media=media)
+    except BadRequest as exc:
+        return _error(400, str(exc), media=media)
+    fields.pop("price", None)  # the override price: used only once override pricing lands
+
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        return _error(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media=media)
+    store = request.app[STORE_KEY]
+    if key is not None:
+        try:
+            first = await store.claim(source_id, key)
+        except KeyInProgress:
+            return _error(409, "A request with this Idempotency-Key is still in progress", media=media)
+        if first is not None:
+            return web.Response(status=first.status, body=first.body, content_type=first.content_type)
+    try:
+        result = await request.app[ORCHESTRATOR_KEY].submit(flow_id, source_id, fields)
+    except BaseException:
+        if key is not None:
+            await store.release(source_id, key)
+        raise
+    response = StoredResponse(201, media, render(result.as_dict(), media))
+    if key is not None:
+        await store.complete(source_id, key, response)
+    return web.Response(status=response.status, body=response.body, content_type=media)
+
+
+class _UnsupportedMediaType(Exception):
+    pass
+
+
+async def _submitted_fields(request: web.Request) -> dict[str, Any]:
+    """Body fields, with query parameters merged over them, dot keys unflattened."""
+    body = await request.read()
+    data: dict[str, Any] = {}
+    if body.strip():
+        if request.content_type not in BODY_TYPES:
+            raise _UnsupportedMediaType(
+                "Content-Type must be application/json, application/x-www-form-urlencoded, "
+                "application/xml or text/xml"
+            )
+        data = parse_body(request.content_type, body, request.charset)
+    data.update(pairs_to_dict(request.query.items()))
+    return unflatten(data)
+
+
+async def get_lead(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    if not key_matches(request, config.account.admin_api_key):
+        return _error(401, "Unauthorized")
+    try:
+        reply = await request.app[DOWNSTREAM_KEY].get_lead(request.match_info["lead_id"])
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            return _error(404, "Unknown lead")
+        return _error(503, "Ledger unavailable", outcome="error")
+    body = render(lead_view(reply), "application/json")
+    return web.Response(body=body, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    down = await request.app[DOWNSTREAM_KEY].unhealthy()
+    if down:
+        body = render({"status": "NOT_SERVING", "down": ", ".join(down)}, "application/json")
+        return web.Response(status=503, body=body, content_type="application/json")
+    return web.Response(body=b'{"status":"SERVING"}', content_type="application/json")
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def create_app(
+    config: Config, orchestrator: Orchestrator, downstream: Downstream, store: GatewayStore
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_bodies])
+    app[CONFIG_KEY] = config
+    app[ORCHESTRATOR_KEY] = orchestrator
+    app[DOWNSTREAM_KEY] = downstream
+    app[STORE_KEY] = store
+    submit_path = "/flows/{flow_id}/sources/{source_id}/submit"
+    app.router.add_route("POST", submit_path, submit)
+    app.router.add_route("GET", submit_path, submit)
+    app.router.add_get("/leads/{lead_id}", get_lead)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

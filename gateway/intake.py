@@ -1,0 +1,216 @@
+"""What a vendor's HTTP request says, and how to answer it: bodies (JSON, form, XML, query),
+dot-key unflattening, content negotiation and response rendering. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.etree.ElementTree import Element, ParseError
+
+import orjson
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as parse_xml
+
+from leadflow.money import format_money
+
+MAX_FIELDS = 1000
+JSON_TYPES = frozenset({"application/json"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+XML_TYPES = frozenset({"application/xml", "text/xml"})
+BODY_TYPES = JSON_TYPES | FORM_TYPES | XML_TYPES
+
+
+class BadRequest(ValueError):
+    """A body or parameter the gateway cannot read (HTTP 400, with this message)."""
+
+
+def parse_body(content_type: str, body: bytes, charset: str | None = None) -> dict[str, Any]:
+    """The fields of a body, by its media type (the caller has checked it is one of BODY_TYPES)."""
+    if not body.strip():
+        return {}
+    if content_type in JSON_TYPES:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"invalid JSON body: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the JSON body must be an object")
+        return data
+    text = _decode(body, charset)
+    if content_type in FORM_TYPES:
+        return pairs_to_dict(parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS + 1))
+    return _parse_xml(text)
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        raise BadRequest(f"the body is not valid {charset or 'utf-8'} text") from None
+
+
+def _parse_xml(text: str) -> dict[str, Any]:
+    try:
+        root = parse_xml(text, forbid_dtd=True)
+    except (ParseError, DefusedXmlException) as exc:
+        raise BadRequest(f"invalid XML body: {exc}") from None
+    value = _xml_value(root)
+    return value if isinstance(value, dict) else {}
+
+
+def _xml_value(element: Element) -> Any:
+    children = list(element)
+    if not children:
+        return (element.text or "").strip()
+    result: dict[str, Any] = {}
+    for child in children:
+        value = _xml_value(child)
+        if child.tag in result:  # a repeated element is a list
+            existing = result[child.tag]
+            result[child.tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            result[child.tag] = value
+    return result
+
+
+def pairs_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Form or query pairs; a repeated key collects its values in a list."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            existing = result[key]
+            result[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            result[key] = value
+    return result
+
+
+def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}`, recursively; a key that is both a value and an object
+    (`a=1` beside `a.b=2`) is refused rather than silently dropping one of them."""
+    if len(data) > MAX_FIELDS:
+        raise BadRequest(f"too many fields (more than {MAX_FIELDS})")
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            value = unflatten(value)
+        parts = [part for part in str(key).split(".")]
+        if any(not part for part in parts):
+            raise BadRequest(f"bad field name {key!r}")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadRequest(f"field {part!r} is both a value and an object")
+            node = child
+        last = parts[-1]
+        if last in node and (isinstance(node[last], dict) or isinstance(value, dict)):
+            if not (isinstance(node[last], dict) and isinstance(value, dict)):
+                raise BadRequest(f"field {last!r} is both a value and an object")
+            node[last].update(value)
+        else:
+            node[last] = value
+    return result
+
+
+# What the gateway can answer in, in order of preference when the client does not care.
+OFFERS = ("application/json", "application/xml", "text/xml", "text/plain")
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to answer in, or None when the Accept header allows none of OFFERS."""
+    if not accept or not accept.strip():
+        return OFFERS[0]
+    best: tuple[float, int, int] | None = None
+    chosen = None
+    for offer_rank, offer in enumerate(OFFERS):
+        offer_type, offer_sub = offer.split("/")
+        quality, specificity = -1.0, -1
+        for item in accept.split(","):
+            media, _, params = item.strip().partition(";")
+            media_type, _, media_sub = media.strip().lower().partition("/")
+            if media_type not in ("*", offer_type) or media_sub not in ("*", offer_sub):
+                continue
+            spec = (media_type != "*") + (media_sub != "*")
+            if spec > specificity:
+                specificity, quality = spec, _quality(params)
+        if quality <= 0:
+            continue
+        key = (quality, specificity, -offer_rank)
+        if best is None or key > best:
+            best, chosen = key, offer
+    return chosen
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return max(0.0, min(1.0, float(value)))
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+@dataclass(frozen=True)
+class SubmissionResult:
+    outcome: str
+    reason: str | None
+    lead_id: str | None
+    price: Decimal
+
+    def as_dict(self) -> dict[str, Any]:
+        """Field order of SPEC 5.1; `reason` absent on success."""
+        data: dict[str, Any] = {"outcome": self.outcome}
+        if self.reason is not None and self.outcome != "success":
+            data["reason"] = self.reason
+        if self.lead_id is not None:
+            data["lead"] = {"id": self.lead_id}
+        data["price"] = self.price
+        return data
+
+
+def render(data: Mapping[str, Any], media_type: str) -> bytes:
+    """A response body: JSON, XML `<result>…</result>`, or `key:value` lines."""
+    if media_type == "application/json":
+        return orjson.dumps(data, default=_json_default)
+    if media_type in XML_TYPES:
+        return b'<?xml version="1.0" encoding="UTF-8"?>\n' + _xml("result", data).encode()
+    return "".join(f"{key}:{value}\n" for key, value in _flat(data)).encode()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format_money(value))  # a JSON number, exact to the cent
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format_money(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _xml(tag: str, value: Any) -> str:
+    if isinstance(value, Mapping):
+        inner = "".join(_xml(key, item) for key, item in value.items())
+        return f"<{tag}>{inner}</{tag}>"
+    return f"<{tag}>{_escape(_text(value))}</{tag}>"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", _text(value).replace("\n", " ")

@@ -1,0 +1,68 @@
+"""`GET /leads/{id}`: a recorded lead as operators read it (SPEC 5.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from leadflow.common.v1 import lead_pb2
+from leadflow.ledger.v1 import ledger_service_pb2
+from leadflow.money import from_proto
+from leadflow.wire import LeadData, PriceAudit, outcome_from_proto
+
+
+def _audit(message: lead_pb2.PriceAudit) -> dict[str, Any]:
+    return PriceAudit.from_proto(message).to_json()
+
+
+def _attempt(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "request": attempt.request,
+        "response": attempt.response,
+        "status_code": attempt.status_code or None,
+        "ms": attempt.duration_ms,
+        "error": attempt.error or None,
+    }
+
+
+def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
+    lead = LeadData.from_proto(reply.lead)
+    source = reply.source_event
+    return {
+        "lead": {
+            "id": lead.id,
+            "flow_id": lead.flow_id,
+            "source_id": lead.source_id,
+            "submit_time": lead.submit_time.isoformat(),
+            "fields": orjson.Fragment(reply.lead.fields_json or b"{}"),
+        },
+        "source_event": {
+            "outcome": outcome_from_proto(source.outcome),
+            "reason": source.reason or None,
+            "purchase_price": from_proto(source.purchase_price),
+            "price_paid": from_proto(source.price_paid),
+            "revenue": from_proto(source.revenue),
+            "pricing": _audit(source.price_audit),
+            "ms": source.duration_ms,
+        },
+        "recipient_events": [
+            {
+                "id": event.id,
+                "stage": event.stage_name,
+                "stage_index": event.stage_index,
+                "strategy": event.strategy,
+                "step_index": event.step_index,
+                "buyer_id": event.buyer_id,
+                "outcome": outcome_from_proto(event.outcome),
+                "reason": event.reason or None,
+                "sale_price": from_proto(event.sale_price),
+                "pricing": _audit(event.price_audit),
+                "reference": event.reference or None,
+                "attempts": [_attempt(attempt) for attempt in event.attempts],
+                "ms": event.duration_ms,
+            }
+            for event in reply.recipient_events
+        ],
+    }

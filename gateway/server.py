@@ -1,0 +1,79 @@
+"""gateway: build the gRPC and HTTP servers (create_server) and run them as a process (main)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health
+
+from gateway.clients import Downstream
+from gateway.config import settings_from_env
+from gateway.http_api import create_app
+from gateway.orchestrator import Orchestrator
+from gateway.servicer import GatewayServicer
+from gateway.store import GatewayStore
+from leadflow import db, kit
+from leadflow.config import Config, load_config
+from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+
+SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+@dataclass
+class RunningGateway:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    http: web.AppRunner
+    http_port: int
+
+    async def stop(self, grace: float = 10.0) -> None:
+        await kit.stop_server(self.server, self.health, grace)
+        await self.http.cleanup()
+
+
+async def create_server(
+    address: str,
+    http_host: str,
+    http_port: int,
+    config: Config,
+    downstream: Downstream,
+    store: GatewayStore,
+) -> RunningGateway:
+    orchestrator = Orchestrator(config, downstream)
+    servicer = GatewayServicer(config, orchestrator, store)
+    server, port, health_servicer = await kit.start_server(
+        [lambda s: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        address,
+    )
+    runner = web.AppRunner(create_app(config, orchestrator, downstream, store), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, http_host, http_port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningGateway(server, port, health_servicer, runner, bound)
+
+
+async def main() -> None:
+    kit.configure_logging()
+    settings = settings_from_env()
+    config = load_config(settings.service.config_path)
+    url = db.database_url(settings.service.database_url, settings.service.data_dir, "gateway")
+    engine = db.create_engine(url, settings.schema)
+    store = GatewayStore(engine, settings.schema)
+    await store.create_schema()
+    downstream = Downstream(settings.addresses)
+    kit.serve_metrics(settings.service.metrics_port)
+    gateway = await create_server(
+        settings.service.address, settings.http_host, settings.http_port, config, downstream, store
+    )
+
+    async def close() -> None:
+        await gateway.http.cleanup()
+        await downstream.close()
+        await engine.dispose()
+
+    await kit.run_until_terminated(gateway.server, gateway.health, on_stop=close)

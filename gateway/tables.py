@@ -1,0 +1,26 @@
+"""gateway tables: idempotency keys (the first response to each key, byte for byte)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import LargeBinary, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from leadflow.db import UtcDateTime, metadata
+
+
+class Base(DeclarativeBase):
+    metadata = metadata()
+
+
+class IdempotencyKey(Base):
+    """A key is claimed (body NULL) before its lead runs and completed with the response after."""
+
+    __tablename__ = "idempotency_keys"
+    source_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[int | None]
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -1,0 +1,84 @@
+"""The `leadflow` command: up, check, migrate, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from leadflow.config import ConfigError, load_config
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: ok ({len(config.flows)} flows, {len(config.sources)} sources, "
+        f"{len(config.buyers)} buyers)"
+    )
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from leadflow.supervisor import up
+
+    if _check(argparse.Namespace(file=args.config)) != 0:
+        return 2
+    return asyncio.run(up(Path(args.config), Path(args.data_dir), args.http_port, args.port_base))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from leadflow.migrate import migrate
+
+    url = os.environ.get("LEADFLOW_DATABASE_URL") or None
+    asyncio.run(migrate(url, Path(args.data_dir)))
+    print("migrated: " + ("LEADFLOW_DATABASE_URL" if url else f"SQLite files in {args.data_dir}"))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print("leadflow report: reports are not supported yet", file=sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="leadflow", description="Open lead-distribution engine.")
+    commands = root.add_subparsers(dest="command", required=True)
+    env_config = os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml")
+    env_data = os.environ.get("LEADFLOW_DATA_DIR", "data")
+
+    up = commands.add_parser("up", help="run every service, supervised, until Ctrl-C")
+    up.add_argument("--config", default=env_config)
+    up.add_argument("--data-dir", default=env_data)
+    up.add_argument("--http-port", type=int, default=8080)
+    up.add_argument("--port-base", type=int, default=50050)
+    up.set_defaults(run=_up)
+
+    check = commands.add_parser("check", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(run=_check)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade every service's tables")
+    migrate.add_argument("--data-dir", default=env_data)
+    migrate.set_defaults(run=_migrate)
+
+    report = commands.add_parser("report", help="vendor, buyer and margin reports")
+    report.add_argument("kind", choices=["vendors", "buyers", "margin"])
+    report.add_argument("--from", dest="from_date", required=True)
+    report.add_argument("--to", dest="to_date", required=True)
+    report.add_argument("--tz")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.set_defaults(run=_report)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.run(args))

@@ -1,0 +1,475 @@
+"""The configuration schema (SPEC section 3): one YAML file read by every service.
+
+`load_config` returns a frozen, validated `Config` or raises `ConfigError` listing every problem
+with its path. Structure is checked by pydantic; meaning (references between ids, operators
+against field types, templates, features not built yet) by `leadflow.config_check`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from leadflow.money import MAX_PRICE, parse_amount
+
+if TYPE_CHECKING:
+    from leadflow.rules import RuleSet
+
+ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+HOURS_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+FIELD_TYPE_NAMES = (
+    "string phone email postal_code state number range boolean date dob gender ip url "
+    "trustedform_url"
+).split()
+
+
+def _money(value: object) -> Decimal:
+    """Decimal dollars with cents precision, 0 to 1,000,000."""
+    amount = parse_amount(value)
+    if amount is None:
+        raise ValueError(f"{value!r} is not an amount of money")
+    if not Decimal(0) <= amount <= MAX_PRICE:
+        raise ValueError(f"{amount} is outside 0 to 1,000,000")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise ValueError(f"{amount} has more precision than cents")
+    return amount
+
+
+def _amount(value: object) -> Decimal | str:
+    """A price amount: money, or an arithmetic expression over variables (kept as text)."""
+    if isinstance(value, str) and parse_amount(value) is None:
+        if not value.strip():
+            raise ValueError("an amount must not be empty")
+        return value.strip()
+    return _money(value)
+
+
+def _time_zone(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a time zone is an IANA name such as America/Chicago")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+Amount = Annotated[Decimal | str, BeforeValidator(_amount)]
+TimeZone = Annotated[str, BeforeValidator(_time_zone)]
+
+
+class Model(BaseModel):
+    """Every config object: immutable, and an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(Model):
+    lhv: NonEmpty
+    op: NonEmpty
+    rhv: Any = None
+    rule_set: RuleSetSpec | None = None
+    reason: str | None = None
+
+
+class RuleSetSpec(Model):
+    """`{op: and|or, rules: [...]}`; a plain list means `and`."""
+
+    op: Literal["and", "or"] = "and"
+    rules: list[Rule] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_list_means_and(cls, value: Any) -> Any:
+        return {"op": "and", "rules": value} if isinstance(value, list) else value
+
+    @cached_property
+    def compiled(self) -> RuleSet:
+        """The compiled rule set, built once (config_check compiles every one at load)."""
+        from leadflow.rules import compile_rule_set
+
+        return compile_rule_set(self.model_dump(exclude_none=True))
+
+
+class Price(Model):
+    amount: Amount
+    rule_set: RuleSetSpec | None = None
+
+
+class PricingServiceSpec(Model):
+    url: NonEmpty
+    timeout_ms: int = Field(2000, ge=1, le=60_000)
+    fallback_price: Money = Decimal(0)
+    headers: dict[str, str] = {}
+
+
+class Pricing(Model):
+    prices: list[Price] = []
+    service: PricingServiceSpec | None = None
+    override: bool = False
+
+
+class Hours(Model):
+    """Opening hours per weekday; a day left out is closed."""
+
+    time_zone: TimeZone | None = None
+    monday: list[str] = []
+    tuesday: list[str] = []
+    wednesday: list[str] = []
+    thursday: list[str] = []
+    friday: list[str] = []
+    saturday: list[str] = []
+    sunday: list[str] = []
+
+    @field_validator(*DAYS)
+    @classmethod
+    def _ranges(cls, ranges: list[str]) -> list[str]:
+        for text in ranges:
+            match = HOURS_PATTERN.match(text)
+            if not match or match.group(1, 2) >= match.group(3, 4):
+                raise ValueError(f"{text!r} is not a range such as 09:00-17:00")
+        return ranges
+
+
+class Cap(Model):
+    max_leads: int | None = Field(None, ge=0)
+    max_amount: Money | None = None
+    per: Literal["minute", "hour", "day", "week", "month"]
+    every: int = Field(1, ge=1)
+    time_zone: TimeZone | None = None
+    rule_set: RuleSetSpec | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Cap:
+        if (self.max_leads is None) == (self.max_amount is None):
+            raise ValueError("a cap sets exactly one of max_leads and max_amount")
+        return self
+
+
+class Within(Model):
+    postal_code: NonEmpty
+    miles: Decimal = Field(gt=0, le=5000)
+
+
+class Territory(Model):
+    states: list[str] = []
+    postal_codes: list[str] = []
+    within: Within | None = None
+
+
+class Returns(Model):
+    window_days: int = Field(30, ge=0)
+    max_percent: Decimal = Field(Decimal(100), ge=0, le=100)
+    auto_approve: bool = True
+    reasons: list[str] = []
+    return_to_source: bool = False
+
+
+class Retry(Model):
+    attempts: int = Field(1, ge=1, le=20)
+    backoff_ms: int = Field(200, ge=0)
+    multiplier: Decimal = Field(Decimal(2), ge=1)
+    max_backoff_ms: int = Field(2000, ge=0)
+
+
+class BasicAuth(Model):
+    type: Literal["basic"]
+    username: str
+    password: str
+
+
+class BearerAuth(Model):
+    type: Literal["bearer"]
+    token: str
+
+
+class ResponseRules(Model):
+    outcome_search_term: str | None = None
+    outcome_search_path: str | None = None
+    outcome_on_match: Literal["success", "failure", "error"] = "success"
+    reason_path: str | None = None
+    price_path: str | None = None
+    reference_path: str | None = None
+    default_reason: str | None = None
+
+    @field_validator("outcome_search_term")
+    @classmethod
+    def _regex(cls, term: str | None) -> str | None:
+        if term is not None:
+            try:
+                re.compile(term)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return term
+
+
+class HttpDelivery(Model):
+    type: Literal["http"]
+    url: NonEmpty
+    method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
+    format: Literal["json", "form", "xml", "query"] = "json"
+    headers: dict[str, str] = {}
+    auth: Annotated[BasicAuth | BearerAuth, Field(discriminator="type")] | None = None
+    mapping: dict[str, str] | None = None
+    timeout_ms: int = Field(10_000, ge=1, le=300_000)
+    retry: Retry | None = None
+    response: ResponseRules = ResponseRules()
+    signing_secret: str | None = None
+
+
+class SftpDelivery(Model):
+    type: Literal["sftp"]
+    host: NonEmpty
+    port: int = Field(22, ge=1, le=65535)
+    username: str = ""
+    password: str | None = None
+    private_key_file: str | None = None
+    host_key: NonEmpty
+    directory: str = "."
+    filename: str = "leads-{{batch.timestamp}}.csv"
+    schedule: str = "realtime"
+    columns: dict[str, str] | None = None
+    zip: bool = False
+
+
+class Smtp(Model):
+    host: NonEmpty
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+
+
+class EmailDelivery(Model):
+    type: Literal["email"]
+    smtp: Smtp
+    from_: str = Field("leads@localhost", alias="from")
+    to: list[NonEmpty] = Field(min_length=1)
+    subject: str = "Leads {{batch.date}}"
+    schedule: str = "realtime"
+    columns: dict[str, str] | None = None
+    zip: bool = False
+
+
+Delivery = Annotated[HttpDelivery | SftpDelivery | EmailDelivery, Field(discriminator="type")]
+
+
+class Account(Model):
+    name: NonEmpty
+    time_zone: TimeZone = "UTC"
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    admin_api_key: str | None = None
+    allow_private_network_delivery: bool = False
+
+
+class Source(Model):
+    id: Id
+    name: NonEmpty
+    api_key: NonEmpty
+
+
+class Buyer(Model):
+    id: Id
+    name: NonEmpty
+    api_key: str | None = None
+    time_zone: TimeZone | None = None
+    criteria: RuleSetSpec | None = None
+    territory: Territory | None = None
+    hours: Hours | None = None
+    caps: list[Cap] = []
+    pricing: Pricing | None = None
+    returns: Returns | None = None
+    ping: Delivery | None = None
+    delivery: Delivery | None = None
+
+
+class Step(Model):
+    buyer: Id
+    criteria: RuleSetSpec | None = None
+    pricing: Pricing | None = None
+    caps: list[Cap] = []
+    priority: int | None = None
+    weight: Decimal = Field(Decimal(1), gt=0)
+
+
+class Stage(Model):
+    name: NonEmpty
+    strategy: Literal[
+        "priority", "round_robin", "weighted", "highest_price", "auction", "performance"
+    ] = "priority"
+    sell: int = Field(1, ge=1)
+    exclusive: bool = False
+    deadline_ms: int = Field(1000, ge=1, le=60_000)
+    min_bid: Money = Decimal(0)
+    steps: list[Step] = Field(min_length=1)
+
+
+class FlowSource(Model):
+    source: Id
+    pricing: Pricing | None = None
+    acceptance: RuleSetSpec | None = None
+    hours: Hours | None = None
+    caps: list[Cap] = []
+
+
+class Duplicates(Model):
+    fields: list[NonEmpty] = Field(min_length=1)
+    within_days: int = Field(30, ge=1)
+    reason: str = "Duplicate lead"
+
+
+class Flow(Model):
+    id: Id
+    name: NonEmpty
+    time_zone: TimeZone | None = None
+    fields: dict[str, Literal[tuple(FIELD_TYPE_NAMES)]] = {}  # type: ignore[valid-type]
+    require_sale: bool = False
+    hours: Hours | None = None
+    acceptance: RuleSetSpec | None = None
+    duplicates: Duplicates | None = None
+    caps: list[Cap] = []
+    pricing: Pricing | None = None
+    sources: list[FlowSource] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+
+    @cached_property
+    def sources_by_id(self) -> dict[str, FlowSource]:
+        return {entry.source: entry for entry in self.sources}
+
+
+class Config(Model):
+    account: Account
+    sources: list[Source] = []
+    buyers: list[Buyer] = []
+    flows: list[Flow] = []
+
+    @cached_property
+    def sources_by_id(self) -> dict[str, Source]:
+        return {source.id: source for source in self.sources}
+
+    @cached_property
+    def buyers_by_id(self) -> dict[str, Buyer]:
+        return {buyer.id: buyer for buyer in self.buyers}
+
+    @cached_property
+    def flows_by_id(self) -> dict[str, Flow]:
+        return {flow.id: flow for flow in self.flows}
+
+    def flow_time_zone(self, flow: Flow) -> str:
+        return flow.time_zone or self.account.time_zone
+
+    def buyer_time_zone(self, buyer: Buyer, flow: Flow) -> str:
+        return buyer.time_zone or self.flow_time_zone(flow)
+
+
+class Problem(BaseModel):
+    """One thing wrong with a configuration, at a path such as `flows[0].stages[1].steps[2].buyer`."""
+
+    model_config = ConfigDict(frozen=True)
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    """('flows', 0, 'stages', 1) -> 'flows[0].stages[1]'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(
+    tree: Any, env: Mapping[str, str], problems: list[Problem], loc: tuple[int | str, ...] = ()
+) -> Any:
+    """Replace `${VAR}` (or `${VAR:-default}`) in every string; an unset variable is a problem."""
+    if isinstance(tree, dict):
+        return {key: substitute_env(value, env, problems, (*loc, key)) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [substitute_env(value, env, problems, (*loc, i)) for i, value in enumerate(tree)]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(Problem(path=format_path(loc), message=f"environment variable {name} is not set"))
+        return match.group(0)  # left as written, so the schema does not report it a second time
+
+    return _ENV_PATTERN.sub(replace, tree)
+
+
+def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
+    for item in error.errors():
+        loc = list(item["loc"])
+        # Tagged unions add the tag to the location; a reader knows it from `type`.
+        loc = [part for i, part in enumerate(loc) if not (i and loc[i - 1] in ("delivery", "ping", "auth"))]
+        message = item["msg"].removeprefix("Value error, ")
+        yield Problem(path=format_path(tuple(loc)), message=message)
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate YAML text; raise ConfigError with every problem found."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(path="", message=f"not valid YAML: {exc}")]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError([Problem(path="", message="the configuration must be a mapping")])
+    problems: list[Problem] = []
+    tree = substitute_env(tree, os.environ if env is None else env, problems)
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc))
+        raise ConfigError(problems) from None
+    from leadflow.config_check import check_semantics
+
+    problems.extend(check_semantics(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(path="", message=f"cannot read {path}: {exc.strerror}")]) from None
+    return parse_config(text, env)

@@ -1,0 +1,182 @@
+"""What a schema cannot see: references between ids, rules against field types, templates, and
+features this version does not run yet (reported, never silently ignored)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from leadflow.config import (
+    Buyer,
+    Cap,
+    Config,
+    Delivery,
+    Flow,
+    Hours,
+    HttpDelivery,
+    Pricing,
+    Problem,
+    RuleSetSpec,
+    format_path,
+)
+from leadflow.fields import STANDARD_FIELDS
+from leadflow.rules import RuleError, operator_allowed
+from leadflow.templates import TemplateError, compile_template
+
+Loc = tuple[int | str, ...]
+
+# Features whose configuration is understood but which this version does not run yet. Each entry
+# is removed when the issue that builds it lands; until then a config using one is refused, so
+# nobody believes a cap or an auction protects them when it does not.
+NOT_SUPPORTED_STRATEGIES = frozenset(
+    {"round_robin", "weighted", "highest_price", "auction", "performance"}
+)
+
+
+def _problem(loc: Loc, message: str) -> Problem:
+    return Problem(path=format_path(loc), message=message)
+
+
+def _not_supported(loc: Loc, what: str) -> Problem:
+    return _problem(loc, f"{what} is not supported yet")
+
+
+def check_semantics(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += _duplicate_ids(config)
+    for i, buyer in enumerate(config.buyers):
+        problems += _check_buyer(buyer, ("buyers", i))
+    for i, flow in enumerate(config.flows):
+        problems += _check_flow(config, flow, ("flows", i))
+    return problems
+
+
+def _duplicate_ids(config: Config) -> Iterator[Problem]:
+    for section, items in (("sources", config.sources), ("buyers", config.buyers), ("flows", config.flows)):
+        counts = Counter(item.id for item in items)
+        for i, item in enumerate(items):
+            if counts[item.id] > 1:
+                yield _problem((section, i, "id"), f"duplicate id {item.id!r}")
+                counts[item.id] = 0  # report each duplicate once
+
+
+def _check_buyer(buyer: Buyer, loc: Loc) -> Iterator[Problem]:
+    yield from _check_rule_set(buyer.criteria, (*loc, "criteria"), {})
+    yield from _check_pricing(buyer.pricing, (*loc, "pricing"), {})
+    yield from _check_caps(buyer.caps, (*loc, "caps"), {})
+    yield from _check_hours(buyer.hours, (*loc, "hours"))
+    if buyer.territory is not None:
+        yield _not_supported((*loc, "territory"), "territory")
+    if buyer.returns is not None:
+        yield _not_supported((*loc, "returns"), "returns (buyer feedback)")
+    if buyer.ping is not None:
+        yield _not_supported((*loc, "ping"), "ping")
+    if buyer.delivery is not None:
+        yield from _check_delivery(buyer.delivery, (*loc, "delivery"))
+
+
+def _check_flow(config: Config, flow: Flow, loc: Loc) -> Iterator[Problem]:
+    fields = dict(flow.fields)
+    yield from _check_rule_set(flow.acceptance, (*loc, "acceptance"), fields)
+    yield from _check_pricing(flow.pricing, (*loc, "pricing"), fields)
+    yield from _check_caps(flow.caps, (*loc, "caps"), fields)
+    yield from _check_hours(flow.hours, (*loc, "hours"))
+    if flow.duplicates is not None:
+        yield _not_supported((*loc, "duplicates"), "duplicate checking")
+    seen_sources: set[str] = set()
+    for j, entry in enumerate(flow.sources):
+        entry_loc = (*loc, "sources", j)
+        if entry.source not in config.sources_by_id:
+            yield _problem((*entry_loc, "source"), f"unknown source {entry.source!r}")
+        if entry.source in seen_sources:
+            yield _problem((*entry_loc, "source"), f"source {entry.source!r} is listed twice")
+        seen_sources.add(entry.source)
+        yield from _check_rule_set(entry.acceptance, (*entry_loc, "acceptance"), fields)
+        yield from _check_pricing(entry.pricing, (*entry_loc, "pricing"), fields)
+        yield from _check_caps(entry.caps, (*entry_loc, "caps"), fields)
+        yield from _check_hours(entry.hours, (*entry_loc, "hours"))
+    for s, stage in enumerate(flow.stages):
+        stage_loc = (*loc, "stages", s)
+        if stage.strategy in NOT_SUPPORTED_STRATEGIES:
+            yield _not_supported((*stage_loc, "strategy"), f"strategy {stage.strategy!r}")
+        for k, step in enumerate(stage.steps):
+            step_loc = (*stage_loc, "steps", k)
+            buyer = config.buyers_by_id.get(step.buyer)
+            if buyer is None:
+                yield _problem((*step_loc, "buyer"), f"unknown buyer {step.buyer!r}")
+            elif buyer.delivery is None:
+                yield _problem((*step_loc, "buyer"), f"buyer {step.buyer!r} has no delivery")
+            yield from _check_rule_set(step.criteria, (*step_loc, "criteria"), fields)
+            yield from _check_pricing(step.pricing, (*step_loc, "pricing"), fields)
+            yield from _check_caps(step.caps, (*step_loc, "caps"), fields)
+
+
+def _check_rule_set(spec: RuleSetSpec | None, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+    if spec is None:
+        return
+    try:
+        spec.compiled  # noqa: B018 - compiles once and caches it for the services
+    except RuleError as exc:
+        yield Problem(path=f"{format_path(loc)}.{exc.path}" if exc.path else format_path(loc), message=exc.message)
+        return
+    yield from _check_operators(spec, loc, custom)
+
+
+def _check_operators(spec: RuleSetSpec, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+    for i, rule in enumerate(spec.rules):
+        field_type = _field_type(rule.lhv, custom)
+        if field_type is not None and not operator_allowed(rule.op, field_type):
+            yield _problem(
+                (*loc, "rules", i, "op"),
+                f"operator {rule.op!r} does not apply to {rule.lhv!r} (a {field_type} field)",
+            )
+        if rule.rule_set is not None:
+            yield from _check_operators(rule.rule_set, (*loc, "rules", i, "rule_set"), custom)
+
+
+def _field_type(lhv: str, custom: dict[str, str]) -> str | None:
+    """The type of the lead field a rule compares, or None for components and other variables."""
+    parts = lhv.removeprefix("lead.").split(".")
+    if len(parts) != 1:
+        return None
+    return custom.get(parts[0]) or STANDARD_FIELDS.get(parts[0])
+
+
+def _check_pricing(pricing: Pricing | None, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+    if pricing is None:
+        return
+    if pricing.service is not None:
+        yield _not_supported((*loc, "service"), "a pricing service")
+    if pricing.override:
+        yield _not_supported((*loc, "override"), "override pricing")
+    for i, price in enumerate(pricing.prices):
+        if isinstance(price.amount, str):
+            yield _not_supported((*loc, "prices", i, "amount"), "an amount expression")
+        yield from _check_rule_set(price.rule_set, (*loc, "prices", i, "rule_set"), custom)
+
+
+def _check_caps(caps: list[Cap], loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+    for i, cap in enumerate(caps):
+        yield _not_supported((*loc, i), "caps")
+        yield from _check_rule_set(cap.rule_set, (*loc, i, "rule_set"), custom)
+
+
+def _check_hours(hours: Hours | None, loc: Loc) -> Iterator[Problem]:
+    if hours is not None:
+        yield _not_supported(loc, "hours of operation")
+
+
+def _check_delivery(delivery: Delivery, loc: Loc) -> Iterator[Problem]:
+    if not isinstance(delivery, HttpDelivery):
+        yield _not_supported((*loc, "type"), f"{delivery.type} delivery")
+        return
+    if delivery.signing_secret is not None:
+        yield _not_supported((*loc, "signing_secret"), "webhook signing")
+    templates = {("url",): delivery.url}
+    templates.update({("headers", name): value for name, value in delivery.headers.items()})
+    templates.update({("mapping", name): value for name, value in (delivery.mapping or {}).items()})
+    for sub, text in templates.items():
+        try:
+            compile_template(text)
+        except TemplateError as exc:
+            yield _problem((*loc, *sub), str(exc))

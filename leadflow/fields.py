@@ -1,0 +1,962 @@
+"""Lead field types: parse submitted values into typed, JSON-serialisable field dicts.
+
+Every parsed value is a plain dict ``{"type", "raw", "normal", "valid", ...components}`` so it
+can be stored, sent over gRPC as JSON and read by rules and templates without custom classes.
+
+Decisions (beyond SPEC section 4):
+
+- An invalid value is data, never an exception: ``valid`` is False and ``normal`` is the trimmed
+  raw text. Empty or missing values give ``{"type", "raw": "", "normal": "", "valid": False}``
+  (``raw`` keeps whitespace as sent).
+- ``raw`` is the value as given, as text: ``True`` becomes ``"true"``, numbers lose float
+  artifacts. An unknown type name parses as ``string``.
+- phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits; the extension is
+  the ``extension`` component, not part of ``normal``. Other countries normalise to the national
+  significant number, with ``country_code`` holding the ISO region. LeadConduit's ``type``
+  component (home/work/mobile, from a trailing ``h``/``w``/``c``/``m`` hint) is stored as
+  ``phone_type`` because ``type`` names the field type. Plain NANP numbers skip
+  phonenumbers' full parser; validity is still phonenumbers' verdict (cached per area code and
+  exchange).
+- email: lower-cased as a whole; never any DNS lookup. ``tld`` is the last label, or the last two
+  for a few well-known second-level registries (``co.uk``); ``host`` is the domain without it.
+- postal_code: US ``12345`` / ``12345-6789`` and Canadian ``K1A 0B1`` (``fsa``/``ldu``
+  components, ``zip`` None). A bare integer 2134 from JSON is zero-padded to ``02134``.
+- state: US states, DC, territories and Canadian provinces, by code, full name or common
+  abbreviation (``Calif.``), normalise to the 2-letter code; anything else is invalid.
+- number: ``normal`` is a decimal string (``"$1,000.50"`` -> ``"1000.50"``); ``number`` is an
+  int or float for convenience; use ``normal`` (or :func:`to_decimal`) for exact arithmetic.
+- range: ``"700-749"``, ``"700 to 749"``, ``"10+"``, ``"700"``. ``avg`` is the mean, ``mid`` the
+  mean truncated to an int; an open range (``10+``) has ``max``, ``avg`` and ``mid`` None.
+- date/dob: ISO, US ``M/D/YYYY`` (also with ``-`` or ``.``, and day-first when the first number
+  cannot be a month), ``YYYYMMDD``/``MMDDYYYY``, and month names. Two-digit years pivot on
+  today's year. dob ``age`` is completed years on ``today`` (a parameter, default the local
+  date); a dob in the future or more than 130 years ago is invalid.
+- ip: ``is_ipv4``, ``version``, ``is_private`` components; IPv6 may be bracketed.
+- url: http(s) only; a value without a scheme is read as ``http://``.
+- trustedform_url: an http(s) URL on ``cert.trustedform.com`` or ``ping.trustedform.com`` with a
+  certificate id; ``normal`` is ``https://<host>/<cert_id>``. The certificate itself (age, type)
+  is not checked here: that needs TrustedForm's API.
+- :func:`parse_lead` keeps the vendor's keys exactly as given (LeadConduit field ids are lower
+  snake case already; we do not lower-case, so ``Phone_1`` is a custom field). Nested dicts
+  (from ``a.b=1``) become dicts of parsed values, typed by a dotted ``custom_types`` key
+  (``"a.b": "number"``) or as ``string``; a list becomes the list of its elements' ``normal``
+  values. It always parses from raw data: a dict that looks like a parsed field is not trusted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from datetime import date
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+__all__ = [
+    "FIELD_TYPES",
+    "STANDARD_FIELDS",
+    "is_field",
+    "parse_boolean",
+    "parse_date",
+    "parse_lead",
+    "parse_value",
+    "to_decimal",
+]
+
+STANDARD_FIELDS: Final[dict[str, str]] = {
+    "first_name": "string",
+    "last_name": "string",
+    "email": "email",
+    "phone_1": "phone",
+    "phone_2": "phone",
+    "address_1": "string",
+    "address_2": "string",
+    "city": "string",
+    "state": "state",
+    "postal_code": "postal_code",
+    "country": "string",
+    "dob": "dob",
+    "gender": "gender",
+    "ip_address": "ip",
+    "trustedform_cert_url": "trustedform_url",
+    "comments": "string",
+}
+
+FIELD_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        "string",
+        "phone",
+        "email",
+        "postal_code",
+        "state",
+        "number",
+        "range",
+        "boolean",
+        "date",
+        "dob",
+        "gender",
+        "ip",
+        "url",
+        "trustedform_url",
+    }
+)
+
+Field = dict[str, object]
+
+
+def is_field(value: object) -> bool:
+    """True when ``value`` is a parsed field dict (as made by :func:`parse_value`)."""
+    return (
+        isinstance(value, dict)
+        and "valid" in value
+        and "normal" in value
+        and isinstance(value.get("type"), str)
+    )
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _text(raw: object) -> str:
+    """The raw value as text; floats and Decimals without artifacts or exponents."""
+    if raw is None:
+        return ""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            return str(raw)
+        return _decimal_text(Decimal(repr(raw)))
+    if isinstance(raw, Decimal):
+        return _decimal_text(raw) if raw.is_finite() else str(raw)
+    return str(raw)
+
+
+def _decimal_text(value: Decimal) -> str:
+    text = format(value, "f")
+    return "0" if text == "-0" else text
+
+
+_INT64: Final = 2**63
+
+
+def _json_number(value: Decimal) -> int | float | None:
+    """An exact int when integral and int64-sized, else the nearest float; None if unbounded.
+
+    JSON has no decimals, and orjson refuses integers beyond 64 bits.
+    """
+    if value == value.to_integral_value() and -_INT64 < value < _INT64:
+        return int(value)
+    number = float(value)
+    return None if number in (float("inf"), float("-inf")) else number
+
+
+def _invalid(type_name: str, raw: str) -> Field:
+    return {"type": type_name, "raw": raw, "normal": raw.strip(), "valid": False}
+
+
+# --- numbers --------------------------------------------------------------------------------
+
+_NUMBER_STRIP = re.compile(r"[\s,$]")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+
+
+def to_decimal(value: object) -> Decimal | None:
+    """A finite Decimal from a number or numeric text ("$1,000.50"), else None. Never raises."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, float):
+        return Decimal(repr(value)) if value == value and abs(value) != float("inf") else None
+    if not isinstance(value, str):
+        return None
+    text = _NUMBER_STRIP.sub("", value)
+    if not _NUMBER.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the regex admits only valid literals
+        return None
+
+
+def _parse_number(raw: str, original: object) -> Field:
+    value = to_decimal(original if not isinstance(original, str) else raw)
+    number = None if value is None else _json_number(value)
+    if value is None or number is None:
+        return _invalid("number", raw)
+    return {
+        "type": "number",
+        "raw": raw,
+        "normal": _decimal_text(value),
+        "valid": True,
+        "number": number,
+    }
+
+
+_NUM = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+_RANGE_OPEN = re.compile(rf"\$?\s*({_NUM})\s*\+")
+_RANGE_PAIR = re.compile(
+    rf"\$?\s*({_NUM})\s*(?:-|\u2013|\u2014|to|_)\s*\$?\s*({_NUM})", re.IGNORECASE
+)
+
+
+def _parse_range(raw: str) -> Field:
+    text = raw.strip()
+    low: Decimal | None
+    high: Decimal | None
+    m = _RANGE_OPEN.fullmatch(text)
+    if m:
+        low, high = to_decimal(m.group(1)), None
+        if low is None:
+            return _invalid("range", raw)
+        normal = f"{_decimal_text(low)}+"
+    else:
+        m = _RANGE_PAIR.fullmatch(text)
+        if m:
+            low, high = to_decimal(m.group(1)), to_decimal(m.group(2))
+        else:
+            low = high = to_decimal(text)
+        if low is None or high is None:
+            return _invalid("range", raw)
+        if low > high:
+            low, high = high, low
+        normal = (
+            _decimal_text(low) if low == high else f"{_decimal_text(low)}-{_decimal_text(high)}"
+        )
+    field: Field = {
+        "type": "range",
+        "raw": raw,
+        "normal": normal,
+        "valid": True,
+        "min": _json_number(low),
+        "max": None,
+        "avg": None,
+        "mid": None,
+    }
+    if high is not None:
+        avg = (low + high) / 2
+        field["max"] = _json_number(high)
+        field["avg"] = _json_number(avg)
+        field["mid"] = _json_number(avg.to_integral_value(ROUND_DOWN))
+    bounded = ("min", "max", "avg", "mid") if high is not None else ("min",)
+    if any(field[key] is None for key in bounded):
+        return _invalid("range", raw)  # beyond what a float can hold
+    return field
+
+
+# --- booleans -------------------------------------------------------------------------------
+
+_TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1", "on"})
+_FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0", "off"})
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def parse_boolean(value: object) -> bool | None:
+    """True/False for yes/y/1/true/t/on and no/n/0/false/f/off (any case), else None."""
+    if isinstance(value, bool):
+        return value
+    word = _NON_ALNUM.sub("", _text(value).lower())
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    return None
+
+
+def _parse_boolean(raw: str, original: object) -> Field:
+    value = parse_boolean(original if isinstance(original, bool) else raw)
+    if value is None:
+        return _invalid("boolean", raw)
+    return {"type": "boolean", "raw": raw, "normal": value, "valid": True}
+
+
+# --- dates ----------------------------------------------------------------------------------
+
+_MONTHS: Final[dict[str, int]] = {}
+for _i, _name in enumerate(
+    (
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ),
+    start=1,
+):
+    _MONTHS[_name] = _i
+    _MONTHS[_name[:3]] = _i
+_MONTHS["sept"] = 9
+
+_DATE_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[t ]\S*)?")
+_DATE_US = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})")
+_DATE_8 = re.compile(r"\d{8}")
+_DATE_MONTH_FIRST = re.compile(
+    r"(?:[a-z]{3,9}\.?,?\s+)?([a-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})"
+)
+_DATE_DAY_FIRST = re.compile(r"(?:[a-z]{3,9}\.?,?\s+)?(\d{1,2})\s+([a-z]{3,9})\.?,?\s+(\d{4})")
+
+
+def _make_date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _full_year(year_text: str, today: date) -> int:
+    year = int(year_text)
+    if len(year_text) == 2:
+        century = today.year // 100 * 100
+        year += century if year <= today.year % 100 else century - 100
+    return year
+
+
+def parse_date(value: object, today: date | None = None) -> date | None:
+    """A calendar date from ISO, US (M/D/YYYY), compact or month-name text, else None."""
+    if isinstance(value, date):
+        return value
+    text = _text(value).strip().lower()
+    if not text:
+        return None
+    m = _DATE_ISO.fullmatch(text)
+    if m:
+        return _make_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    m = _DATE_US.fullmatch(text)
+    if m:
+        year = _full_year(m.group(3), today or date.today())
+        first, second = int(m.group(1)), int(m.group(2))
+        # US order wins; day-first only when the first number cannot be a month.
+        return _make_date(year, first, second) or _make_date(year, second, first)
+    if _DATE_8.fullmatch(text):
+        return _make_date(int(text[4:]), int(text[:2]), int(text[2:4])) or _make_date(
+            int(text[:4]), int(text[4:6]), int(text[6:])
+        )
+    m = _DATE_MONTH_FIRST.fullmatch(text)
+    if m and m.group(1) in _MONTHS:
+        return _make_date(int(m.group(3)), _MONTHS[m.group(1)], int(m.group(2)))
+    m = _DATE_DAY_FIRST.fullmatch(text)
+    if m and m.group(2) in _MONTHS:
+        return _make_date(int(m.group(3)), _MONTHS[m.group(2)], int(m.group(1)))
+    return None
+
+
+def _parse_date(type_name: str, raw: str, original: object, today: date | None) -> Field:
+    day = parse_date(original if isinstance(original, date) else raw, today)
+    if day is None:
+        return _invalid(type_name, raw)
+    field: Field = {"type": type_name, "raw": raw, "normal": day.isoformat(), "valid": True}
+    field["year"] = day.year
+    if type_name == "dob":
+        now = today or date.today()
+        age = now.year - day.year - ((now.month, now.day) < (day.month, day.day))
+        if day > now or age > 130:
+            return _invalid(type_name, raw)
+        field["age"] = age
+    return field
+
+
+# --- phones ---------------------------------------------------------------------------------
+
+_PHONE_HINT = re.compile(r"(?<=[\d\s)])\s*\(?([hwcm])\)?\s*$", re.IGNORECASE)
+_PHONE_HINTS: Final = {"h": "home", "w": "work", "c": "mobile", "m": "mobile"}
+_PHONE_EXT = re.compile(r"\s*[,;]?\s*(?:ext(?:ension)?\.?|ex\.?|x|#)\s*:?\s*(\d{1,7})\s*$", re.I)
+_PHONE_NANP = re.compile(
+    r"\s*(?:\+?\s*1[\s.-]*)?\(?([2-9]\d{2})\)?[\s.-]*([2-9]\d{2})[\s.-]*(\d{4})\s*"
+)
+_TOLLFREE_AREAS: Final = frozenset({"800", "833", "844", "855", "866", "877", "888"})
+
+
+@lru_cache(maxsize=65536)
+def _nanp_region(npa_nxx: str) -> str | None:
+    """phonenumbers' region for a NANP area code and exchange, or None when not valid."""
+    number = phonenumbers.parse(f"+1{npa_nxx}4567")
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.region_code_for_number(number)
+
+
+def _nanp_field(
+    raw: str, region: str, digits: str, extension: str | None, hint: str | None
+) -> Field:
+    area = digits[:3]
+    return {
+        "type": "phone",
+        "raw": raw,
+        "normal": digits,
+        "valid": True,
+        "area": area,
+        "exchange": digits[3:6],
+        "line": digits[6:],
+        "number": digits[3:],
+        "extension": extension,
+        "country_code": region,
+        "phone_type": hint,
+        "is_tollfree": area in _TOLLFREE_AREAS,
+    }
+
+
+def _parse_phone(raw: str) -> Field:
+    text = raw.strip()
+    if not text:
+        return _invalid("phone", raw)
+    hint = None
+    m = _PHONE_HINT.search(text)
+    if m:
+        hint = _PHONE_HINTS[m.group(1).lower()]
+        text = text[: m.start()]
+    body, extension = text, None
+    m = _PHONE_EXT.search(text)
+    if m and m.start() > 0:
+        body, extension = text[: m.start()], m.group(1)
+    m = _PHONE_NANP.fullmatch(body)
+    if m:
+        digits = m.group(1) + m.group(2) + m.group(3)
+        region = _nanp_region(digits[:6])
+        if region is None:
+            return _invalid("phone", raw)
+        return _nanp_field(raw, region, digits, extension, hint)
+    try:
+        number = phonenumbers.parse(text, "US")
+    except phonenumbers.NumberParseException:
+        return _invalid("phone", raw)
+    if not phonenumbers.is_valid_number(number):
+        return _invalid("phone", raw)
+    region = phonenumbers.region_code_for_number(number) or ""
+    extension = number.extension or extension
+    nsn = phonenumbers.national_significant_number(number)
+    if number.country_code == 1 and len(nsn) == 10:
+        return _nanp_field(raw, region, nsn, extension, hint)
+    area_length = phonenumbers.length_of_national_destination_code(number)
+    return {
+        "type": "phone",
+        "raw": raw,
+        "normal": nsn,
+        "valid": True,
+        "area": nsn[:area_length] or None,
+        "exchange": None,
+        "line": None,
+        "number": nsn[area_length:],
+        "extension": extension,
+        "country_code": region,
+        "phone_type": hint,
+        "is_tollfree": False,
+    }
+
+
+# --- emails ---------------------------------------------------------------------------------
+
+_EMAIL_FAST = re.compile(
+    r"([a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}))"
+)
+_SPECIAL_USE_TLDS: Final = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+_SECOND_LEVEL_TLDS: Final = frozenset(
+    {
+        "co.uk",
+        "org.uk",
+        "ac.uk",
+        "gov.uk",
+        "me.uk",
+        "com.au",
+        "net.au",
+        "org.au",
+        "co.nz",
+        "com.br",
+        "com.mx",
+        "co.jp",
+        "co.in",
+        "co.za",
+        "com.cn",
+    }
+)
+_FREE_EMAIL_DOMAINS: Final = frozenset(
+    {
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "yahoo.co.uk",
+        "ymail.com",
+        "rocketmail.com",
+        "hotmail.com",
+        "hotmail.co.uk",
+        "outlook.com",
+        "live.com",
+        "msn.com",
+        "aol.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "mail.com",
+        "gmx.com",
+        "gmx.net",
+        "zoho.com",
+        "protonmail.com",
+        "proton.me",
+        "yandex.com",
+        "yandex.ru",
+        "mail.ru",
+        "comcast.net",
+        "att.net",
+        "sbcglobal.net",
+        "verizon.net",
+        "cox.net",
+        "charter.net",
+        "bellsouth.net",
+        "earthlink.net",
+        "juno.com",
+        "fastmail.com",
+        "hushmail.com",
+        "tutanota.com",
+        "qq.com",
+        "163.com",
+        "web.de",
+        "inbox.com",
+    }
+)
+_DISPOSABLE_EMAIL_DOMAINS: Final = frozenset(
+    {
+        "mailinator.com",
+        "guerrillamail.com",
+        "guerrillamail.net",
+        "sharklasers.com",
+        "10minutemail.com",
+        "tempmail.com",
+        "temp-mail.org",
+        "throwawaymail.com",
+        "yopmail.com",
+        "trashmail.com",
+        "getnada.com",
+        "dispostable.com",
+        "maildrop.cc",
+        "mailnesia.com",
+        "fakeinbox.com",
+        "tempinbox.com",
+        "mintemail.com",
+        "spamgourmet.com",
+        "mytemp.email",
+        "emailondeck.com",
+        "burnermail.io",
+        "discard.email",
+        "mohmal.com",
+        "tempr.email",
+        "moakt.com",
+        "mailcatch.com",
+    }
+)
+
+
+def _email_field(raw: str, user: str, domain: str) -> Field:
+    last_two = domain.rsplit(".", 2)
+    tld = last_two[-1]
+    if len(last_two) == 3 and f"{last_two[1]}.{last_two[2]}" in _SECOND_LEVEL_TLDS:
+        tld = f"{last_two[1]}.{last_two[2]}"
+    return {
+        "type": "email",
+        "raw": raw,
+        "normal": f"{user}@{domain}",
+        "valid": True,
+        "user": user,
+        "domain": domain,
+        "host": domain[: -len(tld) - 1] if domain != tld else "",
+        "tld": tld,
+        "is_free": domain in _FREE_EMAIL_DOMAINS,
+        "is_disposable": domain in _DISPOSABLE_EMAIL_DOMAINS,
+    }
+
+
+def _parse_email(raw: str) -> Field:
+    text = raw.strip().lower()
+    if not text:
+        return _invalid("email", raw)
+    m = _EMAIL_FAST.fullmatch(text)
+    if m and len(m.group(1)) <= 64 and len(text) <= 254 and m.group(3) not in _SPECIAL_USE_TLDS:
+        return _email_field(raw, m.group(1), m.group(2))
+    # Unusual addresses (international, quoted) go to email-validator; DNS stays off.
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except (EmailNotValidError, ValueError, UnicodeError):
+        return _invalid("email", raw)
+    return _email_field(raw, result.local_part.lower(), result.domain.lower())
+
+
+# --- postal codes, states, gender -----------------------------------------------------------
+
+_ZIP_US = re.compile(r"(\d{5})(?:\s*-?\s*(\d{4}))?")
+_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*-?\s*(\d[a-z]\d)", re.IGNORECASE)
+
+
+def _parse_postal_code(raw: str, original: object) -> Field:
+    text = raw.strip()
+    if isinstance(original, int) and not isinstance(original, bool) and 0 < original < 100000:
+        text = f"{original:05d}"  # JSON numbers drop New England's leading zeros
+    m = _ZIP_US.fullmatch(text)
+    if m:
+        zip5, four = m.group(1), m.group(2)
+        return {
+            "type": "postal_code",
+            "raw": raw,
+            "normal": f"{zip5}-{four}" if four else zip5,
+            "valid": True,
+            "zip": zip5,
+            "four": four,
+            "country_code": "US",
+        }
+    m = _ZIP_CA.fullmatch(text)
+    if m:
+        fsa, ldu = m.group(1).upper(), m.group(2).upper()
+        return {
+            "type": "postal_code",
+            "raw": raw,
+            "normal": f"{fsa} {ldu}",
+            "valid": True,
+            "zip": None,
+            "four": None,
+            "country_code": "CA",
+            "fsa": fsa,
+            "ldu": ldu,
+        }
+    return _invalid("postal_code", raw)
+
+
+_STATES: Final[dict[str, str]] = {
+    "AL": "Alabama",
+    "AK": "Alaska",
+    "AZ": "Arizona",
+    "AR": "Arkansas",
+    "CA": "California",
+    "CO": "Colorado",
+    "CT": "Connecticut",
+    "DE": "Delaware",
+    "DC": "District of Columbia",
+    "FL": "Florida",
+    "GA": "Georgia",
+    "HI": "Hawaii",
+    "ID": "Idaho",
+    "IL": "Illinois",
+    "IN": "Indiana",
+    "IA": "Iowa",
+    "KS": "Kansas",
+    "KY": "Kentucky",
+    "LA": "Louisiana",
+    "ME": "Maine",
+    "MD": "Maryland",
+    "MA": "Massachusetts",
+    "MI": "Michigan",
+    "MN": "Minnesota",
+    "MS": "Mississippi",
+    "MO": "Missouri",
+    "MT": "Montana",
+    "NE": "Nebraska",
+    "NV": "Nevada",
+    "NH": "New Hampshire",
+    "NJ": "New Jersey",
+    "NM": "New Mexico",
+    "NY": "New York",
+    "NC": "North Carolina",
+    "ND": "North Dakota",
+    "OH": "Ohio",
+    "OK": "Oklahoma",
+    "OR": "Oregon",
+    "PA": "Pennsylvania",
+    "RI": "Rhode Island",
+    "SC": "South Carolina",
+    "SD": "South Dakota",
+    "TN": "Tennessee",
+    "TX": "Texas",
+    "UT": "Utah",
+    "VT": "Vermont",
+    "VA": "Virginia",
+    "WA": "Washington",
+    "WV": "West Virginia",
+    "WI": "Wisconsin",
+    "WY": "Wyoming",
+    "AS": "American Samoa",
+    "GU": "Guam",
+    "MP": "Northern Mariana Islands",
+    "PR": "Puerto Rico",
+    "VI": "U.S. Virgin Islands",
+    "AA": "Armed Forces Americas",
+    "AE": "Armed Forces Europe",
+    "AP": "Armed Forces Pacific",
+    "AB": "Alberta",
+    "BC": "British Columbia",
+    "MB": "Manitoba",
+    "NB": "New Brunswick",
+    "NL": "Newfoundland and Labrador",
+    "NS": "Nova Scotia",
+    "NT": "Northwest Territories",
+    "NU": "Nunavut",
+    "ON": "Ontario",
+    "PE": "Prince Edward Island",
+    "QC": "Quebec",
+    "SK": "Saskatchewan",
+    "YT": "Yukon",
+}
+_STATE_ALIASES: Final[dict[str, str]] = {
+    "ala": "AL",
+    "ariz": "AZ",
+    "ark": "AR",
+    "calif": "CA",
+    "cal": "CA",
+    "colo": "CO",
+    "conn": "CT",
+    "del": "DE",
+    "fla": "FL",
+    "ill": "IL",
+    "ind": "IN",
+    "kan": "KS",
+    "kans": "KS",
+    "mass": "MA",
+    "mich": "MI",
+    "minn": "MN",
+    "miss": "MS",
+    "mont": "MT",
+    "neb": "NE",
+    "nebr": "NE",
+    "nev": "NV",
+    "okla": "OK",
+    "ore": "OR",
+    "penn": "PA",
+    "penna": "PA",
+    "tenn": "TN",
+    "tex": "TX",
+    "wash": "WA",
+    "wva": "WV",
+    "wis": "WI",
+    "wisc": "WI",
+    "wyo": "WY",
+    "washington dc": "DC",
+    "washington d c": "DC",
+    "virgin islands": "VI",
+    "us virgin islands": "VI",
+    "newfoundland": "NL",
+    "quebec": "QC",
+    "québec": "QC",
+}
+_STATE_LOOKUP: Final[dict[str, str]] = {
+    **{code.lower(): code for code in _STATES},
+    **{name.lower().replace(".", ""): code for code, name in _STATES.items()},
+    **_STATE_ALIASES,
+}
+_STATE_CLEAN = re.compile(r"[.\s]+")
+
+
+def _parse_state(raw: str) -> Field:
+    key = _STATE_CLEAN.sub(" ", raw.replace(".", "")).strip().lower()
+    code = _STATE_LOOKUP.get(key)
+    if code is None:
+        return _invalid("state", raw)
+    return {"type": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
+
+
+_GENDERS: Final[dict[str, str]] = {
+    "m": "male",
+    "male": "male",
+    "man": "male",
+    "f": "female",
+    "female": "female",
+    "woman": "female",
+    "o": "other",
+    "other": "other",
+    "x": "other",
+    "nonbinary": "other",
+    "non-binary": "other",
+}
+_GENDER_ABBR: Final = {"male": "M", "female": "F", "other": "O"}
+
+
+def _parse_gender(raw: str) -> Field:
+    gender = _GENDERS.get(raw.strip().lower())
+    if gender is None:
+        return _invalid("gender", raw)
+    return {
+        "type": "gender",
+        "raw": raw,
+        "normal": gender,
+        "valid": True,
+        "abbr": _GENDER_ABBR[gender],
+    }
+
+
+# --- ip, url, trustedform -------------------------------------------------------------------
+
+
+def _parse_ip(raw: str) -> Field:
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return _invalid("ip", raw)
+    return {
+        "type": "ip",
+        "raw": raw,
+        "normal": address.compressed,
+        "valid": True,
+        "is_ipv4": address.version == 4,
+        "version": address.version,
+        "is_private": address.is_private,
+    }
+
+
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+_URL_BAD_CHARS = re.compile(r"[\s<>\"\\^`{|}]")
+
+
+def _parse_url(raw: str, type_name: str = "url") -> Field:
+    text = raw.strip()
+    if not text or _URL_BAD_CHARS.search(text):
+        return _invalid(type_name, raw)
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return _invalid(type_name, raw)
+    host = (parts.hostname or "").lower()
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return _invalid(type_name, raw)
+    if not _HOSTNAME.fullmatch(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return _invalid(type_name, raw)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}{at}{hostport.lower()}"
+    return {
+        "type": type_name,
+        "raw": raw,
+        "normal": urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment)),
+        "valid": True,
+        "protocol": scheme,
+        "host": host,
+        "port": str(port) if port is not None else None,
+        "path": parts.path,
+        "query": parts.query or None,
+        "hash": parts.fragment or None,
+    }
+
+
+_TRUSTEDFORM_HOSTS: Final = frozenset({"cert.trustedform.com", "ping.trustedform.com"})
+_CERT_ID = re.compile(r"[A-Za-z0-9._~-]{1,255}")
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def _parse_trustedform_url(raw: str) -> Field:
+    url = _parse_url(raw, "trustedform_url")
+    if not url["valid"] or url["host"] not in _TRUSTEDFORM_HOSTS:
+        return _invalid("trustedform_url", raw)
+    cert_id = str(url["path"]).strip("/")
+    if not _CERT_ID.fullmatch(cert_id):
+        return _invalid("trustedform_url", raw)
+    if _HEX40.fullmatch(cert_id):
+        cert_id = cert_id.lower()
+    return {
+        "type": "trustedform_url",
+        "raw": raw,
+        "normal": f"https://{url['host']}/{cert_id}",
+        "valid": True,
+        "host": url["host"],
+        "cert_id": cert_id,
+    }
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Field:
+    """Parse one value as ``type_name``; never raises, invalid values come back ``valid: False``.
+
+    ``today`` fixes the date dob ages are computed against (default: the local date).
+    """
+    text = _text(raw)
+    if type_name not in FIELD_TYPES:
+        type_name = "string"
+    if not text.strip():
+        return {"type": type_name, "raw": text, "normal": "", "valid": False}
+    if type_name == "string":
+        return {"type": "string", "raw": text, "normal": text.strip(), "valid": True}
+    if type_name == "phone":
+        return _parse_phone(text)
+    if type_name == "email":
+        return _parse_email(text)
+    if type_name == "postal_code":
+        return _parse_postal_code(text, raw)
+    if type_name == "state":
+        return _parse_state(text)
+    if type_name == "number":
+        return _parse_number(text, raw)
+    if type_name == "range":
+        return _parse_range(text)
+    if type_name == "boolean":
+        return _parse_boolean(text, raw)
+    if type_name in ("date", "dob"):
+        return _parse_date(type_name, text, raw, today)
+    if type_name == "gender":
+        return _parse_gender(text)
+    if type_name == "ip":
+        return _parse_ip(text)
+    if type_name == "url":
+        return _parse_url(text)
+    return _parse_trustedform_url(text)
+
+
+def _parse_any(
+    key: str, type_name: str, value: object, custom: Mapping[str, str], today: date | None
+) -> object:
+    if isinstance(value, Mapping):
+        return {
+            str(k): _parse_any(f"{key}.{k}", custom.get(f"{key}.{k}", "string"), v, custom, today)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        items: list[object] = []
+        for item in value:
+            parsed = _parse_any(key, type_name, item, custom, today)
+            items.append(
+                parsed["normal"] if isinstance(parsed, dict) and is_field(parsed) else parsed
+            )
+        return items
+    return parse_value(type_name, value, today=today)
+
+
+def parse_lead(
+    data: Mapping[str, object],
+    custom_types: Mapping[str, str] | None = None,
+    *,
+    today: date | None = None,
+) -> dict[str, object]:
+    """Parse an unflattened submission by ``custom_types``, else standard types, else string.
+
+    A flow's ``fields`` entry wins over the standard type of the same name, as the config
+    checker reads it that way too.
+    """
+    custom = custom_types or {}
+    lead: dict[str, object] = {}
+    for key, value in data.items():
+        name = str(key)
+        type_name = custom.get(name) or STANDARD_FIELDS.get(name, "string")
+        lead[name] = _parse_any(name, type_name, value, custom, today)
+    return lead

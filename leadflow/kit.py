@@ -1,0 +1,223 @@
+"""The service kit: one way to build, run and stop every gRPC service (health, reflection,
+go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+SERVER_STARTED = Counter(
+    "grpc_server_started_total", "RPCs started on the server.", ["grpc_type", "grpc_service", "grpc_method"]
+)
+SERVER_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+SERVER_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Server RPC latency.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CLIENT_STARTED = Counter(
+    "grpc_client_started_total", "RPCs started by clients.", ["grpc_type", "grpc_service", "grpc_method"]
+)
+CLIENT_HANDLED = Counter(
+    "grpc_client_handled_total",
+    "RPCs completed by clients, by code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+CLIENT_SECONDS = Histogram(
+    "grpc_client_handling_seconds",
+    "Client RPC latency.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# Beyond ~1000 concurrent streams on one channel gRPC core starts cancelling calls.
+MAX_IN_FLIGHT_PER_CHANNEL = 500
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """grpc_server_* metrics for unary RPCs, under the go-grpc-prometheus names."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, method = _split(details.method)
+        inner = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            SERVER_STARTED.labels("unary", service, method).inc()
+            start = perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                SERVER_HANDLED.labels("unary", service, method, name).inc()
+                SERVER_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """grpc_client_* metrics, and a bound on in-flight calls per channel."""
+
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT_PER_CHANNEL) -> None:
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method_path = details.method.decode() if isinstance(details.method, bytes) else details.method
+        service, method = _split(method_path)
+        CLIENT_STARTED.labels("unary", service, method).inc()
+        start = perf_counter()
+        async with self._slots:
+            call = await continuation(details, request)
+            try:
+                await call
+            finally:
+                code = await call.code()
+                CLIENT_HANDLED.labels("unary", service, method, code.name).inc()
+                CLIENT_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
+        return call
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    """One channel per dependency per process, with client metrics."""
+    return grpc.aio.insecure_channel(
+        target,
+        interceptors=[ClientMetricsInterceptor()],
+        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0)],
+    )
+
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+async def start_server(
+    registrars: Sequence[Registrar], service_names: Sequence[str], address: str
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build, bind and start a server with health and reflection; returns the bound port."""
+    server = grpc.aio.server(
+        interceptors=[ServerMetricsInterceptor()],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000)],
+    )
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    await server.start()
+    for name in (*service_names, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def stop_server(
+    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float = 10.0
+) -> None:
+    """NOT_SERVING first so balancers stop sending, then finish in-flight calls."""
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)
+
+
+async def run_until_terminated(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace: float = 10.0,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls (grace %.0fs)", grace)
+    await stop_server(server, health_servicer, grace)
+    if on_stop is not None:
+        await on_stop()
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every service reads from its environment, once, in main()."""
+
+    config_path: str
+    data_dir: str
+    database_url: str | None
+    host: str
+    port: int
+    metrics_port: int | None
+
+    @classmethod
+    def from_env(cls, default_port: int, default_metrics_port: int) -> ServiceSettings:
+        metrics = os.environ.get("LEADFLOW_METRICS_PORT", str(default_metrics_port))
+        return cls(
+            config_path=os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml"),
+            data_dir=os.environ.get("LEADFLOW_DATA_DIR", "data"),
+            database_url=os.environ.get("LEADFLOW_DATABASE_URL") or None,
+            host=os.environ.get("LEADFLOW_HOST", "0.0.0.0"),
+            port=int(os.environ.get("LEADFLOW_GRPC_PORT", str(default_port))),
+            metrics_port=int(metrics) if metrics != "0" else None,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LEADFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose this process's Prometheus registry over HTTP (a daemon thread)."""
+    if port is not None:
+        start_http_server(port, addr="0.0.0.0")

@@ -1,0 +1,134 @@
+"""`leadflow up`: every service as a supervised child process, on the ports of SPEC section 10."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Child:
+    module: str
+    env: dict[str, str]
+
+
+def plan(
+    config: Path, data_dir: Path, http_port: int, port_base: int, host: str = "127.0.0.1"
+) -> list[Child]:
+    """The five services with their ports: gRPC B+1..B+5, metrics B+11..B+15."""
+    base_env = {
+        **os.environ,
+        "LEADFLOW_CONFIG": str(config.resolve()),
+        "LEADFLOW_DATA_DIR": str(data_dir.resolve()),
+        "LEADFLOW_HOST": host,
+    }
+    modules = ["pricing_service", "routing_service", "delivery_service", "ledger_service", "gateway"]
+    addresses = {
+        f"LEADFLOW_{name.upper()}_ADDR": f"{host}:{port_base + i}"
+        for i, name in enumerate(("pricing", "routing", "delivery", "ledger"), start=1)
+    }
+    children = []
+    for i, module in enumerate(modules, start=1):
+        env = {
+            **base_env,
+            "LEADFLOW_GRPC_PORT": str(port_base + i),
+            "LEADFLOW_METRICS_PORT": str(port_base + 10 + i),
+        }
+        if module == "gateway":
+            env.update(addresses, LEADFLOW_HTTP_PORT=str(http_port), LEADFLOW_HTTP_HOST=host)
+        children.append(Child(module, env))
+    return children
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], ready_url: str) -> None:
+        self._children = children
+        self._ready_url = ready_url
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        watchers = [asyncio.create_task(self._keep_running(child)) for child in self._children]
+        ready = asyncio.create_task(self._announce_ready())
+        await self._stopping.wait()
+        ready.cancel()
+        await self._stop_all()
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, ready, return_exceptions=True)
+        return 0
+
+    async def _start(self, child: Child) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", child.module, env=child.env
+        )
+        self._processes[child.module] = process
+        return process
+
+    async def _keep_running(self, child: Child) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            process = await self._start(child)
+            code = await process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("%s exited with %s; restarting in %.0fs", child.module, code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+
+    async def _announce_ready(self) -> None:
+        deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+        async with aiohttp.ClientSession() as session:
+            while asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self._ready_url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            base = self._ready_url.removesuffix("/healthz")
+                            print(f"leadflow ready {base}", flush=True)
+                            return
+                await asyncio.sleep(0.1)
+        log.error("the suite did not become healthy within %.0fs", READY_TIMEOUT_S)
+
+    async def _stop_all(self) -> None:
+        """The gateway first (no new leads), then the services it calls."""
+        for module in ["gateway", *[c.module for c in self._children if c.module != "gateway"]]:
+            process = self._processes.get(module)
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                if module == "gateway":
+                    await self._wait(process)
+        for process in self._processes.values():
+            await self._wait(process)
+
+    async def _wait(self, process: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+async def up(config: Path, data_dir: Path, http_port: int, port_base: int) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    children = plan(config, data_dir, http_port, port_base)
+    return await Supervisor(children, f"http://127.0.0.1:{http_port}/healthz").run()

@@ -1,0 +1,110 @@
+"""Translation between the domain and the shared proto messages (leadflow.common.v1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from leadflow.common.v1 import lead_pb2
+from leadflow.money import ZERO, from_proto, to_proto
+
+OUTCOMES = ("success", "failure", "error", "skip", "queued")
+_TO_ENUM = {name: lead_pb2.Outcome.Value(f"OUTCOME_{name.upper()}") for name in OUTCOMES}
+_FROM_ENUM = {value: name for name, value in _TO_ENUM.items()}
+
+
+def outcome_to_proto(outcome: str) -> lead_pb2.Outcome.ValueType:
+    return _TO_ENUM[outcome]
+
+
+def outcome_from_proto(value: lead_pb2.Outcome.ValueType) -> str:
+    return _FROM_ENUM.get(value, "error")
+
+
+@dataclass(frozen=True)
+class LeadData:
+    """A parsed lead with its identity: what every service reads."""
+
+    id: str
+    flow_id: str
+    source_id: str
+    fields: dict[str, Any]
+    submit_time: datetime
+
+    def to_proto(self) -> lead_pb2.Lead:
+        message = lead_pb2.Lead(
+            id=self.id,
+            flow_id=self.flow_id,
+            source_id=self.source_id,
+            fields_json=orjson.dumps(self.fields, default=_json_default),
+        )
+        message.submit_time.FromDatetime(self.submit_time)
+        return message
+
+    @classmethod
+    def from_proto(cls, message: lead_pb2.Lead) -> LeadData:
+        return cls(
+            id=message.id,
+            flow_id=message.flow_id,
+            source_id=message.source_id,
+            fields=orjson.loads(message.fields_json) if message.fields_json else {},
+            submit_time=message.submit_time.ToDatetime(tzinfo=UTC),
+        )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class PriceAudit:
+    """Why a price is what it is (the pricing audit of SPEC 5.4)."""
+
+    layer: str = "none"
+    amount: Decimal = ZERO
+    rule_index: int = -1
+    service_status: int = 0
+    service_latency_ms: int = 0
+    service_error: str = ""
+    fallback_used: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_proto(self) -> lead_pb2.PriceAudit:
+        return lead_pb2.PriceAudit(
+            layer=self.layer,
+            rule_index=self.rule_index,
+            amount=to_proto(self.amount),
+            service_status=self.service_status,
+            service_latency_ms=self.service_latency_ms,
+            service_error=self.service_error,
+            fallback_used=self.fallback_used,
+        )
+
+    @classmethod
+    def from_proto(cls, message: lead_pb2.PriceAudit) -> PriceAudit:
+        return cls(
+            layer=message.layer or "none",
+            amount=from_proto(message.amount),
+            rule_index=message.rule_index,
+            service_status=message.service_status,
+            service_latency_ms=message.service_latency_ms,
+            service_error=message.service_error,
+            fallback_used=message.fallback_used,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "amount": f"{self.amount:.2f}",
+            "rule_index": self.rule_index if self.rule_index >= 0 else None,
+            "service_status": self.service_status or None,
+            "service_latency_ms": self.service_latency_ms if self.layer.endswith("service") else None,
+            "service_error": self.service_error or None,
+            "fallback_used": self.fallback_used,
+        }

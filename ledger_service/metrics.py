@@ -1,0 +1,1 @@
+"""ledger_service metrics, defined once here (none of its own yet: the kit counts its RPCs)."""

@@ -1,0 +1,44 @@
+"""ledger_service: build the server (create_server) and run it as a process (main)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+from grpc_health.v1 import health
+from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+
+from leadflow import db, kit
+from ledger_service.config import Settings
+from ledger_service.servicer import LedgerServicer
+from ledger_service.store import LedgerStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ledger_service_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+
+async def create_server(
+    settings: Settings, store: LedgerStore
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start the ledger on settings.address (port 0 picks a free one); returns the bound port."""
+    servicer = LedgerServicer(store)
+
+    def register(server: grpc.aio.Server) -> None:
+        ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
+
+    return await kit.start_server([register], [SERVICE_NAME], settings.address)
+
+
+async def main() -> None:
+    kit.configure_logging()
+    settings = Settings.from_env()
+    url = db.database_url(settings.service.database_url, settings.service.data_dir, "ledger")
+    store = await LedgerStore.open(url, settings.schema)
+    try:
+        kit.serve_metrics(settings.service.metrics_port)
+        server, port, health_servicer = await create_server(settings, store)
+        log.info("ledger_service listening on port %d", port)
+        await kit.run_until_terminated(server, health_servicer)
+    finally:
+        await store.close()

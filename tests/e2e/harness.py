@@ -1,0 +1,193 @@
+"""Harness for the e2e tier: the suite as processes (`leadflow up`), real buyer HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+READY_TIMEOUT_S = 60
+
+
+@dataclass
+class BuyerServer:
+    """A buyer's HTTP endpoint in a thread of its own; records every request it receives."""
+
+    respond: Callable[[str, dict[str, Any]], dict[str, Any]]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            if request.content_type == "application/json":
+                data = await request.json()
+            else:
+                data = dict(await request.post())
+            self.received.append({"content_type": request.content_type, "body": body, "data": data})
+            return web.json_response(self.respond(request.path, data))
+
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = self._runner.addresses[0][1]
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "buyer server did not start"
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def url(self, path: str = "/leads") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def ports_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_base() -> tuple[int, int]:
+    """A port base B with B+1..B+15 free, and a free HTTP port."""
+    for _ in range(100):
+        base = random.randrange(20000, 45000, 20)
+        ports = [base + i for i in range(1, 16)] + [base + 19]
+        if ports_free(ports):
+            return base, base + 19
+    raise RuntimeError("no free ports")
+
+
+@dataclass
+class Suite:
+    process: subprocess.Popen[str]
+    http_port: int
+    port_base: int
+    output: list[str]
+    drain: threading.Thread | None = None
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        """Signal the supervisor as Ctrl-C (or kill) would; its exit code once everything stopped."""
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        finally:
+            if self.drain is not None:
+                self.drain.join(10)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        key: str | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        all_headers = dict(headers or {})
+        if key is not None:
+            all_headers["Authorization"] = "Basic " + base64.b64encode(f"API:{key}".encode()).decode()
+        # http.client sends exactly these headers (urllib would add a form Content-Type).
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=all_headers)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+
+def start_suite(config_path: Path, data_dir: Path) -> Suite:
+    base, http_port = free_port_base()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "leadflow", "up",
+            "--config", str(config_path),
+            "--data-dir", str(data_dir),
+            "--http-port", str(http_port),
+            "--port-base", str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "LEADFLOW_LOG_LEVEL": "WARNING"},
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if line.startswith("leadflow ready "):
+            assert line.strip() == f"leadflow ready http://127.0.0.1:{http_port}"
+            drain = threading.Thread(target=_drain, args=(process, output), daemon=True)
+            drain.start()
+            return Suite(process, http_port, base, output, drain)
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    raise AssertionError("suite did not become ready:\n" + "".join(output))
+
+
+def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+
+
+def default_buyer() -> Iterator[BuyerServer]:
+    def respond(_path: str, data: dict[str, Any]) -> dict[str, Any]:
+        if str(data.get("state", "")) == "NY":
+            return {"status": "rejected", "message": "Not buying NY"}
+        return {"status": "accepted", "id": f"B{len(server.received)}"}
+
+    server = BuyerServer(respond)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,215 @@
+"""The gateway's own create_server() wired to the four real services on port 0, a real buyer
+HTTP server, and real storage (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import grpc
+import orjson
+import pytest
+from aiohttp import web
+
+from delivery_service import server as delivery_server
+from delivery_service.config import Settings as DeliverySettings
+from gateway.clients import Addresses, Downstream
+from gateway.server import create_server as create_gateway
+from gateway.store import GatewayStore
+from leadflow import db
+from leadflow.common.v1 import lead_pb2
+from leadflow.config import Config, parse_config
+from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from leadflow.kit import ServiceSettings
+from ledger_service import server as ledger_server
+from ledger_service.config import Settings as LedgerSettings
+from ledger_service.store import LedgerStore
+from pricing_service import server as pricing_server
+from routing_service import server as routing_server
+from tests.conftest import Database
+
+KEY = "source-key"
+ADMIN = "admin-key"
+SUBMIT = "/flows/auto/sources/vendor/submit"
+
+CONFIG = """
+account: {{name: Test, admin_api_key: {admin}, allow_private_network_delivery: true}}
+sources: [{{id: vendor, name: Vendor, api_key: {key}}}]
+buyers:
+  - id: first
+    name: First
+    pricing: {{prices: [{{amount: 25}}]}}
+    delivery: {{type: http, url: "{url}/first", timeout_ms: 2000}}
+  - id: second
+    name: Second
+    pricing: {{prices: [{{amount: 18}}]}}
+    delivery: {{type: http, url: "{url}/second", timeout_ms: 2000}}
+flows:
+  - id: auto
+    name: Auto
+    require_sale: true
+    pricing: {{prices: [{{amount: 9.99}}]}}
+    sources: [{{source: vendor}}]
+    stages:
+      - name: waterfall
+        exclusive: true
+        steps: [{{buyer: first}}, {{buyer: second}}]
+"""
+
+
+@dataclass
+class Buyers:
+    """Two buyer endpoints; each answers with the status its test sets."""
+
+    statuses: dict[str, int] = field(default_factory=lambda: {"first": 200, "second": 200})
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.received.append((name, await request.json()))
+        return web.json_response({"ok": True}, status=self.statuses[name])
+
+
+@dataclass
+class InProcessSuite:
+    http: aiohttp.ClientSession
+    base_url: str
+    grpc_target: str
+    buyers: Buyers
+    config: Config
+
+    async def submit(self, lead: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(
+            self.base_url + SUBMIT,
+            json=lead,
+            headers={"X-Api-Key": KEY, **headers},
+        ) as response:
+            return response.status, orjson.loads(await response.read())
+
+
+def _settings() -> ServiceSettings:
+    return ServiceSettings(
+        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
+    )
+
+
+@pytest.fixture
+async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
+    buyers = Buyers()
+    app = web.Application()
+    app.router.add_post("/{name}", buyers.handle)
+    async with AsyncExitStack() as stack:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        config = parse_config(CONFIG.format(admin=ADMIN, key=KEY, url=url), {})
+
+        ports = {}
+        for name, module in (("pricing", pricing_server), ("routing", routing_server)):
+            server, ports[name], _ = await module.create_server("127.0.0.1:0", config)
+            stack.push_async_callback(server.stop, None)
+        server, ports["delivery"], _ = await delivery_server.create_server(
+            DeliverySettings(service=_settings()), config
+        )
+        stack.push_async_callback(server.stop, None)
+        ledger_store = await LedgerStore.open(database.url, database.schema)
+        stack.push_async_callback(ledger_store.close)
+        server, ports["ledger"], _ = await ledger_server.create_server(
+            LedgerSettings(service=_settings(), schema=database.schema), ledger_store
+        )
+        stack.push_async_callback(server.stop, None)
+
+        engine = db.create_engine(database.url, database.schema)
+        stack.push_async_callback(engine.dispose)
+        store = GatewayStore(engine, database.schema)
+        await store.create_schema()
+        downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
+        stack.push_async_callback(downstream.close)
+        gateway = await create_gateway("127.0.0.1:0", "127.0.0.1", 0, config, downstream, store)
+        stack.push_async_callback(gateway.stop, 0)
+
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        yield InProcessSuite(
+            http, f"http://127.0.0.1:{gateway.http_port}", f"127.0.0.1:{gateway.port}", buyers, config
+        )
+
+
+LEAD = {"first_name": "Ada", "phone_1": "512 555 0142", "state": "CA"}
+
+
+async def test_first_buyer_buys_and_the_lead_is_recorded(suite: InProcessSuite) -> None:
+    status, body = await suite.submit(LEAD)
+    assert (status, body["outcome"], body["price"]) == (201, "success", 9.99)
+    assert [name for name, _ in suite.buyers.received] == ["first"]
+    async with suite.http.get(
+        f"{suite.base_url}/leads/{body['lead']['id']}", headers={"X-Api-Key": ADMIN}
+    ) as response:
+        view = orjson.loads(await response.read())
+    assert view["source_event"]["revenue"] == 25
+    assert [e["outcome"] for e in view["recipient_events"]] == ["success"]
+
+
+async def test_rejected_post_cascades_to_the_next_step(suite: InProcessSuite) -> None:
+    suite.buyers.statuses["first"] = 422
+    status, body = await suite.submit(LEAD)
+    assert (status, body["outcome"]) == (201, "success")
+    assert [name for name, _ in suite.buyers.received] == ["first", "second"]
+
+
+async def test_require_sale_fails_the_lead_when_nobody_buys(suite: InProcessSuite) -> None:
+    suite.buyers.statuses.update(first=422, second=400)
+    status, body = await suite.submit(LEAD)
+    assert (status, body["outcome"], body["reason"], body["price"]) == (
+        201,
+        "failure",
+        "No buyer accepted the lead",
+        0,
+    )
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_lead(
+    suite: InProcessSuite,
+) -> None:
+    replies = await asyncio.gather(
+        *(suite.submit(LEAD, **{"Idempotency-Key": "same"}) for _ in range(5))
+    )
+    assert len({reply[1]["lead"]["id"] for reply in replies}) == 1
+    assert len(suite.buyers.received) == 1
+
+
+async def test_idempotency_keys_are_per_source_and_key(suite: InProcessSuite) -> None:
+    _, first = await suite.submit(LEAD, **{"Idempotency-Key": "a"})
+    _, second = await suite.submit(LEAD, **{"Idempotency-Key": "b"})
+    assert first["lead"]["id"] != second["lead"]["id"]
+
+
+async def test_grpc_submission_runs_the_same_processing(suite: InProcessSuite) -> None:
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        reply = await stub.SubmitLead(
+            gateway_service_pb2.SubmitLeadRequest(
+                flow_id="auto", source_id="vendor", api_key=KEY, fields_json=orjson.dumps(LEAD)
+            ),
+            timeout=10,
+        )
+    assert reply.outcome == lead_pb2.OUTCOME_SUCCESS
+    assert (reply.price.units, reply.price.nanos) == (9, 990_000_000)
+    assert suite.buyers.received[0][1]["phone_1"] == "5125550142"
+
+
+async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProcessSuite) -> None:
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SubmitLead(
+                gateway_service_pb2.SubmitLeadRequest(flow_id="auto", source_id="vendor", api_key="x"),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert suite.buyers.received == []

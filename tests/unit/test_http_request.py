@@ -1,0 +1,267 @@
+"""Building a buyer's HTTP request: formats, mapping, auth, signing, masking, backoff (SPEC 8.1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+from xml.etree import ElementTree
+
+import orjson
+import pytest
+
+from delivery_service.http_adapter import (
+    MASK,
+    PreparedRequest,
+    RequestBuilder,
+    backoff_ms,
+    forbidden_reason,
+    literal_host_refusal,
+    retry_after_ms,
+    signature_headers,
+    unflatten,
+)
+from leadflow.config import HttpDelivery, Retry
+from leadflow.fields import parse_lead
+from leadflow.variables import build_context
+
+FIELDS = parse_lead(
+    {
+        "first_name": "Ada",
+        "phone_1": "(512) 555-1234",
+        "state": "california",
+        "email": "Ada@Example.com",
+        "vehicle": {"make": "Ford", "year": "2019"},
+    }
+)
+CONTEXT = build_context(
+    FIELDS,
+    flow={"id": "auto", "name": "Auto"},
+    source={"id": "vendor", "name": "Vendor"},
+    buyer={"id": "acme", "name": "Acme"},
+    purchase_price=Decimal("4.00"),
+    sale_price=Decimal("12.50"),
+)
+
+
+def build(**spec: Any) -> PreparedRequest:
+    values = {"type": "http", "url": "https://buyer.example/leads", **spec}
+    return RequestBuilder(HttpDelivery.model_validate(values)).build(FIELDS, CONTEXT)
+
+
+def test_json_without_mapping_sends_every_field_normalised() -> None:
+    body = orjson.loads(build().body)
+    assert body == {
+        "first_name": "Ada",
+        "phone_1": "5125551234",
+        "state": "CA",
+        "email": "ada@example.com",
+        "vehicle": {"make": "Ford", "year": "2019"},
+    }
+
+
+def test_json_request_has_a_json_content_type() -> None:
+    assert build().headers["Content-Type"] == "application/json"
+
+
+def test_mapping_renders_templates_with_normal_values_and_prices() -> None:
+    mapping = {
+        "phone": "{{lead.phone_1}}",
+        "st": "{{state}}",
+        "price": "{{sale_price}}",
+        "src": "{{source.id}}",
+        "cost": "{{purchase_price}}",
+        "to": "{{buyer.name}}",
+    }
+    body = orjson.loads(build(mapping=mapping).body)
+    assert body == {
+        "phone": "5125551234",
+        "st": "CA",
+        "price": "12.50",
+        "src": "vendor",
+        "cost": "4.00",
+        "to": "Acme",
+    }
+
+
+def test_mapping_dot_keys_nest_in_json() -> None:
+    body = orjson.loads(build(mapping={"contact.phone": "{{phone_1}}", "id": "x"}).body)
+    assert body == {"contact": {"phone": "5125551234"}, "id": "x"}
+
+
+def test_form_body_is_urlencoded_with_dot_keys_for_groups() -> None:
+    request = build(format="form")
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    pairs = dict(parse_qsl(request.body.decode()))
+    assert pairs["phone_1"] == "5125551234"
+    assert pairs["vehicle.make"] == "Ford"
+
+
+def test_xml_body_is_a_lead_element_with_escaped_values() -> None:
+    request = build(format="xml", mapping={"name": "<{{first_name}} & co>", "a.b": "1"})
+    root = ElementTree.fromstring(request.body)
+    assert root.tag == "lead"
+    assert root.findtext("name") == "<Ada & co>"
+    assert root.findtext("a/b") == "1"
+    assert request.headers["Content-Type"].startswith("application/xml")
+
+
+def test_xml_element_names_are_made_valid() -> None:
+    root = ElementTree.fromstring(build(format="xml", mapping={"First Name": "x"}).body)
+    assert root.findtext("First_Name") == "x"
+
+
+def test_query_format_puts_fields_in_the_query_string() -> None:
+    request = build(
+        format="query", url="https://buyer.example/leads?key=abc", mapping={"phone": "{{phone_1}}"}
+    )
+    assert request.body == b""
+    assert parse_qsl(urlsplit(request.url).query) == [("key", "abc"), ("phone", "5125551234")]
+
+
+def test_get_always_sends_fields_as_query() -> None:
+    request = build(method="GET", format="json", mapping={"st": "{{state}}"})
+    assert (request.method, request.body, urlsplit(request.url).query) == ("GET", b"", "st=CA")
+
+
+def test_url_template_values_are_url_quoted() -> None:
+    request = build(url="https://buyer.example/leads/{{email}}?n={{first_name}}")
+    assert request.url == "https://buyer.example/leads/ada%40example.com?n=Ada"
+
+
+def test_header_templates_are_rendered() -> None:
+    request = build(headers={"X-Source": "{{source.id}}"})
+    assert request.headers["X-Source"] == "vendor"
+
+
+def test_header_values_cannot_smuggle_new_lines() -> None:
+    fields = parse_lead({"first_name": "Ada\r\nX-Evil: 1"})
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "url": "https://b.example", "headers": {"X-Name": "{{first_name}}"}}
+    )
+    request = RequestBuilder(spec).build(fields, build_context(fields))
+    assert "\n" not in request.headers["X-Name"] and "\r" not in request.headers["X-Name"]
+
+
+def test_basic_auth_header() -> None:
+    request = build(auth={"type": "basic", "username": "u", "password": "s3cret-pw"})
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"u:s3cret-pw").decode()
+
+
+def test_bearer_auth_header() -> None:
+    request = build(auth={"type": "bearer", "token": "tok-123456"})
+    assert request.headers["Authorization"] == "Bearer tok-123456"
+
+
+def test_described_request_masks_the_auth_header_and_password() -> None:
+    request = build(auth={"type": "basic", "username": "u", "password": "s3cret-pw"})
+    assert f"Authorization: {MASK}" in request.described
+    assert "s3cret-pw" not in request.described
+    assert base64.b64encode(b"u:s3cret-pw").decode() not in request.described
+
+
+def test_described_request_masks_secret_looking_headers_and_fields() -> None:
+    request = build(
+        headers={"X-Api-Key": "key-98765"},
+        mapping={"api_key": "key-98765", "password": "pw-4321", "phone": "{{phone_1}}"},
+    )
+    assert "key-98765" not in request.described
+    assert "pw-4321" not in request.described
+    assert "5125551234" in request.described
+
+
+def test_described_request_masks_a_url_password_and_token_parameter() -> None:
+    request = build(url="https://user:hunter22@buyer.example/leads?token=tk-abcdef&a=1")
+    first_line = request.described.splitlines()[0]
+    assert "hunter22" not in first_line and "tk-abcdef" not in first_line
+    assert first_line.startswith("POST https://user:***@buyer.example/leads?token=***&a=1")
+
+
+def test_described_request_shows_method_url_headers_and_body() -> None:
+    request = build(mapping={"st": "{{state}}"})
+    head, _, body = request.described.partition("\n\n")
+    assert head.splitlines()[0] == "POST https://buyer.example/leads"
+    assert "Content-Type: application/json" in head.splitlines()
+    assert body == '{"st":"CA"}'
+
+
+def test_signing_adds_standard_webhooks_headers_and_masks_the_signature() -> None:
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "url": "https://b.example", "signing_secret": secret}
+    )
+    builder = RequestBuilder(spec)
+    signed = builder.sign(builder.build(FIELDS, CONTEXT), "evt_1", 1_700_000_000)
+    expected = base64.b64encode(
+        hmac.new(b"0123456789abcdef", b"evt_1.1700000000." + signed.body, hashlib.sha256).digest()
+    ).decode()
+    assert signed.headers["webhook-id"] == "evt_1"
+    assert signed.headers["webhook-timestamp"] == "1700000000"
+    assert signed.headers["webhook-signature"] == f"v1,{expected}"
+    assert f"webhook-signature: {MASK}" in signed.described
+    assert expected not in signed.described and secret not in signed.described
+
+
+def test_signing_secret_without_prefix_is_used_as_text() -> None:
+    headers = signature_headers("plain-secret", "id", 1, b"{}")
+    digest = hmac.new(b"plain-secret", b"id.1.{}", hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode()
+
+
+def test_unflatten_keeps_a_clashing_key_flat() -> None:
+    assert unflatten({"a": "1", "a.b": "2"}) == {"a": "1", "a.b": "2"}
+
+
+RETRY = Retry(attempts=5, backoff_ms=100, multiplier=Decimal(2), max_backoff_ms=500)
+
+
+@pytest.mark.parametrize(("failed_attempt", "expected"), [(1, 100), (2, 200), (3, 400), (4, 500)])
+def test_backoff_grows_exponentially_up_to_the_cap(failed_attempt: int, expected: float) -> None:
+    assert backoff_ms(RETRY, failed_attempt) == expected
+
+
+def test_retry_after_replaces_the_backoff_but_is_capped() -> None:
+    assert backoff_ms(RETRY, 1, retry_after_ms("0")) == 0
+    assert backoff_ms(RETRY, 1, retry_after_ms("120")) == 500
+
+
+def test_retry_after_as_an_http_date() -> None:
+    assert retry_after_ms("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10_000
+
+
+def test_unreadable_retry_after_is_ignored() -> None:
+    assert retry_after_ms("soon") is None
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "non-public"),
+        ("192.168.0.9", "non-public"),
+        ("169.254.169.254", "cloud metadata"),
+        ("169.254.1.1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("100.64.0.1", "non-public"),
+    ],
+)
+def test_private_addresses_are_refused(address: str, kind: str) -> None:
+    assert forbidden_reason(address) == f"a private address ({kind})"
+
+
+def test_public_address_is_allowed() -> None:
+    assert forbidden_reason("93.184.216.34") is None
+
+
+def test_literal_private_host_in_a_url_is_refused_by_name() -> None:
+    assert literal_host_refusal("http://127.0.0.1:8080/x") == (
+        "refused: 127.0.0.1 is a private address (loopback)"
+    )
+    assert literal_host_refusal("http://buyer.example/x") is None
