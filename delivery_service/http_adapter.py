@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -320,15 +321,21 @@ def describe(method: str, url: str, headers: Mapping[str, str], body: bytes) -> 
 
 def webhook_key(secret: str) -> bytes:
     """A Standard Webhooks secret: `whsec_<base64>`, else the text itself."""
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
-    return secret.encode()
+    if not secret.startswith("whsec_"):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ValueError("signing_secret starts with whsec_ but is not base64") from None
 
 
-def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signature_headers(
+    secret: str | bytes, message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
     """Standard Webhooks headers: HMAC-SHA256 of `id.timestamp.body`, base64, as `v1,<sig>`."""
+    key = webhook_key(secret) if isinstance(secret, str) else secret
     signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
@@ -360,6 +367,8 @@ class RequestBuilder:
             else {name: compile_template(value) for name, value in spec.mapping.items()}
         )
         self._secrets = self._config_secrets(spec)
+        # Decoded once, so a malformed secret stops the server at start rather than each lead.
+        self._signing_key = webhook_key(spec.signing_secret) if spec.signing_secret else None
 
     @staticmethod
     def _config_secrets(spec: HttpDelivery) -> tuple[str, ...]:
@@ -408,9 +417,9 @@ class RequestBuilder:
 
     def sign(self, request: PreparedRequest, message_id: str, timestamp: int) -> PreparedRequest:
         """The request with fresh signature headers (each attempt has its own timestamp)."""
-        if not self.spec.signing_secret:
+        if self._signing_key is None:
             return request
-        signed = signature_headers(self.spec.signing_secret, message_id, timestamp, request.body)
+        signed = signature_headers(self._signing_key, message_id, timestamp, request.body)
         head, _, body_text = request.described.partition("\n\n")
         shown = "\n".join(
             f"{name}: {MASK if name == 'webhook-signature' else value}"

@@ -10,8 +10,8 @@ from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import orjson
-from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
-from defusedxml.ElementTree import fromstring as _defused_fromstring  # type: ignore[import-untyped]
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as _defused_fromstring
 
 from leadflow.config import ResponseRules
 from leadflow.money import cents, is_price, parse_amount

@@ -9,13 +9,13 @@ import sys
 import aiohttp
 import grpc
 from grpc_health.v1 import health
-from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 
 from delivery_service.config import Settings
 from delivery_service.http_adapter import HttpAdapter, create_session
 from delivery_service.servicer import DeliveryServicer
 from leadflow import kit
 from leadflow.config import Config, ConfigError, HttpDelivery, load_config
+from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import orjson
 from google.type import money_pb2
-from leadflow.common.v1 import lead_pb2
-from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 
 from delivery_service import metrics
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
+from leadflow.common.v1 import lead_pb2
 from leadflow.config import Buyer, Config
 from leadflow.context import lead_context
+from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.money import from_proto, to_proto
 from leadflow.templates import TemplateError
 from leadflow.wire import LeadData, outcome_to_proto

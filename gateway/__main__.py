@@ -1,4 +1,4 @@
-"""`python -m gateway`: the HTTP front door and lead orchestrator, configured from the environment."""
+"""`python -m gateway`: the HTTP front door and orchestrator, configured from the environment."""
 
 import asyncio
 

@@ -125,5 +125,3 @@ class Downstream:
     async def get_lead(self, lead_id: str) -> ledger_service_pb2.GetLeadResponse:
         request = ledger_service_pb2.GetLeadRequest(lead_id=lead_id)
         return await self.ledger.GetLead(request, timeout=LEDGER_DEADLINE_S)
-
-

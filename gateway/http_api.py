@@ -41,7 +41,9 @@ STORE_KEY = web.AppKey("store", GatewayStore)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, reason: str, outcome: str = "failure", media: str = "application/json") -> web.Response:
+def _error(
+    status: int, reason: str, outcome: str = "failure", media: str = "application/json"
+) -> web.Response:
     body = render({"outcome": outcome, "reason": reason}, media)
     return web.Response(status=status, body=body, content_type=media)
 
@@ -110,15 +112,21 @@ async def submit(request: web.Request) -> web.Response:
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        return _error(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media=media)
+        return _error(
+            400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media=media
+        )
     store = request.app[STORE_KEY]
     if key is not None:
         try:
             first = await store.claim(source_id, key)
         except KeyInProgress:
-            return _error(409, "A request with this Idempotency-Key is still in progress", media=media)
+            return _error(
+                409, "A request with this Idempotency-Key is still in progress", media=media
+            )
         if first is not None:
-            return web.Response(status=first.status, body=first.body, content_type=first.content_type)
+            return web.Response(
+                status=first.status, body=first.body, content_type=first.content_type
+            )
     try:
         result = await request.app[ORCHESTRATOR_KEY].submit(flow_id, source_id, fields)
     except BaseException:

@@ -70,7 +70,9 @@ def _xml_value(element: Element) -> Any:
         value = _xml_value(child)
         if child.tag in result:  # a repeated element is a list
             existing = result[child.tag]
-            result[child.tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
+            result[child.tag] = (
+                [*existing, value] if isinstance(existing, list) else [existing, value]
+            )
         else:
             result[child.tag] = value
     return result

@@ -17,7 +17,9 @@ PURCHASE_COST = Counter(
     "leadflow_purchase_cost_dollars_total", "Purchase prices paid to vendors.", ["flow", "source"]
 )
 SALE_REVENUE = Counter(
-    "leadflow_sale_revenue_dollars_total", "Sale prices of successful deliveries.", ["flow", "buyer"]
+    "leadflow_sale_revenue_dollars_total",
+    "Sale prices of successful deliveries.",
+    ["flow", "buyer"],
 )
 
 

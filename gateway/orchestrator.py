@@ -115,7 +115,9 @@ class Orchestrator:
             run.fail("error", "Lead could not be processed, try again later")
         duration = perf_counter() - started
         await self._record(run, duration)
-        metrics.observe_lead(run.lead.flow_id, run.lead.source_id, run.outcome, run.price_paid, duration)
+        metrics.observe_lead(
+            run.lead.flow_id, run.lead.source_id, run.outcome, run.price_paid, duration
+        )
         for recipient in run.recipients:
             if recipient.outcome == "success":
                 metrics.observe_sale(flow_id, recipient.buyer_id, recipient.sale_price)
@@ -232,4 +234,3 @@ class Orchestrator:
             recipient_events=[recipient.to_proto() for recipient in run.recipients],
         )
         await self._downstream.record_lead(request)
-

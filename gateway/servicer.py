@@ -29,7 +29,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self._store = store
 
     async def SubmitLead(
-        self, request: pb.SubmitLeadRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SubmitLeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitLeadResponse:
         flow = self._config.flows_by_id.get(request.flow_id)
         if flow is None or request.source_id not in flow.sources_by_id:

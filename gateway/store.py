@@ -41,7 +41,9 @@ class GatewayStore:
         response (waiting while a concurrent first request is still running)."""
         try:
             async with self._sessions.begin() as session:
-                session.add(IdempotencyKey(source_id=source_id, key=key, created_time=datetime.now(UTC)))
+                session.add(
+                    IdempotencyKey(source_id=source_id, key=key, created_time=datetime.now(UTC))
+                )
             return None
         except IntegrityError:
             pass
@@ -50,7 +52,9 @@ class GatewayStore:
             async with self._sessions() as session:
                 row = await session.get(IdempotencyKey, (source_id, key))
             if row is None:  # the first request failed and released it: try to own it again
-                return await self.claim(source_id, key, max(0.0, deadline - asyncio.get_running_loop().time()))
+                return await self.claim(
+                    source_id, key, max(0.0, deadline - asyncio.get_running_loop().time())
+                )
             if row.body is not None and row.status is not None and row.content_type is not None:
                 return StoredResponse(row.status, row.content_type, row.body)
             if asyncio.get_running_loop().time() >= deadline:
@@ -62,7 +66,9 @@ class GatewayStore:
             await session.execute(
                 update(IdempotencyKey)
                 .where(IdempotencyKey.source_id == source_id, IdempotencyKey.key == key)
-                .values(status=response.status, content_type=response.content_type, body=response.body)
+                .values(
+                    status=response.status, content_type=response.content_type, body=response.body
+                )
             )
 
     async def release(self, source_id: str, key: str) -> None:

@@ -1,4 +1,4 @@
-"""leadflow: the core every service shares (config, fields, rules, money, templates, service kit)."""
+"""leadflow: the core every service shares (config, fields, rules, money, templates, kit)."""
 
 import pkgutil
 

@@ -31,6 +31,7 @@ def _up(args: argparse.Namespace) -> int:
 
     if _check(argparse.Namespace(file=args.config)) != 0:
         return 2
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     return asyncio.run(up(Path(args.config), Path(args.data_dir), args.http_port, args.port_base))
 
 

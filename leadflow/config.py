@@ -37,10 +37,22 @@ Id = Annotated[str, Field(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 HOURS_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-FIELD_TYPE_NAMES = (
-    "string phone email postal_code state number range boolean date dob gender ip url "
-    "trustedform_url"
-).split()
+FIELD_TYPE_NAMES = [
+    "string",
+    "phone",
+    "email",
+    "postal_code",
+    "state",
+    "number",
+    "range",
+    "boolean",
+    "date",
+    "dob",
+    "gender",
+    "ip",
+    "url",
+    "trustedform_url",
+]
 
 
 def _money(value: object) -> Decimal:
@@ -385,7 +397,7 @@ class Config(Model):
 
 
 class Problem(BaseModel):
-    """One thing wrong with a configuration, at a path such as `flows[0].stages[1].steps[2].buyer`."""
+    """One thing wrong with a configuration, at a path like `flows[0].stages[1].steps[2].buyer`."""
 
     model_config = ConfigDict(frozen=True)
     path: str
@@ -417,7 +429,9 @@ def substitute_env(
 ) -> Any:
     """Replace `${VAR}` (or `${VAR:-default}`) in every string; an unset variable is a problem."""
     if isinstance(tree, dict):
-        return {key: substitute_env(value, env, problems, (*loc, key)) for key, value in tree.items()}
+        return {
+            key: substitute_env(value, env, problems, (*loc, key)) for key, value in tree.items()
+        }
     if isinstance(tree, list):
         return [substitute_env(value, env, problems, (*loc, i)) for i, value in enumerate(tree)]
     if not isinstance(tree, str) or "${" not in tree:
@@ -429,7 +443,9 @@ def substitute_env(
             return env[name]
         if default is not None:
             return default
-        problems.append(Problem(path=format_path(loc), message=f"environment variable {name} is not set"))
+        problems.append(
+            Problem(path=format_path(loc), message=f"environment variable {name} is not set")
+        )
         return match.group(0)  # left as written, so the schema does not report it a second time
 
     return _ENV_PATTERN.sub(replace, tree)
@@ -439,7 +455,11 @@ def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
     for item in error.errors():
         loc = list(item["loc"])
         # Tagged unions add the tag to the location; a reader knows it from `type`.
-        loc = [part for i, part in enumerate(loc) if not (i and loc[i - 1] in ("delivery", "ping", "auth"))]
+        loc = [
+            part
+            for i, part in enumerate(loc)
+            if not (i and loc[i - 1] in ("delivery", "ping", "auth"))
+        ]
         message = item["msg"].removeprefix("Value error, ")
         yield Problem(path=format_path(tuple(loc)), message=message)
 
@@ -471,5 +491,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Problem(path="", message=f"cannot read {path}: {exc.strerror}")]) from None
+        raise ConfigError(
+            [Problem(path="", message=f"cannot read {path}: {exc.strerror}")]
+        ) from None
     return parse_config(text, env)

@@ -52,12 +52,17 @@ def check_semantics(config: Config) -> list[Problem]:
 
 
 def _duplicate_ids(config: Config) -> Iterator[Problem]:
-    for section, items in (("sources", config.sources), ("buyers", config.buyers), ("flows", config.flows)):
-        counts = Counter(item.id for item in items)
-        for i, item in enumerate(items):
-            if counts[item.id] > 1:
-                yield _problem((section, i, "id"), f"duplicate id {item.id!r}")
-                counts[item.id] = 0  # report each duplicate once
+    sections = {
+        "sources": [source.id for source in config.sources],
+        "buyers": [buyer.id for buyer in config.buyers],
+        "flows": [flow.id for flow in config.flows],
+    }
+    for section, ids in sections.items():
+        counts = Counter(ids)
+        for i, item_id in enumerate(ids):
+            if counts[item_id] > 1:
+                yield _problem((section, i, "id"), f"duplicate id {item_id!r}")
+                counts[item_id] = 0  # report each duplicate once
 
 
 def _check_buyer(buyer: Buyer, loc: Loc) -> Iterator[Problem]:
@@ -111,13 +116,18 @@ def _check_flow(config: Config, flow: Flow, loc: Loc) -> Iterator[Problem]:
             yield from _check_caps(step.caps, (*step_loc, "caps"), fields)
 
 
-def _check_rule_set(spec: RuleSetSpec | None, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+def _check_rule_set(
+    spec: RuleSetSpec | None, loc: Loc, custom: dict[str, str]
+) -> Iterator[Problem]:
     if spec is None:
         return
     try:
         spec.compiled  # noqa: B018 - compiles once and caches it for the services
     except RuleError as exc:
-        yield Problem(path=f"{format_path(loc)}.{exc.path}" if exc.path else format_path(loc), message=exc.message)
+        yield Problem(
+            path=f"{format_path(loc)}.{exc.path}" if exc.path else format_path(loc),
+            message=exc.message,
+        )
         return
     yield from _check_operators(spec, loc, custom)
 
@@ -172,7 +182,7 @@ def _check_delivery(delivery: Delivery, loc: Loc) -> Iterator[Problem]:
         return
     if delivery.signing_secret is not None:
         yield _not_supported((*loc, "signing_secret"), "webhook signing")
-    templates = {("url",): delivery.url}
+    templates: dict[tuple[str, ...], str] = {("url",): delivery.url}
     templates.update({("headers", name): value for name, value in delivery.headers.items()})
     templates.update({("mapping", name): value for name, value in (delivery.mapping or {}).items()})
     for sub, text in templates.items():

@@ -72,7 +72,9 @@ def create_engine(url: str, schema: str) -> AsyncEngine:
             pool_pre_ping=True,
             connect_args={"server_settings": {"search_path": schema}},
         )
-    raise ValueError(f"unsupported database {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+    raise ValueError(
+        f"unsupported database {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

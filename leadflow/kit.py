@@ -20,7 +20,9 @@ from prometheus_client import Counter, Histogram, start_http_server
 log = logging.getLogger(__name__)
 
 SERVER_STARTED = Counter(
-    "grpc_server_started_total", "RPCs started on the server.", ["grpc_type", "grpc_service", "grpc_method"]
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
 SERVER_HANDLED = Counter(
     "grpc_server_handled_total",
@@ -34,7 +36,9 @@ SERVER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 CLIENT_STARTED = Counter(
-    "grpc_client_started_total", "RPCs started by clients.", ["grpc_type", "grpc_service", "grpc_method"]
+    "grpc_client_started_total",
+    "RPCs started by clients.",
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
 CLIENT_HANDLED = Counter(
     "grpc_client_handled_total",
@@ -56,21 +60,23 @@ def _split(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
     """grpc_server_* metrics for unary RPCs, under the go-grpc-prometheus names."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
         service, method = _split(details.method)
-        inner = handler.unary_unary
+        inner: Any = handler.unary_unary  # an async callable on an aio server
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             SERVER_STARTED.labels("unary", service, method).inc()
             start = perf_counter()
             code = grpc.StatusCode.UNKNOWN
@@ -93,7 +99,7 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         )
 
 
-class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """grpc_client_* metrics, and a bound on in-flight calls per channel."""
 
     def __init__(self, max_in_flight: int = MAX_IN_FLIGHT_PER_CHANNEL) -> None:
@@ -101,11 +107,15 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
 
     async def intercept_unary_unary(
         self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall]],
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]
+        ],
         details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        method_path = details.method.decode() if isinstance(details.method, bytes) else details.method
+        method_path = (
+            details.method.decode() if isinstance(details.method, bytes) else details.method
+        )
         service, method = _split(method_path)
         CLIENT_STARTED.labels("unary", service, method).inc()
         start = perf_counter()

@@ -1,4 +1,4 @@
-"""Money: Decimal dollars in the domain, integer micros in storage, google.type.Money on the wire."""
+"""Money: Decimal dollars in the domain, integer micros in storage, google.type.Money on wire."""
 
 from __future__ import annotations
 

@@ -36,7 +36,13 @@ def plan(
         "LEADFLOW_DATA_DIR": str(data_dir.resolve()),
         "LEADFLOW_HOST": host,
     }
-    modules = ["pricing_service", "routing_service", "delivery_service", "ledger_service", "gateway"]
+    modules = [
+        "pricing_service",
+        "routing_service",
+        "delivery_service",
+        "ledger_service",
+        "gateway",
+    ]
     addresses = {
         f"LEADFLOW_{name.upper()}_ADDR": f"{host}:{port_base + i}"
         for i, name in enumerate(("pricing", "routing", "delivery", "ledger"), start=1)
@@ -99,7 +105,9 @@ class Supervisor:
         async with aiohttp.ClientSession() as session:
             while asyncio.get_running_loop().time() < deadline:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self._ready_url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    async with session.get(
+                        self._ready_url, timeout=aiohttp.ClientTimeout(total=2)
+                    ) as r:
                         if r.status == 200:
                             base = self._ready_url.removesuffix("/healthz")
                             print(f"leadflow ready {base}", flush=True)
@@ -129,6 +137,5 @@ class Supervisor:
 
 
 async def up(config: Path, data_dir: Path, http_port: int, port_base: int) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
     children = plan(config, data_dir, http_port, port_base)
     return await Supervisor(children, f"http://127.0.0.1:{http_port}/healthz").run()

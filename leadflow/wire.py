@@ -101,10 +101,12 @@ class PriceAudit:
     def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
-            "amount": f"{self.amount:.2f}",
+            "amount": self.amount,
             "rule_index": self.rule_index if self.rule_index >= 0 else None,
             "service_status": self.service_status or None,
-            "service_latency_ms": self.service_latency_ms if self.layer.endswith("service") else None,
+            "service_latency_ms": self.service_latency_ms
+            if self.layer.endswith("service")
+            else None,
             "service_error": self.service_error or None,
             "fallback_used": self.fallback_used,
         }

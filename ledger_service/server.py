@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 from grpc_health.v1 import health
-from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 
 from leadflow import db, kit
+from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from ledger_service.config import Settings
 from ledger_service.servicer import LedgerServicer
 from ledger_service.store import LedgerStore

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
+
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-
 from leadflow.money import from_proto, to_proto
 from leadflow.wire import OUTCOMES, PriceAudit, outcome_to_proto
 from ledger_service.ledger import (
@@ -40,6 +40,8 @@ _OUTCOME_NAMES = {outcome_to_proto(name): name for name in OUTCOMES}
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
+    """RecordLead and GetLead over a LedgerStore."""
+
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
 
@@ -104,7 +106,7 @@ class _Money:
     def read(self, field: str, money: money_pb2.Money) -> Decimal:
         units, nanos = money.units, money.nanos
         if abs(nanos) >= 1_000_000_000 or (units > 0 and nanos < 0) or (units < 0 and nanos > 0):
-            raise InvalidRecord(field, "malformed google.type.Money (units and nanos disagree)")
+            raise InvalidRecord(field, "malformed google.type.Money: nanos out of range or sign")
         if money.currency_code:
             self.currencies.add(money.currency_code)
         return from_proto(money)

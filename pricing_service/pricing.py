@@ -21,7 +21,7 @@ class Quote:
 
 
 def rules_price(pricing: Pricing | None, context: Mapping[str, Any]) -> tuple[Decimal, int] | None:
-    """The last price whose rule set matches (a price without one always matches), with its index."""
+    """The last price whose rule set matches (no rule set always matches), with its index."""
     if pricing is None:
         return None
     for index in range(len(pricing.prices) - 1, -1, -1):

@@ -19,7 +19,11 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     servicer = PricingServicer(config)
     return await kit.start_server(
-        [lambda server: pricing_service_pb2_grpc.add_PricingServiceServicer_to_server(servicer, server)],
+        [
+            lambda server: pricing_service_pb2_grpc.add_PricingServiceServicer_to_server(
+                servicer, server
+            )
+        ],
         [SERVICE_NAME],
         address,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from leadflow.config import Config
@@ -12,7 +14,9 @@ from leadflow.wire import LeadData
 from pricing_service.pricing import purchase_quote, sale_quote
 
 
-async def _known_lead(lead: LeadData, config: Config, context: grpc.aio.ServicerContext) -> None:
+async def _known_lead(
+    lead: LeadData, config: Config, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
     flow = config.flows_by_id.get(lead.flow_id)
     if flow is None or lead.source_id not in flow.sources_by_id:
         await context.abort(
@@ -25,15 +29,17 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
         self._config = config
 
     async def QuotePurchasePrice(
-        self, request: pb.QuotePurchasePriceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.QuotePurchasePriceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.QuotePurchasePriceResponse:
         lead = LeadData.from_proto(request.lead)
         await _known_lead(lead, self._config, context)
         quote = purchase_quote(self._config, lead)
-        return pb.QuotePurchasePriceResponse(price=to_proto(quote.price), audit=quote.audit.to_proto())
+        return pb.QuotePurchasePriceResponse(
+            price=to_proto(quote.price), audit=quote.audit.to_proto()
+        )
 
     async def QuoteSalePrice(
-        self, request: pb.QuoteSalePriceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.QuoteSalePriceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.QuoteSalePriceResponse:
         lead = LeadData.from_proto(request.lead)
         await _known_lead(lead, self._config, context)

@@ -19,7 +19,11 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     servicer = RoutingServicer(config)
     return await kit.start_server(
-        [lambda server: routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(servicer, server)],
+        [
+            lambda server: routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
+                servicer, server
+            )
+        ],
         [SERVICE_NAME],
         address,
     )

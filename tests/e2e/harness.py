@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 READY_TIMEOUT_S = 60
@@ -130,7 +129,9 @@ class Suite:
     ) -> tuple[int, dict[str, str], bytes]:
         all_headers = dict(headers or {})
         if key is not None:
-            all_headers["Authorization"] = "Basic " + base64.b64encode(f"API:{key}".encode()).decode()
+            all_headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"API:{key}".encode()).decode()
+            )
         # http.client sends exactly these headers (urllib would add a form Content-Type).
         connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
         try:
@@ -145,11 +146,18 @@ def start_suite(config_path: Path, data_dir: Path) -> Suite:
     base, http_port = free_port_base()
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "leadflow", "up",
-            "--config", str(config_path),
-            "--data-dir", str(data_dir),
-            "--http-port", str(http_port),
-            "--port-base", str(base),
+            sys.executable,
+            "-m",
+            "leadflow",
+            "up",
+            "--config",
+            str(config_path),
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(http_port),
+            "--port-base",
+            str(base),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -68,15 +68,23 @@ LEAD = {
 def suite(buyer: BuyerServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     root = tmp_path_factory.mktemp("suite")
     config = root / "leadflow.yaml"
-    config.write_text(CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=buyer.url(), format="json"))
+    config.write_text(
+        CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=buyer.url(), format="json")
+    )
     running = start_suite(config, root / "data")
     yield running
     assert running.stop() == 0, "".join(running.output)
 
 
-def submit_json(suite: Suite, lead: dict[str, object], **headers: str) -> tuple[int, dict[str, object]]:
+def submit_json(
+    suite: Suite, lead: dict[str, object], **headers: str
+) -> tuple[int, dict[str, object]]:
     status, _, body = suite.request(
-        "POST", SUBMIT, orjson.dumps(lead), {"Content-Type": "application/json", **headers}, SOURCE_KEY
+        "POST",
+        SUBMIT,
+        orjson.dumps(lead),
+        {"Content-Type": "application/json", **headers},
+        SOURCE_KEY,
     )
     return status, orjson.loads(body)
 
@@ -89,7 +97,12 @@ def test_json_submission_sells_with_normalised_fields(suite: Suite, buyer: Buyer
     assert body["price"] == 15  # flow rule for CA: last match wins
     sent = buyer.received[before:]
     assert len(sent) == 1
-    assert sent[0]["data"] == {"first": "Ada", "phone": "5125550142", "state": "CA", "price": "31.50"}
+    assert sent[0]["data"] == {
+        "first": "Ada",
+        "phone": "5125550142",
+        "state": "CA",
+        "price": "31.50",
+    }
 
 
 def test_form_submission_sells(suite: Suite, buyer: BuyerServer) -> None:
@@ -108,7 +121,11 @@ def test_xml_submission_sells_and_answers_in_xml(suite: Suite, buyer: BuyerServe
     before = len(buyer.received)
     xml = b"<lead><first_name>Alan</first_name><phone_1>+1 (415) 555-0100</phone_1><state>TX</state></lead>"
     status, headers, raw = suite.request(
-        "POST", SUBMIT, xml, {"Content-Type": "application/xml", "Accept": "application/xml"}, SOURCE_KEY
+        "POST",
+        SUBMIT,
+        xml,
+        {"Content-Type": "application/xml", "Accept": "application/xml"},
+        SOURCE_KEY,
     )
     assert status == 201
     assert headers["Content-Type"].startswith("application/xml")
@@ -121,7 +138,11 @@ def test_acceptance_failure_returns_the_rule_reason_without_calling_the_buyer(
 ) -> None:
     before = len(buyer.received)
     status, body = submit_json(suite, {**LEAD, "phone_1": "12"})
-    assert (status, body["outcome"], body["reason"]) == (201, "failure", "A valid phone is required")
+    assert (status, body["outcome"], body["reason"]) == (
+        201,
+        "failure",
+        "A valid phone is required",
+    )
     assert body["price"] == 0
     assert len(buyer.received) == before
 
@@ -139,13 +160,37 @@ def test_buyer_rejection_fails_the_step_with_its_reason(suite: Suite) -> None:
     [
         (SUBMIT, {"Content-Type": "application/json"}, b"{}", "wrong-key", 401),
         (SUBMIT, {"Content-Type": "application/json"}, b"{}", None, 401),
-        ("/flows/nope/sources/vendor/submit", {"Content-Type": "application/json"}, b"{}", SOURCE_KEY, 404),
-        ("/flows/auto/sources/nope/submit", {"Content-Type": "application/json"}, b"{}", SOURCE_KEY, 404),
+        (
+            "/flows/nope/sources/vendor/submit",
+            {"Content-Type": "application/json"},
+            b"{}",
+            SOURCE_KEY,
+            404,
+        ),
+        (
+            "/flows/auto/sources/nope/submit",
+            {"Content-Type": "application/json"},
+            b"{}",
+            SOURCE_KEY,
+            404,
+        ),
         (SUBMIT, {}, b"first_name=Ada", SOURCE_KEY, 415),
         (SUBMIT, {"Content-Type": "application/pdf"}, b"%PDF", SOURCE_KEY, 415),
         (SUBMIT, {"Content-Type": "application/json"}, b'{"first_name": ', SOURCE_KEY, 400),
-        (SUBMIT, {"Content-Type": "application/json", "Accept": "image/png"}, b"{}", SOURCE_KEY, 406),
-        (SUBMIT, {"Content-Type": "application/json"}, b'{"a": "' + b"x" * (1024 * 1024) + b'"}', SOURCE_KEY, 413),
+        (
+            SUBMIT,
+            {"Content-Type": "application/json", "Accept": "image/png"},
+            b"{}",
+            SOURCE_KEY,
+            406,
+        ),
+        (
+            SUBMIT,
+            {"Content-Type": "application/json"},
+            b'{"a": "' + b"x" * (1024 * 1024) + b'"}',
+            SOURCE_KEY,
+            413,
+        ),
     ],
 )
 def test_client_errors_get_their_status_and_a_reason(
@@ -157,14 +202,18 @@ def test_client_errors_get_their_status_and_a_reason(
 
 
 def test_other_methods_are_not_allowed(suite: Suite) -> None:
-    status, headers, _ = suite.request("PUT", SUBMIT, b"{}", {"Content-Type": "application/json"}, SOURCE_KEY)
+    status, headers, _ = suite.request(
+        "PUT", SUBMIT, b"{}", {"Content-Type": "application/json"}, SOURCE_KEY
+    )
     assert status == 405
     assert "POST" in headers["Allow"]
 
 
 def test_get_submission_reads_the_query_string(suite: Suite, buyer: BuyerServer) -> None:
     before = len(buyer.received)
-    status, _, raw = suite.request("GET", SUBMIT + "?first_name=Q&phone_1=5125550111&state=AZ", key=SOURCE_KEY)
+    status, _, raw = suite.request(
+        "GET", SUBMIT + "?first_name=Q&phone_1=5125550111&state=AZ", key=SOURCE_KEY
+    )
     assert (status, orjson.loads(raw)["outcome"]) == (201, "success")
     assert buyer.received[before]["data"]["state"] == "AZ"
 
@@ -181,7 +230,11 @@ def test_lead_view_shows_source_and_recipient_events(suite: Suite) -> None:
     assert (source["outcome"], source["purchase_price"], source["revenue"]) == ("success", 15, 31.5)
     assert source["pricing"]["layer"] == "flow_rules"
     [recipient] = view["recipient_events"]
-    assert (recipient["buyer_id"], recipient["outcome"], recipient["sale_price"]) == ("acme", "success", 31.5)
+    assert (recipient["buyer_id"], recipient["outcome"], recipient["sale_price"]) == (
+        "acme",
+        "success",
+        31.5,
+    )
     assert recipient["reference"]
     assert recipient["attempts"][0]["status_code"] == 200
 
@@ -197,7 +250,9 @@ def test_repeated_idempotency_key_returns_the_first_response_and_sells_once(
     before = len(buyer.received)
     headers = {"Content-Type": "application/json", "Idempotency-Key": "order-77"}
     first = suite.request("POST", SUBMIT, orjson.dumps(LEAD), headers, SOURCE_KEY)
-    again = suite.request("POST", SUBMIT, orjson.dumps({**LEAD, "first_name": "Other"}), headers, SOURCE_KEY)
+    again = suite.request(
+        "POST", SUBMIT, orjson.dumps({**LEAD, "first_name": "Other"}), headers, SOURCE_KEY
+    )
     assert first[0] == again[0] == 201
     assert first[2] == again[2]  # byte for byte
     assert len(buyer.received) == before + 1
@@ -210,11 +265,11 @@ def test_healthz_and_metrics_are_served(suite: Suite) -> None:
     assert b'leadflow_leads_total{flow="auto",outcome="success",source="vendor"}' in raw
 
 
-def test_sigterm_of_the_supervisor_stops_every_service(
-    buyer: BuyerServer, tmp_path: Path
-) -> None:
+def test_sigterm_of_the_supervisor_stops_every_service(buyer: BuyerServer, tmp_path: Path) -> None:
     config = tmp_path / "leadflow.yaml"
-    config.write_text(CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=buyer.url(), format="json"))
+    config.write_text(
+        CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=buyer.url(), format="json")
+    )
     running = start_suite(config, tmp_path / "data")
     assert running.stop(signal.SIGTERM) == 0, "".join(running.output)
     grpc_ports = [running.port_base + i for i in range(1, 6)]

@@ -20,13 +20,13 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from leadflow.common.v1 import lead_pb2
-from leadflow.delivery.v1 import delivery_service_pb2 as pb
-from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
 from delivery_service.config import Settings
 from delivery_service.server import create_server
+from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, parse_config
+from leadflow.delivery.v1 import delivery_service_pb2 as pb
+from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
 from leadflow.kit import ServiceSettings, stop_server
 from leadflow.money import from_proto, to_proto

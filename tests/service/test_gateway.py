@@ -136,7 +136,11 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
 
         http = await stack.enter_async_context(aiohttp.ClientSession())
         yield InProcessSuite(
-            http, f"http://127.0.0.1:{gateway.http_port}", f"127.0.0.1:{gateway.port}", buyers, config
+            http,
+            f"http://127.0.0.1:{gateway.http_port}",
+            f"127.0.0.1:{gateway.port}",
+            buyers,
+            config,
         )
 
 
@@ -208,7 +212,9 @@ async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProc
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.SubmitLead(
-                gateway_service_pb2.SubmitLeadRequest(flow_id="auto", source_id="vendor", api_key="x"),
+                gateway_service_pb2.SubmitLeadRequest(
+                    flow_id="auto", source_id="vendor", api_key="x"
+                ),
                 timeout=10,
             )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

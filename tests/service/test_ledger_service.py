@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+
 from leadflow.common.v1 import lead_pb2
+from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.money import to_proto
 from ledger_service.config import Settings
 from ledger_service.server import create_server

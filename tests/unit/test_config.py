@@ -40,7 +40,12 @@ def test_bundled_examples_are_valid() -> None:
 def test_defaults_fill_what_the_spec_leaves_optional() -> None:
     config = parse_config(BASE, {})
     stage = config.flows[0].stages[0]
-    assert (stage.strategy, stage.sell, stage.exclusive, stage.deadline_ms) == ("priority", 1, False, 1000)
+    assert (stage.strategy, stage.sell, stage.exclusive, stage.deadline_ms) == (
+        "priority",
+        1,
+        False,
+        1000,
+    )
     delivery = config.buyers[0].delivery
     assert delivery is not None and delivery.type == "http"
     assert (delivery.method, delivery.format, delivery.timeout_ms) == ("POST", "json", 10000)
@@ -53,7 +58,9 @@ def test_unknown_buyer_is_reported_with_its_path() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = BASE.replace("source: vendor}", "source: nobody}").replace("{buyer: acme}", "{buyer: zed}")
+    text = BASE.replace("source: vendor}", "source: nobody}").replace(
+        "{buyer: acme}", "{buyer: zed}"
+    )
     assert problems(text) == [
         "flows[0].sources[0].source: unknown source 'nobody'",
         "flows[0].stages[0].steps[0].buyer: unknown buyer 'zed'",
@@ -61,7 +68,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_unknown_keys_are_errors_not_ignored() -> None:
-    text = BASE.replace("name: Main", "name: Main").replace("- name: main", "- name: main\n        strategi: priority")
+    text = BASE.replace("name: Main", "name: Main").replace(
+        "- name: main", "- name: main\n        strategi: priority"
+    )
     assert problems(text) == ["flows[0].stages[0].strategi: Extra inputs are not permitted"]
 
 
@@ -70,9 +79,9 @@ def test_missing_required_key_names_its_path() -> None:
 
 
 def test_ids_must_match_the_id_pattern() -> None:
-    assert problems(BASE.replace("id: vendor", "id: Vendor!").replace("source: vendor", "source: Vendor!"))[0].startswith(
-        "sources[0].id: String should match pattern"
-    )
+    assert problems(
+        BASE.replace("id: vendor", "id: Vendor!").replace("source: vendor", "source: Vendor!")
+    )[0].startswith("sources[0].id: String should match pattern")
 
 
 def test_environment_variables_are_substituted() -> None:
@@ -98,7 +107,9 @@ def test_operator_that_does_not_fit_the_field_type_is_refused() -> None:
         "    sources: [{source: vendor}]",
     )
     [problem] = problems(text)
-    assert problem.startswith("flows[0].acceptance.rules[0].op: operator 'is within' does not apply")
+    assert problem.startswith(
+        "flows[0].acceptance.rules[0].op: operator 'is within' does not apply"
+    )
 
 
 def test_unknown_operator_is_refused_with_its_path() -> None:
@@ -111,7 +122,9 @@ def test_unknown_operator_is_refused_with_its_path() -> None:
 
 
 def test_money_outside_range_or_finer_than_cents_is_refused() -> None:
-    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 1.005}, {amount: -1}]}\n")
+    text = BASE.replace(
+        "name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 1.005}, {amount: -1}]}\n"
+    )
     assert problems(text) == [
         "buyers[0].pricing.prices[0].amount: 1.005 has more precision than cents",
         "buyers[0].pricing.prices[1].amount: -1 is outside 0 to 1,000,000",
@@ -120,12 +133,19 @@ def test_money_outside_range_or_finer_than_cents_is_refused() -> None:
 
 def test_features_not_built_yet_are_reported_not_ignored() -> None:
     text = BASE.replace("- name: main", "- name: main\n        strategy: auction")
-    assert problems(text) == ["flows[0].stages[0].strategy: strategy 'auction' is not supported yet"]
+    assert problems(text) == [
+        "flows[0].stages[0].strategy: strategy 'auction' is not supported yet"
+    ]
 
 
 def test_bad_hours_range_is_refused() -> None:
     text = BASE.replace("name: Acme\n", "name: Acme\n    hours: {monday: ['17:00-09:00']}\n")
-    assert problems(text)[0] == "buyers[0].hours.monday: Value error, '17:00-09:00' is not a range such as 09:00-17:00".replace("Value error, ", "")
+    assert (
+        problems(text)[0]
+        == "buyers[0].hours.monday: Value error, '17:00-09:00' is not a range such as 09:00-17:00".replace(
+            "Value error, ", ""
+        )
+    )
 
 
 def test_unknown_time_zone_is_refused() -> None:

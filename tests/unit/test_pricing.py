@@ -36,17 +36,25 @@ WORKED_EXAMPLE = """{prices: [
   {amount: 25, rule_set: [{lhv: lead_quality, op: is equal to, rhv: premium}]}]}"""
 
 
-def config(flow: str = "null", source: str = "null", buyer: str = "null", step: str = "null") -> Config:
+def config(
+    flow: str = "null", source: str = "null", buyer: str = "null", step: str = "null"
+) -> Config:
     return parse_config(CONFIG.format(flow=flow, source=source, buyer=buyer, step=step), {})
 
 
 def lead(**fields: str) -> LeadData:
-    return LeadData("L1", "auto", "vendor", parse_lead(fields, {"lead_quality": "string"}), datetime.now(UTC))
+    return LeadData(
+        "L1", "auto", "vendor", parse_lead(fields, {"lead_quality": "string"}), datetime.now(UTC)
+    )
 
 
 def test_last_matching_price_wins() -> None:
     quote = purchase_quote(config(flow=WORKED_EXAMPLE), lead(state="CA", lead_quality="premium"))
-    assert (quote.price, quote.audit.layer, quote.audit.rule_index) == (Decimal("25.00"), "flow_rules", 3)
+    assert (quote.price, quote.audit.layer, quote.audit.rule_index) == (
+        Decimal("25.00"),
+        "flow_rules",
+        3,
+    )
 
 
 def test_later_prices_that_do_not_match_are_passed_over() -> None:
@@ -60,7 +68,9 @@ def test_price_without_rule_set_always_matches() -> None:
 
 
 def test_source_rules_win_over_flow_rules() -> None:
-    quote = purchase_quote(config(flow="{prices: [{amount: 10}]}", source="{prices: [{amount: 7}]}"), lead())
+    quote = purchase_quote(
+        config(flow="{prices: [{amount: 10}]}", source="{prices: [{amount: 7}]}"), lead()
+    )
     assert (quote.price, quote.audit.layer) == (Decimal("7.00"), "source_rules")
 
 
@@ -76,7 +86,13 @@ def test_no_layer_means_zero_and_layer_none() -> None:
 
 
 def test_step_rules_win_over_buyer_rules_for_sale_price() -> None:
-    quote = sale_quote(config(buyer="{prices: [{amount: 30}]}", step="{prices: [{amount: 35}]}"), lead(), 0, 0, Decimal(10))
+    quote = sale_quote(
+        config(buyer="{prices: [{amount: 30}]}", step="{prices: [{amount: 35}]}"),
+        lead(),
+        0,
+        0,
+        Decimal(10),
+    )
     assert (quote.price, quote.audit.layer) == (Decimal("35.00"), "step_rules")
 
 
