@@ -32,6 +32,7 @@ from leadflow.config import BasicAuth, HttpDelivery, Retry
 from leadflow.fields import is_field
 from leadflow.templates import Template, compile_template, render_mapping
 from leadflow.variables import display
+from leadflow.wire import DeliveryAttempt
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,6 @@ _HEADER_BREAK = re.compile(r"[\r\n]+")
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """One exchange with the buyer, as recorded on the recipient event (secrets masked)."""
-
-    number: int
-    request: str
-    response: str = ""
-    status_code: int = 0
-    duration_ms: int = 0
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class DeliveryResult:
     """A delivery's end: outcome, reason (empty on success), price, reference and attempts."""
 
@@ -80,7 +69,7 @@ class DeliveryResult:
     reason: str = ""
     price: Decimal | None = None
     reference: str = ""
-    attempts: tuple[Attempt, ...] = ()
+    attempts: tuple[DeliveryAttempt, ...] = ()
 
 
 # --- the network guard --------------------------------------------------------------------
@@ -507,7 +496,7 @@ def connection_reason(exc: aiohttp.ClientError) -> str:
 
 @dataclass(frozen=True)
 class _Exchange:
-    attempt: Attempt
+    attempt: DeliveryAttempt
     result: DeliveryResult
     retryable: bool
     retry_after: float | None = None
@@ -540,10 +529,10 @@ class HttpAdapter:
         request = self.builder.build(fields, context)
         refusal = None if self._allow_private else literal_host_refusal(request.url)
         if refusal is not None:
-            attempt = Attempt(number=1, request=request.described, error=refusal)
+            attempt = DeliveryAttempt(number=1, request=request.described, error=refusal)
             return DeliveryResult("error", refusal, attempts=(attempt,))
         retry = self.spec.retry or NO_RETRY
-        attempts: list[Attempt] = []
+        attempts: list[DeliveryAttempt] = []
         number = 0
         while True:
             number += 1
@@ -598,7 +587,7 @@ class HttpAdapter:
             )
             return self._failed(number, request, reason, elapsed_ms(), retryable=not final)
         verdict = interpret(self.spec.response, status, content_type, body)
-        attempt = Attempt(
+        attempt = DeliveryAttempt(
             number=number,
             request=request.described,
             response=shown,
@@ -615,7 +604,7 @@ class HttpAdapter:
     def _failed(
         number: int, request: PreparedRequest, reason: str, duration_ms: int, *, retryable: bool
     ) -> _Exchange:
-        attempt = Attempt(
+        attempt = DeliveryAttempt(
             number=number, request=request.described, duration_ms=duration_ms, error=reason
         )
         return _Exchange(attempt, DeliveryResult("error", reason), retryable=retryable)

@@ -152,10 +152,20 @@ def values_at(document: Document, path: str) -> list[Any]:
     return []
 
 
+# Buyer text becomes reasons and references stored with the lead: control characters (NUL,
+# which PostgreSQL text refuses, line breaks) become spaces and the length is bounded.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_TEXT = 500
+
+
+def buyer_text(value: str) -> str:
+    return _CONTROL.sub(" ", value).strip()[:MAX_TEXT]
+
+
 def texts_at(document: Document, path: str | None) -> list[str]:
     if not path:
         return []
-    return [text for text in (_as_text(v).strip() for v in values_at(document, path)) if text]
+    return [text for text in (buyer_text(_as_text(v)) for v in values_at(document, path)) if text]
 
 
 @lru_cache(maxsize=512)

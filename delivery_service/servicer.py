@@ -17,7 +17,6 @@ from google.type import money_pb2
 
 from delivery_service import metrics
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
-from leadflow.common.v1 import lead_pb2
 from leadflow.config import Buyer, Config
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
@@ -71,17 +70,7 @@ def result_to_proto(
         outcome=outcome_to_proto(result.outcome),
         reason=result.reason,
         reference=result.reference,
-        attempts=[
-            lead_pb2.DeliveryAttempt(
-                number=attempt.number,
-                request=attempt.request,
-                response=attempt.response,
-                status_code=attempt.status_code,
-                duration_ms=attempt.duration_ms,
-                error=attempt.error,
-            )
-            for attempt in result.attempts
-        ],
+        attempts=[attempt.to_proto() for attempt in result.attempts],
     )
     if result.price is not None:
         response.price.CopyFrom(to_proto(result.price, currency))

@@ -7,6 +7,8 @@ against field types, templates, features not built yet) by `leadflow.config_chec
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -249,6 +251,17 @@ class HttpDelivery(Model):
     retry: Retry | None = None
     response: ResponseRules = ResponseRules()
     signing_secret: str | None = None
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _webhook_secret(cls, secret: str | None) -> str | None:
+        """Standard Webhooks secrets are `whsec_<base64>`; a broken one would sign nothing."""
+        if secret is not None and secret.startswith("whsec_"):
+            try:
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+        return secret
 
 
 class SftpDelivery(Model):

@@ -180,8 +180,6 @@ def _check_delivery(delivery: Delivery, loc: Loc) -> Iterator[Problem]:
     if not isinstance(delivery, HttpDelivery):
         yield _not_supported((*loc, "type"), f"{delivery.type} delivery")
         return
-    if delivery.signing_secret is not None:
-        yield _not_supported((*loc, "signing_secret"), "webhook signing")
     templates: dict[tuple[str, ...], str] = {("url",): delivery.url}
     templates.update({("headers", name): value for name, value in delivery.headers.items()})
     templates.update({("mapping", name): value for name, value in (delivery.mapping or {}).items()})

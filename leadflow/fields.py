@@ -48,7 +48,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Final
@@ -131,7 +131,10 @@ def _text(raw: object) -> str:
     if isinstance(raw, bool):
         return "true" if raw else "false"
     if isinstance(raw, int):
-        return str(raw)
+        try:
+            return str(raw)
+        except ValueError:  # beyond Python's int-to-text digit limit: no real lead sends one
+            return "<integer too large>"
     if isinstance(raw, float):
         if raw != raw or raw in (float("inf"), float("-inf")):
             return str(raw)
@@ -332,6 +335,8 @@ def _full_year(year_text: str, today: date) -> int:
 
 def parse_date(value: object, today: date | None = None) -> date | None:
     """A calendar date from ISO, US (M/D/YYYY), compact or month-name text, else None."""
+    if isinstance(value, datetime):
+        return value.date()
     if isinstance(value, date):
         return value
     text = _text(value).strip().lower()

@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from leadflow.config import Config, load_config
+
 log = logging.getLogger(__name__)
 
 SERVER_STARTED = Counter(
@@ -53,6 +55,13 @@ CLIENT_SECONDS = Histogram(
 )
 # Beyond ~1000 concurrent streams on one channel gRPC core starts cancelling calls.
 MAX_IN_FLIGHT_PER_CHANNEL = 500
+# A lead with many recipients carries every attempt's request and response text: more than
+# gRPC's default 4 MiB is possible, so both sides accept up to this.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+_MESSAGE_LIMITS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 def _split(full_method: str) -> tuple[str, str]:
@@ -135,7 +144,7 @@ def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         interceptors=[ClientMetricsInterceptor()],
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0)],
+        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0), *_MESSAGE_LIMITS],
     )
 
 
@@ -148,7 +157,7 @@ async def start_server(
     """Build, bind and start a server with health and reflection; returns the bound port."""
     server = grpc.aio.server(
         interceptors=[ServerMetricsInterceptor()],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000), *_MESSAGE_LIMITS],
     )
     for register in registrars:
         register(server)
@@ -225,6 +234,20 @@ def configure_logging() -> None:
         level=os.environ.get("LEADFLOW_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+async def run_config_service(
+    settings: ServiceSettings,
+    create_server: Callable[
+        [str, Config], Awaitable[tuple[grpc.aio.Server, int, health.aio.HealthServicer]]
+    ],
+) -> None:
+    """main() of a service that needs only the configuration: serve until SIGTERM."""
+    configure_logging()
+    config = load_config(settings.config_path)
+    serve_metrics(settings.metrics_port)
+    server, _, health_servicer = await create_server(settings.address, config)
+    await run_until_terminated(server, health_servicer)
 
 
 def serve_metrics(port: int | None) -> None:

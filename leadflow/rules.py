@@ -7,7 +7,9 @@ Semantics (SPEC section 4, LeadConduit's where the spec is silent):
   ``1000``); a range compares by its average (an open range such as ``10+`` by its minimum);
   date and dob fields compare as dates against a date rhv, and a dob against a number compares
   its age (``dob is greater than or equal to 18``). Booleans compare with yes/no/true/false.
-  Text that reads as neither compares in case-insensitive lexical order.
+  Against a numeric rhv, an lhv that is not a number is not comparable (every ordering and
+  ``is equal to`` fail), except phone, postal code and the other typed-text fields, which
+  compare their normal text. Other text compares in case-insensitive lexical order.
 - The rhv is read as the lhv's type before comparing, so ``state is equal to California`` and
   ``phone_1 is included in (512) 555-1234`` work; this is done once per rule and type.
 - A missing or blank lhv is never less than, greater than or between anything; it is equal
@@ -39,7 +41,8 @@ Semantics (SPEC section 4, LeadConduit's where the spec is silent):
   ordering and ``is between`` (undeclared custom fields parse as string, and compare as numbers
   when they hold numbers) and ``is obscene``; ``state`` allows ``is obscene``; ``phone`` and
   ``url`` allow ``matches pattern``; ``range`` allows ``is between``; ``boolean`` allows
-  ``is equal to``; ``gender`` allows ``is included in``; ``postal_code`` allows ``is within``.
+  ``is equal to`` and ``is not equal to``; ``gender`` allows ``is included in``;
+  ``postal_code`` allows ``is within``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeGuard
 
 from leadflow import geo
 from leadflow.fields import parse_boolean, parse_date, parse_value, to_decimal
@@ -170,18 +173,17 @@ class RuleCheck(NamedTuple):
 _TYPED_TEXT: Final = frozenset(
     {"phone", "email", "postal_code", "state", "gender", "ip", "url", "trustedform_url"}
 )
-
-
+# Field types that compare as numbers when the rhv is one.
 _NUMERIC_KINDS: Final = frozenset({"number", "range", "string"})
 
 
-def _is_field(value: object) -> bool:
+def _is_field(value: object) -> TypeGuard[dict[str, Any]]:
     return type(value) is dict and "valid" in value and "normal" in value
 
 
 def _lower(value: object) -> str:
     if _is_field(value):
-        value = value["normal"]  # type: ignore[index]
+        value = value["normal"]
     if type(value) is str:
         return value.strip().lower()
     return display(value).strip().lower()
@@ -189,7 +191,7 @@ def _lower(value: object) -> str:
 
 def _plain_text(value: object) -> str:
     if _is_field(value):
-        value = value["normal"]  # type: ignore[index]
+        value = value["normal"]
     return value if type(value) is str else display(value)
 
 
@@ -232,25 +234,25 @@ def _field_number(field: Mapping[str, object]) -> Num | None:
 
 def _number_of(value: object) -> Num | None:
     if _is_field(value):
-        return _field_number(value) if value["valid"] else None  # type: ignore[index,arg-type]
+        return _field_number(value) if value["valid"] else None
     return _num(value)
 
 
 def _date_of(value: object) -> str | None:
     if _is_field(value):
-        if value["type"] in ("date", "dob"):  # type: ignore[index]
-            return str(value["normal"]) if value["valid"] else None  # type: ignore[index]
-        value = value["normal"]  # type: ignore[index]
+        if value["type"] in ("date", "dob"):
+            return str(value["normal"]) if value["valid"] else None
+        value = value["normal"]
     found = parse_date(value) if isinstance(value, str) else None
     return found.isoformat() if found is not None else None
 
 
 def _truth(value: object) -> bool | None:
     if _is_field(value):
-        if value["type"] == "boolean":  # type: ignore[index]
-            normal = value["normal"]  # type: ignore[index]
-            return normal if value["valid"] and isinstance(normal, bool) else None  # type: ignore[index]
-        value = value["normal"]  # type: ignore[index]
+        if value["type"] == "boolean":
+            normal = value["normal"]
+            return normal if value["valid"] and isinstance(normal, bool) else None
+        value = value["normal"]
     if value is None:
         return None
     return parse_boolean(value)
@@ -260,7 +262,7 @@ def _is_blank(value: object) -> bool:
     if value is None:
         return True
     if _is_field(value):
-        value = value["normal"]  # type: ignore[index]
+        value = value["normal"]
         return value is None or value == ""
     if isinstance(value, str):
         return not value.strip()
@@ -304,7 +306,7 @@ def _sign(a: Any, b: Any) -> int:
 
 
 def _compare(value: object, r: _Operand) -> int | None:
-    """Sign of (lhv - rhv), or None when the lhv is blank."""
+    """Sign of (lhv - rhv), or None when the lhv is blank or cannot be compared."""
     # Hot path: the field check is inlined and typed-text fields go first.
     if type(value) is dict and "valid" in value and "normal" in value:
         normal = value["normal"]
@@ -312,6 +314,9 @@ def _compare(value: object, r: _Operand) -> int | None:
             return None
         kind: str = value["type"]
         if not value["valid"]:
+            if r.number is not None:
+                number = _num(normal) if type(normal) is str else None
+                return None if number is None else (number > r.number) - (number < r.number)
             return _sign(_lower(normal), r.lower)
         if kind in _TYPED_TEXT:
             # Parsed normals are already trimmed, so only case needs folding.
@@ -321,13 +326,13 @@ def _compare(value: object, r: _Operand) -> int | None:
         if kind in _NUMERIC_KINDS:
             if r.number is not None:
                 number = _field_number(value)
-                if number is not None:
-                    return (number > r.number) - (number < r.number)
+                return None if number is None else (number > r.number) - (number < r.number)
         elif kind == "date" or kind == "dob":
             if r.date is not None:
                 return _sign(normal, r.date)
-            if kind == "dob" and r.number is not None:
-                return _sign(_field_number(value), r.number)
+            if r.number is not None:
+                number = _field_number(value) if kind == "dob" else None
+                return None if number is None else _sign(number, r.number)
         elif kind == "boolean" and r.boolean is not None:
             return _sign(normal, r.boolean)
         text = normal.lower() if type(normal) is str else display(normal).lower()
@@ -339,8 +344,7 @@ def _compare(value: object, r: _Operand) -> int | None:
             return _sign(value, r.boolean)
     elif r.number is not None and isinstance(value, (int, float, Decimal, str)):
         number = _num(value)
-        if number is not None:
-            return (number > r.number) - (number < r.number)
+        return None if number is None else (number > r.number) - (number < r.number)
     text = _lower(value)
     return None if not text else _sign(text, r.lower)
 
@@ -604,7 +608,7 @@ _ZIP5: Final = re.compile(r"\s*(\d{5})(?:\s*-?\s*\d{4})?\s*")
 
 def _zip_of(value: object) -> str | None:
     if _is_field(value):
-        zip5 = value.get("zip") if value["valid"] else None  # type: ignore[attr-defined,index]
+        zip5 = value.get("zip") if value["valid"] else None
         return zip5 if isinstance(zip5, str) else None
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 100000:
         return f"{value:05d}"
@@ -662,10 +666,10 @@ _BUILDERS: Final[dict[str, Callable[[object], _Predicate]]] = {
     "is false": _constant(lambda value: _truth(value) is False),
     "is not false": _constant(lambda value: _truth(value) is not False),
     "format is valid": _constant(
-        lambda value: bool(value["valid"]) if _is_field(value) else not _is_blank(value)  # type: ignore[index]
+        lambda value: bool(value["valid"]) if _is_field(value) else not _is_blank(value)
     ),
     "format is invalid": _constant(
-        lambda value: not value["valid"] if _is_field(value) else _is_blank(value)  # type: ignore[index]
+        lambda value: not value["valid"] if _is_field(value) else _is_blank(value)
     ),
     "is obscene": _constant(_is_obscene),
     "is not obscene": _constant(lambda value: not _is_obscene(value)),
@@ -710,6 +714,8 @@ def _rhv_text(op: str, rhv: object) -> str:
             return _bounds(rhv)[3]
         except _BadRhv:
             return display(rhv)
+    if op in _INCLUDED_IN and isinstance(rhv, str):
+        rhv = _listed(rhv)
     if op == "is within" and isinstance(rhv, Mapping):
         return f"{display(rhv.get('miles'))} miles of {display(rhv.get('postal_code'))}"
     if isinstance(rhv, (list, tuple)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -110,3 +110,43 @@ class PriceAudit:
             "service_error": self.service_error or None,
             "fallback_used": self.fallback_used,
         }
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One exchange with a buyer as recorded on its recipient event (secrets already masked)."""
+
+    number: int
+    request: str
+    response: str = ""
+    status_code: int = 0
+    duration_ms: int = 0
+    error: str = ""
+
+    def to_proto(self) -> lead_pb2.DeliveryAttempt:
+        return lead_pb2.DeliveryAttempt(**asdict(self))
+
+    @classmethod
+    def from_proto(cls, message: lead_pb2.DeliveryAttempt) -> DeliveryAttempt:
+        return cls(
+            number=message.number,
+            request=message.request,
+            response=message.response,
+            status_code=message.status_code,
+            duration_ms=message.duration_ms,
+            error=message.error,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeliveryAttempt:
+        return cls(
+            number=int(data["number"]),
+            request=str(data["request"]),
+            response=str(data.get("response", "")),
+            status_code=int(data.get("status_code", 0)),
+            duration_ms=int(data.get("duration_ms", 0)),
+            error=str(data.get("error", "")),
+        )

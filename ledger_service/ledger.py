@@ -11,7 +11,7 @@ from decimal import Decimal
 import orjson
 
 from leadflow.money import ZERO, to_micros
-from leadflow.wire import OUTCOMES, PriceAudit
+from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit
 
 SOURCE_OUTCOMES = frozenset({"success", "failure", "error"})
 # skip and queued only make sense for one buyer step, never for the lead as a whole.
@@ -53,18 +53,6 @@ class Lead:
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """One exchange with a buyer, secrets already masked by delivery."""
-
-    number: int
-    request: str
-    response: str
-    status_code: int
-    duration_ms: int
-    error: str
-
-
-@dataclass(frozen=True)
 class SourceEvent:
     """What happened to the lead as a whole, from the vendor's side."""
 
@@ -92,7 +80,7 @@ class RecipientEvent:
     sale_price: Decimal
     price_audit: PriceAudit
     reference: str
-    attempts: tuple[Attempt, ...]
+    attempts: tuple[DeliveryAttempt, ...]
     duration_ms: int
 
 

@@ -17,10 +17,9 @@ from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from leadflow.money import from_proto, to_proto
-from leadflow.wire import OUTCOMES, PriceAudit, outcome_to_proto
+from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit, outcome_to_proto
 from ledger_service.ledger import (
     DEFAULT_CURRENCY,
-    Attempt,
     EventIdTaken,
     InvalidRecord,
     Lead,
@@ -182,17 +181,7 @@ def _recipient_from_proto(path: str, event: pb.RecipientEvent, money: _Money) ->
         sale_price=money.read(f"{path}.sale_price", event.sale_price),
         price_audit=money.audit(f"{path}.price_audit", event.price_audit),
         reference=event.reference,
-        attempts=tuple(
-            Attempt(
-                number=attempt.number,
-                request=attempt.request,
-                response=attempt.response,
-                status_code=attempt.status_code,
-                duration_ms=attempt.duration_ms,
-                error=attempt.error,
-            )
-            for attempt in event.attempts
-        ),
+        attempts=tuple(DeliveryAttempt.from_proto(attempt) for attempt in event.attempts),
         duration_ms=event.duration_ms,
     )
 
@@ -254,17 +243,7 @@ def _recipient_to_proto(event: RecipientEvent, currency: str) -> pb.RecipientEve
         sale_price=to_proto(event.sale_price, currency),
         price_audit=_audit_to_proto(event.price_audit, currency),
         reference=event.reference,
-        attempts=[
-            lead_pb2.DeliveryAttempt(
-                number=attempt.number,
-                request=attempt.request,
-                response=attempt.response,
-                status_code=attempt.status_code,
-                duration_ms=attempt.duration_ms,
-                error=attempt.error,
-            )
-            for attempt in event.attempts
-        ],
+        attempts=[attempt.to_proto() for attempt in event.attempts],
         duration_ms=event.duration_ms,
     )
 

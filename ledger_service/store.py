@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from leadflow import db
 from leadflow.money import from_micros, to_micros
-from leadflow.wire import PriceAudit
+from leadflow.wire import DeliveryAttempt, PriceAudit
 from ledger_service.ledger import (
-    Attempt,
     EventIdTaken,
     Lead,
     LeadRecord,
@@ -159,7 +158,7 @@ def _recipient_rows(record: LeadRecord) -> list[RecipientEventRow]:
             sale_price_micros=to_micros(event.sale_price),
             price_audit=_audit_json(event.price_audit),
             reference=event.reference,
-            attempts=[_attempt_json(attempt) for attempt in event.attempts],
+            attempts=[attempt.to_json() for attempt in event.attempts],
             duration_ms=event.duration_ms,
         )
         for position, event in enumerate(record.recipient_events)
@@ -191,7 +190,7 @@ def _recipient_event(row: RecipientEventRow) -> RecipientEvent:
         sale_price=from_micros(row.sale_price_micros),
         price_audit=_audit(row.price_audit),
         reference=row.reference,
-        attempts=tuple(_attempt(item) for item in row.attempts),
+        attempts=tuple(DeliveryAttempt.from_json(item) for item in row.attempts),
         duration_ms=row.duration_ms,
     )
 
@@ -217,26 +216,4 @@ def _audit(data: dict[str, Any]) -> PriceAudit:
         service_latency_ms=int(data["service_latency_ms"]),
         service_error=str(data["service_error"]),
         fallback_used=bool(data["fallback_used"]),
-    )
-
-
-def _attempt_json(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "number": attempt.number,
-        "request": attempt.request,
-        "response": attempt.response,
-        "status_code": attempt.status_code,
-        "duration_ms": attempt.duration_ms,
-        "error": attempt.error,
-    }
-
-
-def _attempt(data: dict[str, Any]) -> Attempt:
-    return Attempt(
-        number=int(data["number"]),
-        request=str(data["request"]),
-        response=str(data["response"]),
-        status_code=int(data["status_code"]),
-        duration_ms=int(data["duration_ms"]),
-        error=str(data["error"]),
     )

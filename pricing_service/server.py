@@ -6,7 +6,7 @@ import grpc
 from grpc_health.v1 import health
 
 from leadflow import kit
-from leadflow.config import Config, load_config
+from leadflow.config import Config
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from pricing_service.config import settings_from_env
 from pricing_service.servicer import PricingServicer
@@ -30,9 +30,4 @@ async def create_server(
 
 
 async def main() -> None:
-    kit.configure_logging()
-    settings = settings_from_env()
-    config = load_config(settings.config_path)
-    kit.serve_metrics(settings.metrics_port)
-    server, _, health_servicer = await create_server(settings.address, config)
-    await kit.run_until_terminated(server, health_servicer)
+    await kit.run_config_service(settings_from_env(), create_server)

@@ -219,3 +219,36 @@ async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProc
             )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert suite.buyers.received == []
+
+
+HOSTILE = [
+    ("application/json", b'{"a":' * 5000 + b"1" + b"}" * 5000),  # nesting deeper than parsers allow
+    ("application/json", b'{"phone_1": null, "state": [1, {"x": 2}], "dob": true}'),
+    ("application/json", b'{"a": 1e999999, "b": -0, "c": "\\u0000"}'),
+    ("application/json", b"\xff\xfe{}"),
+    ("application/json", b'{"": 1, ".": 2}'),
+    ("application/json", b'{"a.b": 1, "a": {"c": 2}}'),
+    ("application/json", b'{"a": 1, "a.b": 2}'),
+    ("application/x-www-form-urlencoded", b"%ZZ=%%%&&&=="),
+    ("application/x-www-form-urlencoded; charset=klingon", b"a=1"),
+    ("application/x-www-form-urlencoded", b"a.=1"),
+    ("application/xml", b"<lead><a>1</a><a>2</a><b><c/></b></lead>"),
+    ("application/xml", b"<lead>unclosed"),
+    ("text/xml", b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><lead><a>&e;</a></lead>'),
+    ("application/xml", b"<lead>" + b"<f>x</f>" * 2000 + b"</lead>"),
+    ("multipart/form-data; boundary=x", b"--x--"),
+    ("application/json", b"   "),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body"), HOSTILE)
+async def test_nothing_a_client_sends_gives_a_server_error(
+    suite: InProcessSuite, content_type: str, body: bytes
+) -> None:
+    async with suite.http.post(
+        suite.base_url + SUBMIT,
+        data=body,
+        headers={"X-Api-Key": KEY, "Content-Type": content_type},
+    ) as response:
+        assert response.status < 500, await response.text()
+        assert "reason" in orjson.loads(await response.read()) or response.status == 201

@@ -151,3 +151,13 @@ def test_bad_hours_range_is_refused() -> None:
 def test_unknown_time_zone_is_refused() -> None:
     text = BASE.replace("account: {name: Test}", "account: {name: Test, time_zone: Mars/Olympus}")
     assert problems(text) == ["account.time_zone: unknown time zone 'Mars/Olympus'"]
+
+
+def test_webhook_secret_with_a_broken_whsec_value_is_refused() -> None:
+    text = BASE.replace(
+        'url: "http://127.0.0.1:9/leads"}',
+        'url: "http://127.0.0.1:9/leads", signing_secret: "whsec_!!"}',
+    )
+    assert problems(text) == [
+        "buyers[0].delivery.signing_secret: a whsec_ secret must be base64 after the prefix"
+    ]

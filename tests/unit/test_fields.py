@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -66,7 +66,9 @@ def test_valid_phones_normalise_to_digits_with_components(
         assert field[key] == value, key
 
 
-@pytest.mark.parametrize("raw", ["555-1234", "1115551234", "512-111-1234", "hello", "12345678901234"])
+@pytest.mark.parametrize(
+    "raw", ["555-1234", "1115551234", "512-111-1234", "hello", "12345678901234"]
+)
 def test_invalid_phones_stay_data(raw: str) -> None:
     field = parsed("phone", raw)
     assert field == {"type": "phone", "raw": raw, "normal": raw.strip(), "valid": False}
@@ -96,7 +98,9 @@ def test_emails_lower_case_and_split_into_components(
         assert field[key] == value, key
 
 
-@pytest.mark.parametrize("raw", ["bad@", "@x.com", "a b@x.com", "a@localhost", "x@y.test", "a@@b.com"])
+@pytest.mark.parametrize(
+    "raw", ["bad@", "@x.com", "a b@x.com", "a@localhost", "x@y.test", "a@@b.com"]
+)
 def test_malformed_emails_are_invalid(raw: str) -> None:
     assert parsed("email", raw)["valid"] is False
 
@@ -188,9 +192,7 @@ def test_non_numbers_are_invalid_numbers(raw: object) -> None:
         ("749-700", "700-749", (700, 749, 724.5, 724)),
     ],
 )
-def test_ranges_have_min_max_avg_and_mid(
-    raw: str, normal: str, bounds: tuple[object, ...]
-) -> None:
+def test_ranges_have_min_max_avg_and_mid(raw: str, normal: str, bounds: tuple[object, ...]) -> None:
     field = parsed("range", raw)
     assert field["valid"] is True
     assert field["normal"] == normal
@@ -279,7 +281,12 @@ def test_dob_in_the_future_or_too_long_ago_is_invalid(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "normal", "abbr"),
-    [("M", "male", "M"), ("female", "female", "F"), (" F ", "female", "F"), ("other", "other", "O")],
+    [
+        ("M", "male", "M"),
+        ("female", "female", "F"),
+        (" F ", "female", "F"),
+        ("other", "other", "O"),
+    ],
 )
 def test_genders_normalise_to_words(raw: str, normal: str, abbr: str) -> None:
     field = parsed("gender", raw)
@@ -328,7 +335,9 @@ def test_urls_need_http_and_a_host(raw: str, normal: str, host: str) -> None:
     assert (field["normal"], field["host"], field["valid"]) == (normal, host, True)
 
 
-@pytest.mark.parametrize("raw", ["ftp://example.com", "http://", "http://exa mple.com", "javascript:x"])
+@pytest.mark.parametrize(
+    "raw", ["ftp://example.com", "http://", "http://exa mple.com", "javascript:x"]
+)
 def test_non_http_urls_are_invalid(raw: str) -> None:
     assert parsed("url", raw)["valid"] is False
 
@@ -434,8 +443,9 @@ def test_to_decimal_reads_numbers_and_refuses_the_rest(raw: object, value: Decim
     assert to_decimal(raw) == value
 
 
-def test_parse_date_passes_dates_through() -> None:
+def test_parse_date_passes_dates_through_and_drops_times() -> None:
     assert parse_date(date(2020, 1, 2)) == date(2020, 1, 2)
+    assert parse_date(datetime(2020, 1, 2, 3, 4)) == date(2020, 1, 2)
 
 
 @settings(max_examples=150, deadline=None)
@@ -445,6 +455,26 @@ def test_parse_value_never_raises_and_is_json_serialisable(type_name: str, raw: 
     assert field["type"] == type_name
     assert field["raw"] == raw
     assert isinstance(field["valid"], bool)
+    json.dumps(field, allow_nan=False)
+    orjson.dumps(field)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    type_name=st.sampled_from(sorted(FIELD_TYPES)),
+    raw=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.decimals(),
+        st.dates(),
+        st.lists(st.integers(), max_size=3),
+    ),
+)
+def test_parse_value_accepts_any_scalar_and_keeps_raw_as_text(type_name: str, raw: object) -> None:
+    field = parse_value(type_name, raw, today=TODAY)
+    assert isinstance(field["raw"], str)
     json.dumps(field, allow_nan=False)
     orjson.dumps(field)
 

@@ -275,3 +275,11 @@ def _xml(body: bytes) -> Any:
     document = parse_document(XML, body)
     assert document.xml is not None
     return document.xml
+
+
+def test_control_characters_in_buyer_reasons_become_spaces() -> None:
+    rules = ResponseRules(outcome_search_term="ok", outcome_search_path="status", reason_path="msg")
+    verdict = interpret(
+        rules, 200, "application/json", b'{"status": "no", "msg": "bad\\u0000phone\\nnumber"}'
+    )
+    assert verdict.reason == "bad phone number"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -119,7 +119,7 @@ def test_build_context_fills_every_scope_with_an_empty_default() -> None:
         (["a", 1, None], "a, 1, "),
         ({"a": 1}, '{"a":1}'),
         (date(2024, 1, 2), "2024-01-02"),
-        (datetime(2024, 1, 2, 3, 4, tzinfo=timezone.utc), "2024-01-02T03:04:00+00:00"),
+        (datetime(2024, 1, 2, 3, 4, tzinfo=UTC), "2024-01-02T03:04:00+00:00"),
     ],
 )
 def test_display_renders_values_as_plain_text(value: object, text: str) -> None:

@@ -1,0 +1,159 @@
+"""pricing_service and routing_service through their own create_server() on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from leadflow.config import Config, parse_config
+from leadflow.fields import parse_lead
+from leadflow.money import from_proto, to_proto
+from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
+from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
+from leadflow.wire import LeadData
+from pricing_service.server import create_server as create_pricing
+from routing_service.server import create_server as create_routing
+
+CONFIG = """
+account: {name: Test}
+sources: [{id: vendor, name: Vendor, api_key: k}]
+buyers:
+  - id: ca-only
+    name: CA only
+    criteria: [{lhv: state, op: is equal to, rhv: CA, reason: California only}]
+    pricing: {prices: [{amount: 40}]}
+    delivery: {type: http, url: "http://127.0.0.1:9/"}
+  - {id: anyone, name: Anyone, delivery: {type: http, url: "http://127.0.0.1:9/"}}
+flows:
+  - id: auto
+    name: Auto
+    pricing: {prices: [{amount: 10}, {amount: 12.34, rule_set: [{lhv: state, op: is equal to, rhv: CA}]}]}
+    sources: [{source: vendor}]
+    stages:
+      - name: first-look
+        steps: [{buyer: anyone, priority: 2}, {buyer: ca-only, priority: 1}]
+"""
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG, {})
+
+
+def lead(state: str, flow: str = "auto", source: str = "vendor") -> LeadData:
+    return LeadData("L1", flow, source, parse_lead({"state": state}), datetime.now(UTC))
+
+
+@pytest.fixture
+async def pricing(config: Config) -> AsyncIterator[pricing_service_pb2_grpc.PricingServiceStub]:
+    server, port, _ = await create_pricing("127.0.0.1:0", config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pricing_service_pb2_grpc.PricingServiceStub(channel)
+    await server.stop(None)
+
+
+@pytest.fixture
+async def routing_channel(config: Config) -> AsyncIterator[grpc.aio.Channel]:
+    server, port, _ = await create_routing("127.0.0.1:0", config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel
+    await server.stop(None)
+
+
+async def test_purchase_price_comes_back_exact_with_its_layer(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
+) -> None:
+    reply = await pricing.QuotePurchasePrice(
+        pricing_service_pb2.QuotePurchasePriceRequest(lead=lead("California").to_proto()), timeout=5
+    )
+    assert from_proto(reply.price) == Decimal("12.34")
+    assert (reply.audit.layer, reply.audit.rule_index) == ("flow_rules", 1)
+
+
+async def test_sale_price_uses_the_buyer_rules(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
+) -> None:
+    reply = await pricing.QuoteSalePrice(
+        pricing_service_pb2.QuoteSalePriceRequest(
+            lead=lead("CA").to_proto(),
+            stage_index=0,
+            step_index=1,
+            purchase_price=to_proto(Decimal(10)),
+        ),
+        timeout=5,
+    )
+    assert (from_proto(reply.price), reply.audit.layer) == (Decimal("40.00"), "buyer_rules")
+
+
+@pytest.mark.parametrize(("flow", "source"), [("nope", "vendor"), ("auto", "nope")])
+async def test_unknown_flow_or_source_is_not_found(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub, flow: str, source: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pricing.QuotePurchasePrice(
+            pricing_service_pb2.QuotePurchasePriceRequest(lead=lead("CA", flow, source).to_proto()),
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unknown_step_is_not_found(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pricing.QuoteSalePrice(
+            pricing_service_pb2.QuoteSalePriceRequest(
+                lead=lead("CA").to_proto(), stage_index=0, step_index=7
+            ),
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_routing_ranks_by_priority_and_reports_skips(
+    routing_channel: grpc.aio.Channel,
+) -> None:
+    stub = routing_service_pb2_grpc.RoutingServiceStub(routing_channel)
+    request = routing_service_pb2.RankStageRequest(lead=lead("CA").to_proto(), stage_index=0)
+    reply = await stub.RankStage(request, timeout=5)
+    assert (reply.stage_name, reply.strategy) == ("first-look", "priority")
+    assert [c.buyer_id for c in reply.candidates] == ["ca-only", "anyone"]
+
+    request = routing_service_pb2.RankStageRequest(lead=lead("TX").to_proto(), stage_index=0)
+    reply = await stub.RankStage(request, timeout=5)
+    assert [c.buyer_id for c in reply.candidates] == ["anyone"]
+    assert [(s.buyer_id, s.reason) for s in reply.skipped] == [("ca-only", "California only")]
+
+
+async def test_routing_unknown_stage_is_not_found(routing_channel: grpc.aio.Channel) -> None:
+    stub = routing_service_pb2_grpc.RoutingServiceStub(routing_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RankStage(
+            routing_service_pb2.RankStageRequest(lead=lead("CA").to_proto(), stage_index=3),
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_is_serving_and_reflection_lists_the_service(
+    routing_channel: grpc.aio.Channel,
+) -> None:
+    health = health_pb2_grpc.HealthStub(routing_channel)
+    reply = await health.Check(
+        health_pb2.HealthCheckRequest(service="leadflow.routing.v1.RoutingService"), timeout=5
+    )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(routing_channel)
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    async for response in responses:
+        names = {service.name for service in response.list_services_response.service}
+        assert "leadflow.routing.v1.RoutingService" in names
+        break
