@@ -19,8 +19,7 @@ from leadflow.config import (
     RuleSetSpec,
     format_path,
 )
-from leadflow.fields import STANDARD_FIELDS
-from leadflow.rules import RuleError, operator_allowed
+from leadflow.rules import RuleError
 from leadflow.templates import TemplateError, compile_template
 
 Loc = tuple[int | str, ...]
@@ -122,34 +121,13 @@ def _check_rule_set(
     if spec is None:
         return
     try:
-        spec.compiled  # noqa: B018 - compiles once and caches it for the services
+        errors = spec.compiled.operator_errors(custom)  # compiles once and caches it
     except RuleError as exc:
+        errors = [exc]
+    for error in errors:
         yield Problem(
-            path=f"{format_path(loc)}.{exc.path}" if exc.path else format_path(loc),
-            message=exc.message,
+            path=".".join(filter(None, (format_path(loc), error.path))), message=error.message
         )
-        return
-    yield from _check_operators(spec, loc, custom)
-
-
-def _check_operators(spec: RuleSetSpec, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
-    for i, rule in enumerate(spec.rules):
-        field_type = _field_type(rule.lhv, custom)
-        if field_type is not None and not operator_allowed(rule.op, field_type):
-            yield _problem(
-                (*loc, "rules", i, "op"),
-                f"operator {rule.op!r} does not apply to {rule.lhv!r} (a {field_type} field)",
-            )
-        if rule.rule_set is not None:
-            yield from _check_operators(rule.rule_set, (*loc, "rules", i, "rule_set"), custom)
-
-
-def _field_type(lhv: str, custom: dict[str, str]) -> str | None:
-    """The type of the lead field a rule compares, or None for components and other variables."""
-    parts = lhv.removeprefix("lead.").split(".")
-    if len(parts) != 1:
-        return None
-    return custom.get(parts[0]) or STANDARD_FIELDS.get(parts[0])
 
 
 def _check_pricing(pricing: Pricing | None, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:

@@ -1,20 +1,20 @@
 """Lead field types: parse submitted values into typed, JSON-serialisable field dicts.
 
-Every parsed value is a plain dict ``{"type", "raw", "normal", "valid", ...components}`` so it
+Every parsed value is a plain dict ``{"kind", "raw", "normal", "valid", ...components}`` so it
 can be stored, sent over gRPC as JSON and read by rules and templates without custom classes.
 
 Decisions (beyond SPEC section 4):
 
 - An invalid value is data, never an exception: ``valid`` is False and ``normal`` is the trimmed
-  raw text. Empty or missing values give ``{"type", "raw": "", "normal": "", "valid": False}``
+  raw text. Empty or missing values give ``{"kind", "raw": "", "normal": "", "valid": False}``
   (``raw`` keeps whitespace as sent).
 - ``raw`` is the value as given, as text: ``True`` becomes ``"true"``, numbers lose float
   artifacts. An unknown type name parses as ``string``.
 - phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits; the extension is
   the ``extension`` component, not part of ``normal``. Other countries normalise to the national
-  significant number, with ``country_code`` holding the ISO region. LeadConduit's ``type``
-  component (home/work/mobile, from a trailing ``h``/``w``/``c``/``m`` hint) is stored as
-  ``phone_type`` because ``type`` names the field type. Plain NANP numbers skip
+  significant number, with ``country_code`` holding the ISO region. The ``type``
+  component (home/work/mobile, from a trailing ``h``/``w``/``c``/``m`` hint) keeps LeadConduit's
+  name, so every parsed value names its own field type ``kind``. Plain NANP numbers skip
   phonenumbers' full parser; validity is still phonenumbers' verdict (cached per area code and
   exchange).
 - email: lower-cased as a whole; never any DNS lookup. ``tld`` is the last label, or the last two
@@ -115,7 +115,7 @@ def is_field(value: object) -> bool:
         isinstance(value, dict)
         and "valid" in value
         and "normal" in value
-        and isinstance(value.get("type"), str)
+        and isinstance(value.get("kind"), str)
     )
 
 
@@ -164,7 +164,7 @@ def _json_number(value: Decimal) -> int | float | None:
 
 
 def _invalid(type_name: str, raw: str) -> Field:
-    return {"type": type_name, "raw": raw, "normal": raw.strip(), "valid": False}
+    return {"kind": type_name, "raw": raw, "normal": raw.strip(), "valid": False}
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def _parse_number(raw: str, original: object) -> Field:
     if value is None or number is None:
         return _invalid("number", raw)
     return {
-        "type": "number",
+        "kind": "number",
         "raw": raw,
         "normal": _decimal_text(value),
         "valid": True,
@@ -239,7 +239,7 @@ def _parse_range(raw: str) -> Field:
             _decimal_text(low) if low == high else f"{_decimal_text(low)}-{_decimal_text(high)}"
         )
     field: Field = {
-        "type": "range",
+        "kind": "range",
         "raw": raw,
         "normal": normal,
         "valid": True,
@@ -282,7 +282,7 @@ def _parse_boolean(raw: str, original: object) -> Field:
     value = parse_boolean(original if isinstance(original, bool) else raw)
     if value is None:
         return _invalid("boolean", raw)
-    return {"type": "boolean", "raw": raw, "normal": value, "valid": True}
+    return {"kind": "boolean", "raw": raw, "normal": value, "valid": True}
 
 
 # --- dates ----------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def _parse_date(type_name: str, raw: str, original: object, today: date | None) 
     day = parse_date(original if isinstance(original, date) else raw, today)
     if day is None:
         return _invalid(type_name, raw)
-    field: Field = {"type": type_name, "raw": raw, "normal": day.isoformat(), "valid": True}
+    field: Field = {"kind": type_name, "raw": raw, "normal": day.isoformat(), "valid": True}
     field["year"] = day.year
     if type_name == "dob":
         now = today or date.today()
@@ -404,7 +404,7 @@ def _nanp_field(
 ) -> Field:
     area = digits[:3]
     return {
-        "type": "phone",
+        "kind": "phone",
         "raw": raw,
         "normal": digits,
         "valid": True,
@@ -414,7 +414,7 @@ def _nanp_field(
         "number": digits[3:],
         "extension": extension,
         "country_code": region,
-        "phone_type": hint,
+        "type": hint,
         "is_tollfree": area in _TOLLFREE_AREAS,
     }
 
@@ -452,7 +452,7 @@ def _parse_phone(raw: str) -> Field:
         return _nanp_field(raw, region, nsn, extension, hint)
     area_length = phonenumbers.length_of_national_destination_code(number)
     return {
-        "type": "phone",
+        "kind": "phone",
         "raw": raw,
         "normal": nsn,
         "valid": True,
@@ -462,7 +462,7 @@ def _parse_phone(raw: str) -> Field:
         "number": nsn[area_length:],
         "extension": extension,
         "country_code": region,
-        "phone_type": hint,
+        "type": hint,
         "is_tollfree": False,
     }
 
@@ -575,7 +575,7 @@ def _email_field(raw: str, user: str, domain: str) -> Field:
     if len(last_two) == 3 and f"{last_two[1]}.{last_two[2]}" in _SECOND_LEVEL_TLDS:
         tld = f"{last_two[1]}.{last_two[2]}"
     return {
-        "type": "email",
+        "kind": "email",
         "raw": raw,
         "normal": f"{user}@{domain}",
         "valid": True,
@@ -617,7 +617,7 @@ def _parse_postal_code(raw: str, original: object) -> Field:
     if m:
         zip5, four = m.group(1), m.group(2)
         return {
-            "type": "postal_code",
+            "kind": "postal_code",
             "raw": raw,
             "normal": f"{zip5}-{four}" if four else zip5,
             "valid": True,
@@ -629,7 +629,7 @@ def _parse_postal_code(raw: str, original: object) -> Field:
     if m:
         fsa, ldu = m.group(1).upper(), m.group(2).upper()
         return {
-            "type": "postal_code",
+            "kind": "postal_code",
             "raw": raw,
             "normal": f"{fsa} {ldu}",
             "valid": True,
@@ -770,7 +770,7 @@ def _parse_state(raw: str) -> Field:
     code = _STATE_LOOKUP.get(key)
     if code is None:
         return _invalid("state", raw)
-    return {"type": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
+    return {"kind": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
 
 
 _GENDERS: Final[dict[str, str]] = {
@@ -794,7 +794,7 @@ def _parse_gender(raw: str) -> Field:
     if gender is None:
         return _invalid("gender", raw)
     return {
-        "type": "gender",
+        "kind": "gender",
         "raw": raw,
         "normal": gender,
         "valid": True,
@@ -814,7 +814,7 @@ def _parse_ip(raw: str) -> Field:
     except ValueError:
         return _invalid("ip", raw)
     return {
-        "type": "ip",
+        "kind": "ip",
         "raw": raw,
         "normal": address.compressed,
         "valid": True,
@@ -851,7 +851,7 @@ def _parse_url(raw: str, type_name: str = "url") -> Field:
     userinfo, at, hostport = parts.netloc.rpartition("@")
     netloc = f"{userinfo}{at}{hostport.lower()}"
     return {
-        "type": type_name,
+        "kind": type_name,
         "raw": raw,
         "normal": urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment)),
         "valid": True,
@@ -879,7 +879,7 @@ def _parse_trustedform_url(raw: str) -> Field:
     if _HEX40.fullmatch(cert_id):
         cert_id = cert_id.lower()
     return {
-        "type": "trustedform_url",
+        "kind": "trustedform_url",
         "raw": raw,
         "normal": f"https://{url['host']}/{cert_id}",
         "valid": True,
@@ -900,9 +900,9 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
     if type_name not in FIELD_TYPES:
         type_name = "string"
     if not text.strip():
-        return {"type": type_name, "raw": text, "normal": "", "valid": False}
+        return {"kind": type_name, "raw": text, "normal": "", "valid": False}
     if type_name == "string":
-        return {"type": "string", "raw": text, "normal": text.strip(), "valid": True}
+        return {"kind": "string", "raw": text, "normal": text.strip(), "valid": True}
     if type_name == "phone":
         return _parse_phone(text)
     if type_name == "email":

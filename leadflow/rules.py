@@ -218,7 +218,7 @@ def _compact(number: Decimal | None) -> Num | None:
 
 def _field_number(field: Mapping[str, object]) -> Num | None:
     """The number a number, range, dob (age) or numeric string field compares as."""
-    kind = field["type"]
+    kind = field["kind"]
     if kind == "number":
         number = field.get("number")
         return number if type(number) is int else to_decimal(field["normal"])
@@ -240,7 +240,7 @@ def _number_of(value: object) -> Num | None:
 
 def _date_of(value: object) -> str | None:
     if _is_field(value):
-        if value["type"] in ("date", "dob"):
+        if value["kind"] in ("date", "dob"):
             return str(value["normal"]) if value["valid"] else None
         value = value["normal"]
     found = parse_date(value) if isinstance(value, str) else None
@@ -249,7 +249,7 @@ def _date_of(value: object) -> str | None:
 
 def _truth(value: object) -> bool | None:
     if _is_field(value):
-        if value["type"] == "boolean":
+        if value["kind"] == "boolean":
             normal = value["normal"]
             return normal if value["valid"] and isinstance(normal, bool) else None
         value = value["normal"]
@@ -312,7 +312,7 @@ def _compare(value: object, r: _Operand) -> int | None:
         normal = value["normal"]
         if normal == "" or normal is None:
             return None
-        kind: str = value["type"]
+        kind: str = value["kind"]
         if not value["valid"]:
             if r.number is not None:
                 number = _num(normal) if type(normal) is str else None
@@ -392,7 +392,7 @@ class _Members:
             normal = value["normal"]
             if normal == "" or normal is None:
                 return False
-            kind: str = value["type"]
+            kind: str = value["kind"]
             if value["valid"]:
                 if kind in _TYPED_TEXT:
                     text = normal.lower() if type(normal) is str else display(normal).lower()

@@ -193,9 +193,7 @@ _COMPONENT_TYPES: Final[dict[str, dict[str, str]]] = {
 }
 _STRING_COMPONENTS: Final[dict[str, frozenset[str]]] = {
     "string": frozenset(),
-    "phone": frozenset(
-        {"area", "exchange", "line", "number", "extension", "country_code", "phone_type"}
-    ),
+    "phone": frozenset({"area", "exchange", "line", "number", "extension", "country_code", "type"}),
     "email": frozenset({"user", "domain", "host", "tld"}),
     "postal_code": frozenset({"zip", "four", "country_code", "fsa", "ldu"}),
     "state": frozenset({"name"}),

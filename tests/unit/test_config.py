@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from leadflow.cli import main
 from leadflow.config import ConfigError, load_config, parse_config
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -161,3 +162,31 @@ def test_webhook_secret_with_a_broken_whsec_value_is_refused() -> None:
     assert problems(text) == [
         "buyers[0].delivery.signing_secret: a whsec_ secret must be base64 after the prefix"
     ]
+
+
+def test_operators_are_checked_whatever_their_case() -> None:
+    text = BASE.replace(
+        "    sources: [{source: vendor}]",
+        "    acceptance: [{lhv: state, op: Is Equal To, rhv: CA}]\n    sources: [{source: vendor}]",
+    )
+    assert parse_config(text, {}).flows[0].acceptance is not None
+
+
+def test_check_command_prints_every_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE.replace("{buyer: acme}", "{buyer: acme2}"))
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(path)])
+    assert info.value.code == 1
+    assert "flows[0].stages[0].steps[0].buyer: unknown buyer 'acme2'" in capsys.readouterr().err
+
+
+def test_check_command_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(BASE)
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(path)])
+    assert info.value.code == 0
+    assert "ok (1 flows, 1 sources, 1 buyers)" in capsys.readouterr().out

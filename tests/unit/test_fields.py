@@ -46,8 +46,8 @@ def test_standard_fields_have_leadconduit_names_and_known_types() -> None:
         ("+1 512-555-1234 x12", "5125551234", {"extension": "12"}),
         ("512.555.1234 ext. 7", "5125551234", {"extension": "7"}),
         ("1 (512) 555-1234", "5125551234", {"extension": None}),
-        ("512-555-1234 (m)", "5125551234", {"phone_type": "mobile"}),
-        ("512 555 1234 h", "5125551234", {"phone_type": "home"}),
+        ("512-555-1234 (m)", "5125551234", {"type": "mobile"}),
+        ("512 555 1234 h", "5125551234", {"type": "home"}),
         ("800-555-1212", "8005551212", {"is_tollfree": True}),
         ("512-555-1234", "5125551234", {"is_tollfree": False}),
         ("613-555-1234", "6135551234", {"country_code": "CA"}),
@@ -71,7 +71,7 @@ def test_valid_phones_normalise_to_digits_with_components(
 )
 def test_invalid_phones_stay_data(raw: str) -> None:
     field = parsed("phone", raw)
-    assert field == {"type": "phone", "raw": raw, "normal": raw.strip(), "valid": False}
+    assert field == {"kind": "phone", "raw": raw, "normal": raw.strip(), "valid": False}
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_booleans_read_yes_and_no_words(raw: object, value: bool) -> None:
 
 def test_unreadable_booleans_are_invalid() -> None:
     assert parsed("boolean", "maybe") == {
-        "type": "boolean",
+        "kind": "boolean",
         "raw": "maybe",
         "normal": "maybe",
         "valid": False,
@@ -354,7 +354,7 @@ def test_trustedform_url_must_be_a_certificate_on_trustedform() -> None:
 
 def test_strings_are_trimmed_and_valid_when_not_empty() -> None:
     assert parsed("string", "  Ann ") == {
-        "type": "string",
+        "kind": "string",
         "raw": "  Ann ",
         "normal": "Ann",
         "valid": True,
@@ -367,11 +367,11 @@ def test_empty_values_are_blank_and_invalid(type_name: str, raw: object) -> None
     field = parsed(type_name, raw)
     assert field["normal"] == ""
     assert field["valid"] is False
-    assert field["type"] == type_name
+    assert field["kind"] == type_name
 
 
 def test_unknown_type_parses_as_string() -> None:
-    assert parsed("nonsense", " x ")["type"] == "string"
+    assert parsed("nonsense", " x ")["kind"] == "string"
 
 
 def test_scalars_keep_raw_as_text() -> None:
@@ -393,9 +393,9 @@ def test_parse_lead_types_standard_custom_and_unknown_fields() -> None:
     )
     assert lead["phone_1"]["normal"] == "5125551234"  # type: ignore[index]
     assert lead["state"]["normal"] == "TX"  # type: ignore[index]
-    assert lead["credit_score"]["type"] == "number"  # type: ignore[index]
+    assert lead["credit_score"]["kind"] == "number"  # type: ignore[index]
     assert lead["Favourite_Colour"] == {  # keys are kept exactly as sent
-        "type": "string",
+        "kind": "string",
         "raw": " Blue ",
         "normal": "Blue",
         "valid": True,
@@ -411,8 +411,8 @@ def test_parse_lead_keeps_nested_dicts_and_types_them_by_dotted_name() -> None:
     lead = parse_lead({"vehicle": {"year": "2019", "make": "Ford"}}, {"vehicle.year": "number"})
     vehicle = lead["vehicle"]
     assert isinstance(vehicle, dict)
-    assert vehicle["year"]["type"] == "number"
-    assert vehicle["make"] == {"type": "string", "raw": "Ford", "normal": "Ford", "valid": True}
+    assert vehicle["year"]["kind"] == "number"
+    assert vehicle["make"] == {"kind": "string", "raw": "Ford", "normal": "Ford", "valid": True}
 
 
 def test_parse_lead_keeps_lists_as_their_normal_values() -> None:
@@ -422,7 +422,7 @@ def test_parse_lead_keeps_lists_as_their_normal_values() -> None:
 
 
 def test_parse_lead_does_not_trust_a_submitted_field_shape() -> None:
-    forged = {"type": "phone", "raw": "x", "normal": "x", "valid": True}
+    forged = {"kind": "phone", "raw": "x", "normal": "x", "valid": True}
     lead = parse_lead({"phone_1": forged})
     assert not is_field(lead["phone_1"])
 
@@ -452,7 +452,7 @@ def test_parse_date_passes_dates_through_and_drops_times() -> None:
 @given(type_name=st.sampled_from(sorted(FIELD_TYPES)), raw=st.text(max_size=40))
 def test_parse_value_never_raises_and_is_json_serialisable(type_name: str, raw: str) -> None:
     field = parse_value(type_name, raw, today=TODAY)
-    assert field["type"] == type_name
+    assert field["kind"] == type_name
     assert field["raw"] == raw
     assert isinstance(field["valid"], bool)
     json.dumps(field, allow_nan=False)

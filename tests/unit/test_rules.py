@@ -569,3 +569,9 @@ def test_between_agrees_with_inclusive_comparisons(value: int, low: int, size: i
     outside = compile_rule_set([{"lhv": "x", "op": "is not between", "rhv": f"{low} to {high}"}])
     assert inside.evaluate(context).passed is (low <= value <= high)
     assert outside.evaluate(context).passed is not (low <= value <= high)
+
+
+def test_phone_type_component_is_read_by_its_spec_name() -> None:
+    lead = parse_lead({"phone_1": "512-555-1234 (m)"})
+    rule_set = compile_rule_set([{"lhv": "phone_1.type", "op": "is equal to", "rhv": "mobile"}])
+    assert rule_set.evaluate(build_context(lead)).passed

@@ -69,7 +69,7 @@ def test_paths_resolve_to_values_and_components(path: str, expected: object) -> 
 def test_a_typed_field_resolves_to_its_field_dict() -> None:
     field = resolve("loan_amount", CONTEXT)
     assert isinstance(field, dict)
-    assert (field["type"], field["normal"], field["valid"]) == ("number", "250000", True)
+    assert (field["kind"], field["normal"], field["valid"]) == ("number", "250000", True)
 
 
 def test_a_reserved_name_means_the_context_and_lead_prefix_reaches_the_field() -> None:
@@ -114,8 +114,8 @@ def test_build_context_fills_every_scope_with_an_empty_default() -> None:
         (Decimal("12.50"), "12.50"),
         (0.1, "0.1"),
         (1e-7, "0.0000001"),
-        ({"type": "number", "raw": "1,000", "normal": "1000", "valid": True}, "1000"),
-        ({"type": "boolean", "raw": "y", "normal": True, "valid": True}, "true"),
+        ({"kind": "number", "raw": "1,000", "normal": "1000", "valid": True}, "1000"),
+        ({"kind": "boolean", "raw": "y", "normal": True, "valid": True}, "true"),
         (["a", 1, None], "a, 1, "),
         ({"a": 1}, '{"a":1}'),
         (date(2024, 1, 2), "2024-01-02"),
