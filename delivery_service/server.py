@@ -49,9 +49,10 @@ async def _start(
     settings: Settings, config: Config, session: aiohttp.ClientSession
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DeliveryServicer]:
     servicer = DeliveryServicer(config, build_adapters(config, session), settings.recent_results)
-    server, port, health_servicer = await kit.start_server(
-        [lambda s: delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
+    server, port, health_servicer = await kit.start_service(
+        delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server,
+        servicer,
+        SERVICE_NAME,
         settings.service.address,
     )
     return server, port, health_servicer, servicer

@@ -22,6 +22,7 @@ from leadflow.context import lead_context
 from leadflow.fields import parse_lead
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_proto, to_proto
+from leadflow.routing.v1 import routing_service_pb2
 from leadflow.wire import LeadData, PriceAudit, outcome_from_proto, outcome_to_proto
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,27 @@ class LeadRun:
     def fail(self, outcome: str, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
 
+    def add_recipient(
+        self,
+        stage_index: int,
+        ranking: routing_service_pb2.RankStageResponse,
+        step: routing_service_pb2.Candidate | routing_service_pb2.SkippedStep,
+        outcome: str,
+        reason: str = "",
+    ) -> Recipient:
+        recipient = Recipient(
+            id=f"{self.lead.id}-{len(self.recipients) + 1}",
+            stage_index=stage_index,
+            stage_name=ranking.stage_name,
+            strategy=ranking.strategy,
+            step_index=step.step_index,
+            buyer_id=step.buyer_id,
+            outcome=outcome,
+            reason=reason,
+        )
+        self.recipients.append(recipient)
+        return recipient
+
 
 class Orchestrator:
     def __init__(self, config: Config, downstream: Downstream) -> None:
@@ -151,32 +173,13 @@ class Orchestrator:
         for stage_index, stage in enumerate(flow.stages):
             ranking = await self._downstream.rank_stage(run.lead, stage_index, sold)
             for skipped in ranking.skipped:
-                run.recipients.append(
-                    Recipient(
-                        id=f"{run.lead.id}-{len(run.recipients) + 1}",
-                        stage_index=stage_index,
-                        stage_name=ranking.stage_name,
-                        strategy=ranking.strategy,
-                        step_index=skipped.step_index,
-                        buyer_id=skipped.buyer_id,
-                        outcome="skip",
-                        reason=skipped.reason,
-                    )
-                )
+                run.add_recipient(stage_index, ranking, skipped, "skip", skipped.reason)
             sales = 0
             for candidate in ranking.candidates:
                 if sales >= stage.sell:
                     break
-                recipient = Recipient(
-                    id=f"{run.lead.id}-{len(run.recipients) + 1}",
-                    stage_index=stage_index,
-                    stage_name=ranking.stage_name,
-                    strategy=ranking.strategy,
-                    step_index=candidate.step_index,
-                    buyer_id=candidate.buyer_id,
-                    outcome="error",
-                )
-                run.recipients.append(recipient)
+                # "error" until the buyer answers: a step interrupted midway is never a sale.
+                recipient = run.add_recipient(stage_index, ranking, candidate, "error")
                 await self._offer(run, recipient)
                 if recipient.outcome == "success":
                     sold.append(candidate.buyer_id)

@@ -44,9 +44,10 @@ async def create_server(
 ) -> RunningGateway:
     orchestrator = Orchestrator(config, downstream)
     servicer = GatewayServicer(config, orchestrator, store)
-    server, port, health_servicer = await kit.start_server(
-        [lambda s: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
+    server, port, health_servicer = await kit.start_service(
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
+        servicer,
+        SERVICE_NAME,
         address,
     )
     runner = web.AppRunner(create_app(config, orchestrator, downstream, store), access_log=None)

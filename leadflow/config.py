@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from leadflow.fields import FIELD_TYPES
 from leadflow.money import MAX_PRICE, parse_amount
 
 if TYPE_CHECKING:
@@ -39,22 +40,6 @@ Id = Annotated[str, Field(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 HOURS_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-FIELD_TYPE_NAMES = [
-    "string",
-    "phone",
-    "email",
-    "postal_code",
-    "state",
-    "number",
-    "range",
-    "boolean",
-    "date",
-    "dob",
-    "gender",
-    "ip",
-    "url",
-    "trustedform_url",
-]
 
 
 def _money(value: object) -> Decimal:
@@ -369,7 +354,7 @@ class Flow(Model):
     id: Id
     name: NonEmpty
     time_zone: TimeZone | None = None
-    fields: dict[str, Literal[tuple(FIELD_TYPE_NAMES)]] = {}  # type: ignore[valid-type]
+    fields: dict[str, Literal[tuple(sorted(FIELD_TYPES))]] = {}  # type: ignore[valid-type]
     require_sale: bool = False
     hours: Hours | None = None
     acceptance: RuleSetSpec | None = None

@@ -175,6 +175,18 @@ async def start_server(
     return server, port, health_servicer
 
 
+async def start_service(
+    add_servicer: Callable[[Any, grpc.aio.Server], None],
+    servicer: object,
+    service_name: str,
+    address: str,
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """start_server for the common case: one servicer, added by its generated add_* function."""
+    return await start_server(
+        [lambda server: add_servicer(servicer, server)], [service_name], address
+    )
+
+
 async def stop_server(
     server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float = 10.0
 ) -> None:

@@ -22,12 +22,12 @@ async def create_server(
     settings: Settings, store: LedgerStore
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start the ledger on settings.address (port 0 picks a free one); returns the bound port."""
-    servicer = LedgerServicer(store)
-
-    def register(server: grpc.aio.Server) -> None:
-        ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
-
-    return await kit.start_server([register], [SERVICE_NAME], settings.address)
+    return await kit.start_service(
+        ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server,
+        LedgerServicer(store),
+        SERVICE_NAME,
+        settings.address,
+    )
 
 
 async def main() -> None:

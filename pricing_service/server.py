@@ -17,14 +17,10 @@ SERVICE_NAME = pricing_service_pb2.DESCRIPTOR.services_by_name["PricingService"]
 async def create_server(
     address: str, config: Config
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    servicer = PricingServicer(config)
-    return await kit.start_server(
-        [
-            lambda server: pricing_service_pb2_grpc.add_PricingServiceServicer_to_server(
-                servicer, server
-            )
-        ],
-        [SERVICE_NAME],
+    return await kit.start_service(
+        pricing_service_pb2_grpc.add_PricingServiceServicer_to_server,
+        PricingServicer(config),
+        SERVICE_NAME,
         address,
     )
 

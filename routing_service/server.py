@@ -17,14 +17,10 @@ SERVICE_NAME = routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"]
 async def create_server(
     address: str, config: Config
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    servicer = RoutingServicer(config)
-    return await kit.start_server(
-        [
-            lambda server: routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
-                servicer, server
-            )
-        ],
-        [SERVICE_NAME],
+    return await kit.start_service(
+        routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
+        RoutingServicer(config),
+        SERVICE_NAME,
         address,
     )
 

@@ -183,7 +183,9 @@ def test_check_command_prints_every_problem_and_fails(
     assert "flows[0].stages[0].steps[0].buyer: unknown buyer 'acme2'" in capsys.readouterr().err
 
 
-def test_check_command_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_command_accepts_a_valid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "good.yaml"
     path.write_text(BASE)
     with pytest.raises(SystemExit) as info:
