@@ -16,6 +16,7 @@ import grpc
 from gateway import metrics
 from gateway.clients import Downstream, delivery_deadline
 from gateway.intake import SubmissionResult
+from gateway.outbox import LedgerOutbox
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, Flow, HttpDelivery
 from leadflow.context import lead_context
@@ -114,9 +115,10 @@ class LeadRun:
 
 
 class Orchestrator:
-    def __init__(self, config: Config, downstream: Downstream) -> None:
+    def __init__(self, config: Config, downstream: Downstream, outbox: LedgerOutbox) -> None:
         self._config = config
         self._downstream = downstream
+        self._outbox = outbox
 
     async def submit(self, flow_id: str, source_id: str, data: dict[str, Any]) -> SubmissionResult:
         """Process one authenticated submission; never raises for anything the vendor sent."""
@@ -236,4 +238,4 @@ class Orchestrator:
             source_event=source_event,
             recipient_events=[recipient.to_proto() for recipient in run.recipients],
         )
-        await self._downstream.record_lead(request)
+        await self._outbox.record(request)

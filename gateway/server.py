@@ -12,6 +12,7 @@ from gateway.clients import Downstream
 from gateway.config import settings_from_env
 from gateway.http_api import create_app
 from gateway.orchestrator import Orchestrator
+from gateway.outbox import LedgerOutbox
 from gateway.servicer import GatewayServicer
 from gateway.store import GatewayStore
 from leadflow import db, kit
@@ -28,10 +29,12 @@ class RunningGateway:
     health: health.aio.HealthServicer
     http: web.AppRunner
     http_port: int
+    outbox: LedgerOutbox
 
     async def stop(self, grace: float = 10.0) -> None:
         await kit.stop_server(self.server, self.health, grace)
         await self.http.cleanup()
+        await self.outbox.stop()
 
 
 async def create_server(
@@ -42,7 +45,8 @@ async def create_server(
     downstream: Downstream,
     store: GatewayStore,
 ) -> RunningGateway:
-    orchestrator = Orchestrator(config, downstream)
+    outbox = LedgerOutbox(store, downstream)
+    orchestrator = Orchestrator(config, downstream, outbox)
     servicer = GatewayServicer(config, orchestrator, store)
     server, port, health_servicer = await kit.start_service(
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
@@ -55,7 +59,8 @@ async def create_server(
     site = web.TCPSite(runner, http_host, http_port)
     await site.start()
     bound = runner.addresses[0][1]
-    return RunningGateway(server, port, health_servicer, runner, bound)
+    outbox.start()
+    return RunningGateway(server, port, health_servicer, runner, bound, outbox)
 
 
 async def main() -> None:
@@ -74,6 +79,7 @@ async def main() -> None:
 
     async def close() -> None:
         await gateway.http.cleanup()
+        await gateway.outbox.stop()
         await downstream.close()
         await engine.dispose()
 

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from gateway.tables import Base, IdempotencyKey
+from gateway.tables import Base, IdempotencyKey, LedgerOutbox
 from leadflow.db import create_schema
 
 POLL_SECONDS = 0.05
@@ -82,15 +82,26 @@ class GatewayStore:
                 )
             )
 
-    async def stored(self, source_id: str, key: str) -> StoredResponse | None:
-        async with self._sessions() as session:
-            row = (
-                await session.execute(
-                    select(IdempotencyKey).where(
-                        IdempotencyKey.source_id == source_id, IdempotencyKey.key == key
-                    )
+    async def park(self, lead_id: str, request: bytes) -> None:
+        """Keep a ledger record for replay; parking the same lead twice keeps the first."""
+        try:
+            async with self._sessions.begin() as session:
+                session.add(
+                    LedgerOutbox(lead_id=lead_id, created_time=datetime.now(UTC), request=request)
                 )
-            ).scalar_one_or_none()
-        if row is None or row.body is None or row.status is None or row.content_type is None:
-            return None
-        return StoredResponse(row.status, row.content_type, row.body)
+        except IntegrityError:
+            pass
+
+    async def parked(self, limit: int = 100) -> list[tuple[str, bytes]]:
+        """The oldest parked records first."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(LedgerOutbox.lead_id, LedgerOutbox.request)
+                .order_by(LedgerOutbox.created_time)
+                .limit(limit)
+            )
+            return [(lead_id, request) for lead_id, request in rows]
+
+    async def unpark(self, lead_id: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(delete(LedgerOutbox).where(LedgerOutbox.lead_id == lead_id))

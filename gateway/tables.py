@@ -24,3 +24,12 @@ class IdempotencyKey(Base):
     status: Mapped[int | None]
     content_type: Mapped[str | None] = mapped_column(String(64))
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class LedgerOutbox(Base):
+    """A lead record the ledger could not take yet; replayed (idempotently) until it does."""
+
+    __tablename__ = "ledger_outbox"
+    lead_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    request: Mapped[bytes] = mapped_column(LargeBinary)

@@ -144,7 +144,14 @@ def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         interceptors=[ClientMetricsInterceptor()],
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0), *_MESSAGE_LIMITS],
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 0),
+            # A restarted peer is reached within seconds, not after gRPC's default 2-minute cap.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
+            *_MESSAGE_LIMITS,
+        ],
     )
 
 

@@ -75,12 +75,43 @@ class Buyers:
 
 
 @dataclass
+class Ledger:
+    """The ledger server, which a test may stop and start again on the same port and database."""
+
+    database: Database
+    port: int = 0
+    server: grpc.aio.Server | None = None
+    store: LedgerStore | None = None
+
+    async def start(self) -> None:
+        self.store = await LedgerStore.open(self.database.url, self.database.schema)
+        settings = LedgerSettings(
+            service=_settings(f"127.0.0.1:{self.port}"), schema=self.database.schema
+        )
+        self.server, self.port, _ = await ledger_server.create_server(settings, self.store)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(None)
+        if self.store is not None:
+            await self.store.close()
+        self.server = self.store = None
+
+
+@dataclass
 class InProcessSuite:
     http: aiohttp.ClientSession
     base_url: str
     grpc_target: str
     buyers: Buyers
     config: Config
+    ledger: Ledger
+
+    async def lead_view(self, lead_id: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(
+            f"{self.base_url}/leads/{lead_id}", headers={"X-Api-Key": ADMIN}
+        ) as response:
+            return response.status, orjson.loads(await response.read())
 
     async def submit(self, lead: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
         async with self.http.post(
@@ -91,9 +122,10 @@ class InProcessSuite:
             return response.status, orjson.loads(await response.read())
 
 
-def _settings() -> ServiceSettings:
+def _settings(address: str = "127.0.0.1:0") -> ServiceSettings:
+    host, port = address.rsplit(":", 1)
     return ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
+        config_path="", data_dir="", database_url=None, host=host, port=int(port), metrics_port=None
     )
 
 
@@ -118,12 +150,10 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
             DeliverySettings(service=_settings()), config
         )
         stack.push_async_callback(server.stop, None)
-        ledger_store = await LedgerStore.open(database.url, database.schema)
-        stack.push_async_callback(ledger_store.close)
-        server, ports["ledger"], _ = await ledger_server.create_server(
-            LedgerSettings(service=_settings(), schema=database.schema), ledger_store
-        )
-        stack.push_async_callback(server.stop, None)
+        ledger = Ledger(database)
+        await ledger.start()
+        stack.push_async_callback(ledger.stop)
+        ports["ledger"] = ledger.port
 
         engine = db.create_engine(database.url, database.schema)
         stack.push_async_callback(engine.dispose)
@@ -141,6 +171,7 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
             f"127.0.0.1:{gateway.port}",
             buyers,
             config,
+            ledger,
         )
 
 
@@ -151,10 +182,7 @@ async def test_first_buyer_buys_and_the_lead_is_recorded(suite: InProcessSuite) 
     status, body = await suite.submit(LEAD)
     assert (status, body["outcome"], body["price"]) == (201, "success", 9.99)
     assert [name for name, _ in suite.buyers.received] == ["first"]
-    async with suite.http.get(
-        f"{suite.base_url}/leads/{body['lead']['id']}", headers={"X-Api-Key": ADMIN}
-    ) as response:
-        view = orjson.loads(await response.read())
+    _, view = await suite.lead_view(body["lead"]["id"])
     assert view["source_event"]["revenue"] == 25
     assert [e["outcome"] for e in view["recipient_events"]] == ["success"]
 
@@ -219,6 +247,24 @@ async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProc
             )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert suite.buyers.received == []
+
+
+async def test_a_lead_sold_while_the_ledger_is_down_is_recorded_when_it_returns(
+    suite: InProcessSuite,
+) -> None:
+    await suite.ledger.stop()
+    status, body = await suite.submit(LEAD)
+    assert (status, body["outcome"]) == (201, "success")
+    lead_id = body["lead"]["id"]
+    assert (await suite.lead_view(lead_id))[0] == 503
+
+    await suite.ledger.start()
+    deadline = asyncio.get_running_loop().time() + 20
+    while (view := await suite.lead_view(lead_id))[0] != 200:
+        assert asyncio.get_running_loop().time() < deadline, "the parked record never arrived"
+        await asyncio.sleep(0.1)
+    assert view[1]["source_event"]["revenue"] == 25
+    assert [e["outcome"] for e in view[1]["recipient_events"]] == ["success"]
 
 
 HOSTILE = [
