@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 
 from leadflow import kit
 
-RELEASE = asyncio.Event
 
-
-def _registrar(release: asyncio.Event) -> kit.Registrar:
+def _registrar(release: asyncio.Event, started: asyncio.Event | None = None) -> kit.Registrar:
     async def wait(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if started is not None:
+            started.set()
         await release.wait()
         return request
 
