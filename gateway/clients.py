@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadflow import kit
-from leadflow.config import HttpDelivery
+from leadflow.config import Config, HttpDelivery
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.money import to_proto
@@ -22,6 +22,17 @@ PRICING_DEADLINE_S = 3.0
 ROUTING_DEADLINE_S = 3.0
 LEDGER_DEADLINE_S = 10.0
 HEALTH_DEADLINE_S = 1.0
+
+
+def pricing_deadline(config: Config) -> float:
+    """Long enough for the slowest configured pricing service to answer or time out, plus slack
+    (a lead runs at most one service layer per quote)."""
+    timeouts = [
+        pricing.service.timeout_ms
+        for pricing in config.pricing_blocks()
+        if pricing is not None and pricing.service is not None
+    ]
+    return max(PRICING_DEADLINE_S, max(timeouts, default=0) / 1000 + 1.0)
 
 
 def delivery_deadline(delivery: HttpDelivery | None) -> float:
@@ -76,13 +87,20 @@ class Downstream:
         return down
 
     async def purchase_price(
-        self, lead: LeadData
+        self, lead: LeadData, override_price_text: str, deadline_s: float
     ) -> pricing_service_pb2.QuotePurchasePriceResponse:
-        request = pricing_service_pb2.QuotePurchasePriceRequest(lead=lead.to_proto())
-        return await self.pricing.QuotePurchasePrice(request, timeout=PRICING_DEADLINE_S)
+        request = pricing_service_pb2.QuotePurchasePriceRequest(
+            lead=lead.to_proto(), override_price_text=override_price_text
+        )
+        return await self.pricing.QuotePurchasePrice(request, timeout=deadline_s)
 
     async def sale_price(
-        self, lead: LeadData, stage_index: int, step_index: int, purchase_price: Decimal
+        self,
+        lead: LeadData,
+        stage_index: int,
+        step_index: int,
+        purchase_price: Decimal,
+        deadline_s: float,
     ) -> pricing_service_pb2.QuoteSalePriceResponse:
         request = pricing_service_pb2.QuoteSalePriceRequest(
             lead=lead.to_proto(),
@@ -90,7 +108,7 @@ class Downstream:
             step_index=step_index,
             purchase_price=to_proto(purchase_price),
         )
-        return await self.pricing.QuoteSalePrice(request, timeout=PRICING_DEADLINE_S)
+        return await self.pricing.QuoteSalePrice(request, timeout=deadline_s)
 
     async def rank_stage(
         self, lead: LeadData, stage_index: int, sold_buyer_ids: Sequence[str]

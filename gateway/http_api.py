@@ -19,6 +19,7 @@ from gateway.intake import (
     BODY_TYPES,
     BadRequest,
     negotiate,
+    override_text,
     pairs_to_dict,
     parse_body,
     render,
@@ -108,7 +109,7 @@ async def submit(request: web.Request) -> web.Response:
         return _error(415, str(exc), media=media)
     except BadRequest as exc:
         return _error(400, str(exc), media=media)
-    fields.pop("price", None)  # the override price: used only once override pricing lands
+    override = fields.pop("price", None)  # the override price is never a lead field
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -128,7 +129,9 @@ async def submit(request: web.Request) -> web.Response:
                 status=first.status, body=first.body, content_type=first.content_type
             )
     try:
-        result = await request.app[ORCHESTRATOR_KEY].submit(flow_id, source_id, fields)
+        result = await request.app[ORCHESTRATOR_KEY].submit(
+            flow_id, source_id, fields, override_text(override)
+        )
     except BaseException:
         if key is not None:
             await store.release(source_id, key)

@@ -118,6 +118,13 @@ def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def override_text(value: object) -> str:
+    """The `price` parameter as text for pricing to judge; a repeated or nested one is no price."""
+    if value is None or isinstance(value, dict | list):
+        return "" if value is None else "not a single value"
+    return str(value)
+
+
 # What the gateway can answer in, in order of preference when the client does not care.
 OFFERS = ("application/json", "application/xml", "text/xml", "text/plain")
 

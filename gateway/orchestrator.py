@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from gateway import metrics
-from gateway.clients import Downstream, delivery_deadline
+from gateway.clients import Downstream, delivery_deadline, pricing_deadline
 from gateway.intake import SubmissionResult
 from gateway.outbox import LedgerOutbox
 from leadflow.common.v1 import lead_pb2
@@ -75,6 +75,7 @@ class LeadRun:
     """Everything decided about one lead, recorded in the ledger at the end."""
 
     lead: LeadData
+    override_price: str = ""  # the vendor's `price` parameter, as sent
     outcome: str = "success"
     reason: str = ""
     purchase_price: Decimal = ZERO
@@ -119,8 +120,11 @@ class Orchestrator:
         self._config = config
         self._downstream = downstream
         self._outbox = outbox
+        self._pricing_deadline = pricing_deadline(config)
 
-    async def submit(self, flow_id: str, source_id: str, data: dict[str, Any]) -> SubmissionResult:
+    async def submit(
+        self, flow_id: str, source_id: str, data: dict[str, Any], override_price: str = ""
+    ) -> SubmissionResult:
         """Process one authenticated submission; never raises for anything the vendor sent."""
         started = perf_counter()
         flow = self._config.flows_by_id[flow_id]
@@ -131,7 +135,7 @@ class Orchestrator:
             fields=parse_lead(data, flow.fields),
             submit_time=datetime.now(UTC),
         )
-        run = LeadRun(lead)
+        run = LeadRun(lead, override_price=override_price)
         try:
             await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
@@ -153,7 +157,9 @@ class Orchestrator:
         )
 
     async def _process(self, flow: Flow, run: LeadRun) -> None:
-        quote = await self._downstream.purchase_price(run.lead)
+        quote = await self._downstream.purchase_price(
+            run.lead, run.override_price, self._pricing_deadline
+        )
         run.purchase_price = from_proto(quote.price)
         run.purchase_audit = PriceAudit.from_proto(quote.audit)
 
@@ -193,7 +199,11 @@ class Orchestrator:
         """Price the step, deliver to its buyer and record what the buyer answered."""
         started = perf_counter()
         quote = await self._downstream.sale_price(
-            run.lead, recipient.stage_index, recipient.step_index, run.purchase_price
+            run.lead,
+            recipient.stage_index,
+            recipient.step_index,
+            run.purchase_price,
+            self._pricing_deadline,
         )
         recipient.sale_price = from_proto(quote.price)
         recipient.price_audit = PriceAudit.from_proto(quote.audit)

@@ -8,13 +8,13 @@ from typing import Any
 import grpc
 import orjson
 
-from gateway.intake import BadRequest, unflatten
+from gateway.intake import BadRequest, override_text, unflatten
 from gateway.orchestrator import Orchestrator
 from gateway.store import GatewayStore, KeyInProgress, StoredResponse
 from leadflow.config import Config
 from leadflow.gateway.v1 import gateway_service_pb2 as pb
 from leadflow.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from leadflow.money import to_proto
+from leadflow.money import format_money, from_proto, to_proto
 from leadflow.wire import outcome_to_proto
 
 # gRPC and HTTP answers differ in form, so their idempotency keys live in separate namespaces.
@@ -53,7 +53,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             if first is not None:
                 return pb.SubmitLeadResponse.FromString(first.body)
         try:
-            result = await self._orchestrator.submit(request.flow_id, request.source_id, fields)
+            override = (
+                format_money(from_proto(request.override_price))
+                if request.HasField("override_price")
+                else override_text(fields.pop("price", None))
+            )
+            result = await self._orchestrator.submit(
+                request.flow_id, request.source_id, fields, override
+            )
         except BaseException:
             if key is not None:
                 await self._store.release(request.source_id, key)

@@ -33,6 +33,7 @@ from leadflow.fields import FIELD_TYPES
 from leadflow.money import MAX_PRICE, parse_amount
 
 if TYPE_CHECKING:
+    from leadflow.expressions import Expression
     from leadflow.rules import RuleSet
 
 ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
@@ -114,6 +115,13 @@ class RuleSetSpec(Model):
 class Price(Model):
     amount: Amount
     rule_set: RuleSetSpec | None = None
+
+    @cached_property
+    def expression(self) -> Expression | None:
+        """The parsed amount expression, or None for a plain amount (parsed once, at load)."""
+        from leadflow.expressions import Expression
+
+        return Expression(self.amount) if isinstance(self.amount, str) else None
 
 
 class PricingServiceSpec(Model):
@@ -249,6 +257,49 @@ class HttpDelivery(Model):
         return secret
 
 
+def _schedule(value: object) -> str:
+    """`realtime`, or a cron expression croniter reads (five fields, or six with seconds)."""
+    from croniter import croniter
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a schedule is 'realtime' or a cron expression such as '0 * * * *'")
+    value = value.strip()
+    if value != "realtime" and not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is neither 'realtime' nor a valid cron expression")
+    return value
+
+
+def _template(value: object) -> str:
+    """Template text that compiles (checked at load, not when the first file is written)."""
+    from leadflow.templates import TemplateError, compile_template
+
+    if not isinstance(value, str):
+        raise ValueError("a template is text")
+    try:
+        compile_template(value)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _host_key(value: object) -> str:
+    """A pinned SSH public key, `<algorithm> <base64> [comment]` as in known_hosts."""
+    import asyncssh
+
+    if not isinstance(value, str):
+        raise ValueError("host_key is a public key such as 'ssh-ed25519 AAAA…'")
+    try:
+        asyncssh.import_public_key(value.strip())
+    except (asyncssh.KeyImportError, ValueError):
+        raise ValueError("host_key is not an SSH public key such as 'ssh-ed25519 AAAA…'") from None
+    return value.strip()
+
+
+Schedule = Annotated[str, BeforeValidator(_schedule)]
+TemplateText = Annotated[str, BeforeValidator(_template)]
+HostKey = Annotated[str, BeforeValidator(_host_key)]
+
+
 class SftpDelivery(Model):
     type: Literal["sftp"]
     host: NonEmpty
@@ -256,12 +307,19 @@ class SftpDelivery(Model):
     username: str = ""
     password: str | None = None
     private_key_file: str | None = None
-    host_key: NonEmpty
+    host_key: HostKey
     directory: str = "."
-    filename: str = "leads-{{batch.timestamp}}.csv"
-    schedule: str = "realtime"
-    columns: dict[str, str] | None = None
+    filename: TemplateText = "leads-{{batch.timestamp}}.csv"
+    schedule: Schedule = "realtime"
+    columns: dict[str, TemplateText] | None = None
     zip: bool = False
+    timeout_ms: int = Field(20_000, ge=1, le=300_000)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SftpDelivery:
+        if self.password is None and self.private_key_file is None:
+            raise ValueError("SFTP delivery needs a password or a private_key_file")
+        return self
 
 
 class Smtp(Model):
@@ -277,9 +335,12 @@ class EmailDelivery(Model):
     smtp: Smtp
     from_: str = Field("leads@localhost", alias="from")
     to: list[NonEmpty] = Field(min_length=1)
-    subject: str = "Leads {{batch.date}}"
-    schedule: str = "realtime"
-    columns: dict[str, str] | None = None
+    subject: TemplateText = "Leads {{batch.date}}"
+    schedule: Schedule = "realtime"
+    columns: dict[str, TemplateText] | None = None
+    # The attachment's name for a batch mail.
+    filename: TemplateText = "leads-{{batch.timestamp}}.csv"
+    timeout_ms: int = Field(20_000, ge=1, le=300_000)
     zip: bool = False
 
 
@@ -386,6 +447,15 @@ class Config(Model):
     @cached_property
     def flows_by_id(self) -> dict[str, Flow]:
         return {flow.id: flow for flow in self.flows}
+
+    def pricing_blocks(self) -> list[Pricing | None]:
+        """Every pricing block in the configuration: buyers, flows, flow sources and steps."""
+        blocks = [buyer.pricing for buyer in self.buyers]
+        for flow in self.flows:
+            blocks.append(flow.pricing)
+            blocks.extend(entry.pricing for entry in flow.sources)
+            blocks.extend(step.pricing for stage in flow.stages for step in stage.steps)
+        return blocks
 
     def flow_time_zone(self, flow: Flow) -> str:
         return flow.time_zone or self.account.time_zone

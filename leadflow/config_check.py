@@ -19,6 +19,7 @@ from leadflow.config import (
     RuleSetSpec,
     format_path,
 )
+from leadflow.expressions import ExpressionError
 from leadflow.rules import RuleError
 from leadflow.templates import TemplateError, compile_template
 
@@ -96,7 +97,7 @@ def _check_flow(config: Config, flow: Flow, loc: Loc) -> Iterator[Problem]:
             yield _problem((*entry_loc, "source"), f"source {entry.source!r} is listed twice")
         seen_sources.add(entry.source)
         yield from _check_rule_set(entry.acceptance, (*entry_loc, "acceptance"), fields)
-        yield from _check_pricing(entry.pricing, (*entry_loc, "pricing"), fields)
+        yield from _check_pricing(entry.pricing, (*entry_loc, "pricing"), fields, source=True)
         yield from _check_caps(entry.caps, (*entry_loc, "caps"), fields)
         yield from _check_hours(entry.hours, (*entry_loc, "hours"))
     for s, stage in enumerate(flow.stages):
@@ -130,16 +131,18 @@ def _check_rule_set(
         )
 
 
-def _check_pricing(pricing: Pricing | None, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
+def _check_pricing(
+    pricing: Pricing | None, loc: Loc, custom: dict[str, str], *, source: bool = False
+) -> Iterator[Problem]:
     if pricing is None:
         return
-    if pricing.service is not None:
-        yield _not_supported((*loc, "service"), "a pricing service")
-    if pricing.override:
-        yield _not_supported((*loc, "override"), "override pricing")
+    if pricing.override and not source:
+        yield _problem((*loc, "override"), "override applies to a flow's source pricing only")
     for i, price in enumerate(pricing.prices):
-        if isinstance(price.amount, str):
-            yield _not_supported((*loc, "prices", i, "amount"), "an amount expression")
+        try:
+            price.expression  # noqa: B018 - parses once and caches it for pricing
+        except ExpressionError as exc:
+            yield _problem((*loc, "prices", i, "amount"), str(exc))
         yield from _check_rule_set(price.rule_set, (*loc, "prices", i, "rule_set"), custom)
 
 
@@ -156,8 +159,7 @@ def _check_hours(hours: Hours | None, loc: Loc) -> Iterator[Problem]:
 
 def _check_delivery(delivery: Delivery, loc: Loc) -> Iterator[Problem]:
     if not isinstance(delivery, HttpDelivery):
-        yield _not_supported((*loc, "type"), f"{delivery.type} delivery")
-        return
+        return  # SFTP and email templates, schedule and credentials are checked by the schema
     templates: dict[tuple[str, ...], str] = {("url",): delivery.url}
     templates.update({("headers", name): value for name, value in delivery.headers.items()})
     templates.update({("mapping", name): value for name, value in (delivery.mapping or {}).items()})

@@ -194,6 +194,18 @@ async def start_service(
     )
 
 
+def close_after_stop(
+    server: grpc.aio.Server, close: Callable[[], Awaitable[None]]
+) -> asyncio.Task[None]:
+    """Release what a server owns (an HTTP session, say) once it has stopped; keep the task."""
+
+    async def wait_then_close() -> None:
+        await server.wait_for_termination()
+        await close()
+
+    return asyncio.create_task(wait_then_close())
+
+
 async def stop_server(
     server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float = 10.0
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -73,7 +73,7 @@ class PriceAudit:
     service_latency_ms: int = 0
     service_error: str = ""
     fallback_used: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     def to_proto(self) -> lead_pb2.PriceAudit:
         return lead_pb2.PriceAudit(
@@ -84,6 +84,7 @@ class PriceAudit:
             service_latency_ms=self.service_latency_ms,
             service_error=self.service_error,
             fallback_used=self.fallback_used,
+            note=self.note,
         )
 
     @classmethod
@@ -96,6 +97,7 @@ class PriceAudit:
             service_latency_ms=message.service_latency_ms,
             service_error=message.service_error,
             fallback_used=message.fallback_used,
+            note=message.note,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class PriceAudit:
             else None,
             "service_error": self.service_error or None,
             "fallback_used": self.fallback_used,
+            "note": self.note or None,
         }
 
 

@@ -204,6 +204,7 @@ def _audit_json(audit: PriceAudit) -> dict[str, Any]:
         "service_latency_ms": audit.service_latency_ms,
         "service_error": audit.service_error,
         "fallback_used": audit.fallback_used,
+        "note": audit.note,
     }
 
 
@@ -216,4 +217,5 @@ def _audit(data: dict[str, Any]) -> PriceAudit:
         service_latency_ms=int(data["service_latency_ms"]),
         service_error=str(data["service_error"]),
         fallback_used=bool(data["fallback_used"]),
+        note=str(data.get("note", "")),
     )

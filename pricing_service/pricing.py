@@ -1,17 +1,23 @@
 """Purchase and sale prices (SPEC section 6): layers tried in order, the first that returns a
-price wins; inside a rules layer the LAST matching price wins."""
+price wins; inside a rules layer the LAST matching price wins; a service layer always returns a
+price (the service's or its fallback)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
-from leadflow.config import Config, Pricing, Step
+from leadflow.config import Buyer, Config, Flow, Pricing, Source, Step
 from leadflow.context import lead_context
-from leadflow.money import ZERO, cents
+from leadflow.expressions import ExpressionError
+from leadflow.money import ZERO, cents, is_price, parse_amount
+from leadflow.variables import display
 from leadflow.wire import LeadData, PriceAudit
+from pricing_service import metrics
+from pricing_service.services import PricingServiceClient
 
 
 @dataclass(frozen=True)
@@ -20,34 +26,158 @@ class Quote:
     audit: PriceAudit
 
 
-def rules_price(pricing: Pricing | None, context: Mapping[str, Any]) -> tuple[Decimal, int] | None:
-    """The last price whose rule set matches (no rule set always matches), with its index."""
+@dataclass(frozen=True)
+class Layer:
+    """One place a price may come from: a pricing block's service, or its rules."""
+
+    name: str
+    kind: Literal["service", "rules"]
+    pricing: Pricing | None
+
+
+def layers(*named: tuple[str, Pricing | None]) -> list[Layer]:
+    """`("source", pricing)` -> the source_service and source_rules layers, in that order."""
+    result = []
+    for prefix, pricing in named:
+        result.append(Layer(f"{prefix}_service", "service", pricing))
+        result.append(Layer(f"{prefix}_rules", "rules", pricing))
+    return result
+
+
+def rules_price(
+    pricing: Pricing | None, context: Mapping[str, Any]
+) -> tuple[tuple[Decimal, int] | None, str]:
+    """The last matching usable price with its index, and a note on matches passed over."""
     if pricing is None:
-        return None
+        return None, ""
+    notes = []
     for index in range(len(pricing.prices) - 1, -1, -1):
         price = pricing.prices[index]
-        if price.rule_set is None or price.rule_set.compiled.evaluate(context).passed:
-            # config_check refuses expression amounts until they are supported.
-            assert isinstance(price.amount, Decimal)
-            return cents(price.amount), index
-    return None
+        if price.rule_set is not None and not price.rule_set.compiled.passes(context):
+            continue
+        try:
+            amount = price.expression.evaluate(context) if price.expression else price.amount
+        except ExpressionError as exc:
+            notes.append(f"price {index} skipped: {exc}")
+            continue
+        assert isinstance(amount, Decimal)
+        if not is_price(amount):
+            notes.append(f"price {index} skipped: {amount} is outside 0 to 1,000,000")
+            continue
+        return (cents(amount), index), "; ".join(notes)
+    return None, "; ".join(notes)
 
 
-def first_layer(layers: Sequence[tuple[str, Pricing | None]], context: Mapping[str, Any]) -> Quote:
-    for layer, pricing in layers:
-        found = rules_price(pricing, context)
-        if found is not None:
-            amount, index = found
-            return Quote(amount, PriceAudit(layer=layer, amount=amount, rule_index=index))
-    return Quote(ZERO, PriceAudit(layer="none", amount=ZERO))
+def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The lead as a pricing service reads it: each field's normal value, nested as sent."""
+    return {
+        name: display(value)
+        if not isinstance(value, Mapping) or "kind" in value
+        else plain_fields(value)
+        for name, value in fields.items()
+    }
 
 
-def purchase_quote(config: Config, lead: LeadData) -> Quote:
-    """What we pay the vendor: source rules, then flow rules, else $0.00."""
-    flow = config.flows_by_id[lead.flow_id]
-    entry = flow.sources_by_id[lead.source_id]
-    context = lead_context(config, lead)
-    return first_layer((("source_rules", entry.pricing), ("flow_rules", flow.pricing)), context)
+class Pricer:
+    """The pricing domain: configuration, the lead, and calls to external pricing services."""
+
+    def __init__(self, config: Config, services: PricingServiceClient) -> None:
+        self._config = config
+        self._services = services
+
+    async def purchase(self, lead: LeadData, override_text: str = "") -> Quote:
+        """What we pay the vendor: override, source service, source rules, flow service, flow
+        rules, else $0.00."""
+        flow = self._config.flows_by_id[lead.flow_id]
+        entry = flow.sources_by_id[lead.source_id]
+        override, note = self._override(entry.pricing, override_text)
+        if override is not None:
+            return override
+        context = lead_context(self._config, lead)
+        payload = self._payload(lead, flow, self._config.sources_by_id[lead.source_id])
+        quote = await self._first(
+            layers(("source", entry.pricing), ("flow", flow.pricing)), context, payload
+        )
+        return _with_note(quote, note)
+
+    async def sale(
+        self, lead: LeadData, stage_index: int, step_index: int, purchase_price: Decimal
+    ) -> Quote:
+        """What a buyer pays before delivery: step service, step rules, buyer service, buyer
+        rules, else $0.00 (a price in the buyer's answer or a winning bid comes later)."""
+        flow = self._config.flows_by_id[lead.flow_id]
+        step = find_step(self._config, lead.flow_id, stage_index, step_index)
+        buyer = self._config.buyers_by_id[step.buyer]
+        context = lead_context(self._config, lead, buyer=buyer, purchase_price=purchase_price)
+        payload = self._payload(lead, flow, self._config.sources_by_id[lead.source_id], buyer)
+        payload["purchase_price"] = purchase_price
+        return await self._first(
+            layers(("step", step.pricing), ("buyer", buyer.pricing)), context, payload
+        )
+
+    def _override(self, pricing: Pricing | None, text: str) -> tuple[Quote | None, str]:
+        if not text:
+            return None, ""
+        if pricing is None or not pricing.override:
+            return None, f"price parameter {text[:40]!r} ignored: override is off for this source"
+        amount = parse_amount(text)
+        if amount is None or not is_price(amount):
+            return None, f"override price {text[:40]!r} ignored: not a price from 0 to 1,000,000"
+        price = cents(amount)
+        return Quote(price, PriceAudit(layer="override", amount=price)), ""
+
+    async def _first(
+        self, candidates: Sequence[Layer], context: Mapping[str, Any], payload: dict[str, Any]
+    ) -> Quote:
+        notes: list[str] = []
+        for layer in candidates:
+            if layer.pricing is None:
+                continue
+            if layer.kind == "service":
+                if layer.pricing.service is None:
+                    continue
+                answer = await self._services.quote(layer.pricing.service, payload)
+                if answer.fallback_used:
+                    metrics.PRICING_FALLBACKS.labels(layer.name).inc()
+                audit = PriceAudit(
+                    layer=layer.name,
+                    amount=answer.price,
+                    service_status=answer.status,
+                    service_latency_ms=answer.latency_ms,
+                    service_error=answer.error,
+                    fallback_used=answer.fallback_used,
+                    note=answer.reason,
+                )
+                return _with_note(Quote(answer.price, audit), "; ".join(notes))
+            found, note = rules_price(layer.pricing, context)
+            if note:
+                notes.append(f"{layer.name}: {note}")
+            if found is not None:
+                price, index = found
+                audit = PriceAudit(layer=layer.name, amount=price, rule_index=index)
+                return _with_note(Quote(price, audit), "; ".join(notes))
+        return Quote(ZERO, PriceAudit(layer="none", amount=ZERO, note="; ".join(notes)))
+
+    def _payload(
+        self, lead: LeadData, flow: Flow, source: Source, buyer: Buyer | None = None
+    ) -> dict[str, Any]:
+        """SPEC 6.1's request body for a pricing service."""
+        payload: dict[str, Any] = {
+            "lead": plain_fields(lead.fields),
+            "flow": {"id": flow.id, "name": flow.name},
+            "source": {"id": source.id, "name": source.name},
+            "submission": {"timestamp": lead.submit_time.isoformat()},
+        }
+        if buyer is not None:
+            payload["buyer"] = {"id": buyer.id, "name": buyer.name}
+        return payload
+
+
+def _with_note(quote: Quote, note: str) -> Quote:
+    if not note:
+        return quote
+    joined = "; ".join(filter(None, (quote.audit.note, note)))
+    return Quote(quote.price, dataclasses.replace(quote.audit, note=joined))
 
 
 def find_step(config: Config, flow_id: str, stage_index: int, step_index: int) -> Step:
@@ -59,13 +189,3 @@ def find_step(config: Config, flow_id: str, stage_index: int, step_index: int) -
     if not 0 <= step_index < len(steps):
         raise LookupError(f"stage {stage_index} of flow {flow_id!r} has no step {step_index}")
     return steps[step_index]
-
-
-def sale_quote(
-    config: Config, lead: LeadData, stage_index: int, step_index: int, purchase_price: Decimal
-) -> Quote:
-    """What a buyer pays before delivery: step rules, then buyer rules, else $0.00."""
-    step = find_step(config, lead.flow_id, stage_index, step_index)
-    buyer = config.buyers_by_id[step.buyer]
-    context = lead_context(config, lead, buyer=buyer, purchase_price=purchase_price)
-    return first_layer((("step_rules", step.pricing), ("buyer_rules", buyer.pricing)), context)

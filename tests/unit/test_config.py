@@ -192,3 +192,23 @@ def test_check_command_accepts_a_valid_file(
         main(["check", str(path)])
     assert info.value.code == 0
     assert "ok (1 flows, 1 sources, 1 buyers)" in capsys.readouterr().out
+
+
+def test_broken_amount_expression_is_refused_with_its_path() -> None:
+    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'purchase_price * (1.4'}]}\n")
+    [problem] = problems(text)
+    assert problem.startswith("buyers[0].pricing.prices[0].amount: invalid expression")
+
+
+def test_amount_expression_may_call_only_min_max_and_round() -> None:
+    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'open(1)'}]}\n")
+    assert problems(text) == [
+        "buyers[0].pricing.prices[0].amount: invalid expression 'open(1)': only min, max and round"
+    ]
+
+
+def test_override_outside_source_pricing_is_refused() -> None:
+    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {override: true}\n")
+    assert problems(text) == [
+        "buyers[0].pricing.override: override applies to a flow's source pricing only"
+    ]

@@ -1,0 +1,1 @@
+"""Benchmarks: performance goals, measured (not tests)."""
