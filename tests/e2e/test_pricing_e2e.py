@@ -4,8 +4,10 @@ cost-plus and revenue-share sale pricing, and vendor override prices."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from datetime import datetime
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -74,6 +76,12 @@ flows:
               prices:
                 - {{amount: 30}}
                 - {{amount: 50, rule_set: [{{lhv: state, op: is equal to, rhv: CA}}]}}
+  - id: slow
+    name: Hanging pricing service
+    sources:
+      - source: plain
+        pricing: {{service: {{url: "{hanging}", timeout_ms: {slow_ms}, fallback_price: 3.5}}}}
+    stages: [{{name: sale, steps: [{{buyer: acme}}]}}]
   - id: timed
     name: Time-based
     pricing:
@@ -93,11 +101,29 @@ flows:
 LEAD = {"first_name": "Ada", "phone_1": "5125550142", "email": "ada@example.com", "state": "TX"}
 
 
+SLOW_MS = 300
+
+
 @pytest.fixture(scope="module")
-def suite(buyer: BuyerServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def hanging_service() -> Iterator[str]:
+    """A pricing service that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/price"
+
+
+@pytest.fixture(scope="module")
+def suite(
+    buyer: BuyerServer, hanging_service: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Suite]:
     root = tmp_path_factory.mktemp("pricing")
     config = root / "leadflow.yaml"
-    config.write_text(CONFIG.format(zone=ZONE, admin=ADMIN, url=buyer.url()))
+    config.write_text(
+        CONFIG.format(
+            zone=ZONE, admin=ADMIN, url=buyer.url(), hanging=hanging_service, slow_ms=SLOW_MS
+        )
+    )
     running = start_suite(config, root / "data")
     yield running
     assert running.stop() == 0, "".join(running.output)
@@ -238,3 +264,17 @@ def test_out_of_range_override_is_ignored_and_explained(suite: Suite) -> None:
 
 def test_price_parameter_of_a_source_without_override_is_not_paid(suite: Suite) -> None:
     assert submit(suite, "insurance", "premium", LEAD, "?price=1")["price"] == 25
+
+
+def test_a_hanging_pricing_service_costs_the_submission_at_most_its_timeout(suite: Suite) -> None:
+    submit(suite, "slow", "plain", LEAD)  # the first lead also opens connections
+    started = perf_counter()
+    result = submit(suite, "slow", "plain", LEAD)
+    elapsed_ms = (perf_counter() - started) * 1000
+    assert result["price"] == 3.5
+    pricing = pricing_of(suite, result)
+    assert (pricing["layer"], pricing["fallback_used"]) == ("source_service", True)
+    assert pricing["service_error"] == f"timeout after {SLOW_MS} ms"
+    # The whole submission (pricing, routing, a delivery to the local buyer, the ledger) stays
+    # within the service's timeout plus 50 ms.
+    assert elapsed_ms < SLOW_MS + 50, f"{elapsed_ms:.0f} ms"
