@@ -9,7 +9,7 @@ CONFIG ?= examples/demo.yaml
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint format test test-unit test-service test-e2e run clean
+.PHONY: help install protos lint validate-deploy format test test-unit test-service test-e2e run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,12 +33,26 @@ install: $(VENV)/.installed gen/.stamp ## set up .venv with the project and its 
 
 protos: gen/.stamp ## generate Python code from protos/ into gen/
 
-lint: install ## ruff, mypy --strict, buf lint and format
+lint: install validate-deploy ## ruff, mypy --strict, buf lint and format, deploy/ checks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy leadflow gateway pricing_service routing_service delivery_service ledger_service
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
+
+DEPLOY_LINT := deploy/lint/node_modules/.installed
+
+$(DEPLOY_LINT): deploy/lint/package.json deploy/lint/package-lock.json
+	npm ci --prefix deploy/lint --no-audit --no-fund --loglevel=error
+	@touch $@
+
+validate-deploy: install $(DEPLOY_LINT) ## promtool (config, rules, alert tests), k8s, compose, dashboards
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	set -o pipefail; $(VENV)/bin/kubectl kustomize deploy/k8s \
+	  | $(VENV)/bin/kubernetes-validate --strict --quiet -
+	deploy/lint/node_modules/.bin/dclint -c deploy/lint/dclint.json --max-warnings 0 deploy/compose.yaml
+	$(PY) deploy/grafana/generate.py --check
 
 format: install ## apply ruff and buf formatting
 	$(VENV)/bin/ruff check --fix .

@@ -15,8 +15,6 @@ from leadflow.config import Buyer, EmailDelivery, SftpDelivery
 from leadflow.wire import DeliveryAttempt
 
 REALTIME = "realtime"
-KINDS = ("scheduled", "manual", "retry", "resend")
-STATUSES = ("sending", "delivered", "failed")
 
 
 def new_batch_id() -> str:

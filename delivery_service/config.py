@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from delivery_service.runner import RunnerSettings
 from leadflow.kit import ServiceSettings
 
 DEFAULT_PORT = 50053
@@ -13,11 +14,15 @@ DEFAULT_METRICS_PORT = 50063
 
 @dataclass(frozen=True)
 class Settings:
-    """Where to listen, and how many recent results answer a retried DeliverLead."""
+    """Where to listen, the recent results that answer a retried DeliverLead, where the ledger
+    is (for batch outcomes) and how the batch scheduler runs."""
 
     service: ServiceSettings
     recent_results: int = 10_000
     grace_seconds: float = 10.0
+    ledger_address: str | None = None
+    schema: str = "delivery"
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -25,4 +30,6 @@ class Settings:
             service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
             recent_results=int(os.environ.get("LEADFLOW_DELIVERY_RECENT_RESULTS", "10000")),
             grace_seconds=float(os.environ.get("LEADFLOW_SHUTDOWN_GRACE_SECONDS", "10")),
+            ledger_address=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
+            runner=RunnerSettings.from_env(),
         )

@@ -26,6 +26,7 @@ FileDelivery = SftpDelivery | EmailDelivery
 LEAD_ID_COLUMN = "lead_id"
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
 ZIP_SUFFIX = ".zip"
+MAX_SUBJECT_CHARS = 255
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def lead_context_for(
 ) -> dict[str, Any]:
     """The template context of one queued lead, with `batch.*`; tolerant of a changed config."""
     lead = queued.lead
-    extra = {"batch": dict(batch)}
+    # `{{lead_id}}`: buyers quote it back in returns and conversions.
+    extra = {"batch": dict(batch), "lead_id": lead.id}
     if lead.flow_id in config.flows_by_id and lead.source_id in config.sources_by_id:
         return lead_context(
             config,
@@ -140,9 +142,7 @@ class FileBuilder:
             if spec.columns is None
             else {name: compile_template(text) for name, text in spec.columns.items()}
         )
-        self.subject = (
-            compile_template(spec.subject) if isinstance(spec, EmailDelivery) else None
-        )
+        self.subject = compile_template(spec.subject) if isinstance(spec, EmailDelivery) else None
 
     def name_for(self, batch_id: str, when: datetime, leads: Sequence[QueuedLead]) -> str:
         variables = batch_variables(batch_id, when, self.time_zone, len(leads))
@@ -192,7 +192,9 @@ class FileBuilder:
         name = name or self.name_for(batch_id, when, leads)
         header, rows = self.rows(leads, variables)
         if realtime_mail:
-            body = "\n".join(f"{column}: {value}" for column, value in zip(header, rows[0], strict=True))
+            body = "\n".join(
+                f"{column}: {value}" for column, value in zip(header, rows[0], strict=True)
+            )
             return OutgoingFile(
                 batch_id, name, b"", len(leads), variables, when, body_text=body + "\n"
             )
@@ -208,8 +210,9 @@ class FileBuilder:
             if len(leads) == 1
             else {"batch": file.variables}
         )
-        # A subject is one header line: lead values must not break it.
-        return " ".join(self.subject.render(context).split())
+        # A subject is one short header line: lead values must neither break nor bloat it
+        # (folding a huge header is slow, and servers refuse lines over 998 characters).
+        return " ".join(self.subject.render(context).split())[:MAX_SUBJECT_CHARS]
 
 
 def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:

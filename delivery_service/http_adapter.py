@@ -438,10 +438,14 @@ def retry_after_ms(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, (when.timestamp() - (time.time() if now is None else now)) * 1000)
 
 
-def backoff_ms(retry: Retry, failed_attempt: int, retry_after: float | None = None) -> float:
-    """The wait before the next attempt: the buyer's Retry-After, else exponential; both capped."""
+def backoff_ms(retry: Retry, failed_attempt: int, retry_after: float | None = None) -> float | None:
+    """The wait before the next attempt: the buyer's Retry-After, else exponential (capped).
+
+    None when the buyer asks for a longer wait than `max_backoff_ms`: coming back sooner would
+    ignore what it asked, and waiting longer would outlast the caller, so there is no next try.
+    """
     if retry_after is not None:
-        return min(retry_after, float(retry.max_backoff_ms))
+        return retry_after if retry_after <= retry.max_backoff_ms else None
     delay = Decimal(retry.backoff_ms) * retry.multiplier ** (failed_attempt - 1)
     return float(min(delay, Decimal(retry.max_backoff_ms)))
 
@@ -541,8 +545,15 @@ class HttpAdapter:
             attempts.append(exchange.attempt)
             if not exchange.retryable or number >= retry.attempts:
                 return replace(exchange.result, attempts=tuple(attempts))
-            metrics.DELIVERY_RETRIES.labels(self.buyer_id).inc()
             delay = backoff_ms(retry, number, exchange.retry_after)
+            if delay is None:
+                assert exchange.retry_after is not None
+                reason = (
+                    f"{exchange.result.reason}; Retry-After {exchange.retry_after / 1000:.0f} s "
+                    "is longer than max_backoff_ms"
+                )
+                return replace(exchange.result, reason=reason, attempts=tuple(attempts))
+            metrics.DELIVERY_RETRIES.labels(self.buyer_id).inc()
             log.info(
                 "buyer %s attempt %d: %s; retrying in %.0f ms",
                 self.buyer_id,

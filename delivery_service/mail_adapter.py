@@ -12,6 +12,7 @@ from time import perf_counter
 import aiosmtplib
 
 from delivery_service.files import ZIP_SUFFIX, OutgoingFile
+from delivery_service.http_adapter import LOGGED_REQUEST_CHARS
 from delivery_service.sftp_adapter import SECONDS_PER_MIB, SendResult
 from leadflow.config import EmailDelivery
 from leadflow.wire import DeliveryAttempt
@@ -59,9 +60,7 @@ class MailAdapter:
                 file.content, maintype="application", subtype="zip", filename=file.name
             )
         else:
-            message.add_attachment(
-                file.content, maintype="text", subtype="csv", filename=file.name
-            )
+            message.add_attachment(file.content, maintype="text", subtype="csv", filename=file.name)
         return message
 
     def describe(self, message: EmailMessage, file: OutgoingFile, size: int) -> str:
@@ -75,7 +74,12 @@ class MailAdapter:
             f"Message-ID: {message['Message-ID']}",
         ]
         if file.body_text is not None:
-            return "\n".join(head) + f"\n\n{file.body_text}"
+            body = file.body_text
+            if len(body) > LOGGED_REQUEST_CHARS:
+                body = (
+                    body[:LOGGED_REQUEST_CHARS] + f"\n… ({len(file.body_text)} characters in all)"
+                )
+            return "\n".join(head) + f"\n\n{body}"
         return "\n".join(head) + (
             f"\n\n{size} bytes; attachment {file.name} ({len(file.content)} bytes, "
             f"{file.lead_count} lead(s))"
@@ -121,10 +125,10 @@ class MailAdapter:
             reason = f"SMTP login refused for {smtp.username!r}: {exc.code} {exc.message}"
             return SendResult(False, reason, attempt(status=exc.code, error=reason), file.name)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = ", ".join(
+            names = ", ".join(
                 f"{item.recipient} ({item.code} {item.message})" for item in exc.recipients
             )
-            reason = f"SMTP refused recipients: {refused}"
+            reason = f"SMTP refused recipients: {names}"
             return SendResult(False, reason, attempt(error=reason), file.name)
         except aiosmtplib.SMTPResponseException as exc:
             reason = f"SMTP error {exc.code}: {exc.message}"
@@ -147,4 +151,3 @@ class MailAdapter:
                 f"{address} ({answer.code} {answer.message})" for address, answer in refused.items()
             )
         return SendResult(True, "", attempt(response=response, status=250), file.name)
-

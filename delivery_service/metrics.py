@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 DELIVERIES = Counter(
     "leadflow_deliveries_total",
@@ -19,4 +19,13 @@ DELIVERY_RETRIES = Counter(
     "leadflow_delivery_retries_total",
     "Delivery attempts repeated after an error, by buyer.",
     ["buyer"],
+)
+BATCH_PENDING = Gauge(
+    "leadflow_batch_pending_leads",
+    "Leads queued for a batch buyer and not yet in a delivered file, by buyer.",
+    ["buyer"],
+)
+OUTCOMES_UNREPORTED = Gauge(
+    "leadflow_delivery_outcomes_unreported",
+    "Batch outcomes the ledger has not taken yet (kept and retried until it does).",
 )

@@ -1,10 +1,11 @@
-"""Wiring for the delivery service: adapters per buyer, the gRPC server, and main()."""
+"""Wiring for the delivery service: adapters, the batch runner, the gRPC server and main()."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 
 import aiohttp
 import grpc
@@ -12,8 +13,11 @@ from grpc_health.v1 import health
 
 from delivery_service.config import Settings
 from delivery_service.http_adapter import HttpAdapter, create_session
+from delivery_service.ping import Pinger
+from delivery_service.runner import BatchRunner
 from delivery_service.servicer import DeliveryServicer
-from leadflow import kit
+from delivery_service.store import DeliveryStore
+from leadflow import db, kit
 from leadflow.config import Config, ConfigError, HttpDelivery, load_config
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 
@@ -34,52 +38,93 @@ def build_adapters(config: Config, session: aiohttp.ClientSession) -> dict[str, 
     }
 
 
-async def _close_after_stop(
-    server: grpc.aio.Server,
-    servicer: DeliveryServicer,
-    session: aiohttp.ClientSession,
-    grace: float,
-) -> None:
-    await server.wait_for_termination()
-    await servicer.drain(grace)
-    await session.close()
+@dataclass
+class DeliveryServer:
+    """A running delivery service: its gRPC server and what must stop after it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicer: DeliveryServicer
+    runner: BatchRunner | None
+    session: aiohttp.ClientSession | None  # owned: closed at the end
+    grace: float
+
+    async def after_stop(self) -> None:
+        """Once the server stopped taking calls: end the scheduler (a file being sent gets the
+        grace period), let deliveries finish, close the HTTP session."""
+        if self.runner is not None:
+            await self.runner.stop(self.grace)
+        await self.servicer.drain(self.grace)
+        if self.session is not None:
+            await self.session.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await kit.stop_server(self.server, self.health, self.grace if grace is None else grace)
+        await self.after_stop()
 
 
-async def _start(
-    settings: Settings, config: Config, session: aiohttp.ClientSession
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, DeliveryServicer]:
-    servicer = DeliveryServicer(config, build_adapters(config, session), settings.recent_results)
-    server, port, health_servicer = await kit.start_service(
-        delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server,
-        servicer,
-        SERVICE_NAME,
-        settings.service.address,
+async def start_delivery(
+    settings: Settings,
+    config: Config,
+    store: DeliveryStore | None = None,
+    http_session: aiohttp.ClientSession | None = None,
+) -> DeliveryServer:
+    """Start the service on `settings.service.address`; with a store, the batch queue and its
+    scheduler run too. Without `http_session` it makes its own (guarded as the account says)."""
+    session = http_session or create_session(
+        allow_private_network=config.account.allow_private_network_delivery
     )
-    return server, port, health_servicer, servicer
+    runner = None
+    try:
+        if store is not None:
+            runner = BatchRunner(config, store, settings.runner, settings.ledger_address)
+        servicer = DeliveryServicer(
+            config, build_adapters(config, session), settings.recent_results, runner
+        )
+        servicer.pinger = Pinger(config, session)
+        server, port, health_servicer = await kit.start_service(
+            delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server,
+            servicer,
+            SERVICE_NAME,
+            settings.service.address,
+        )
+    except BaseException:
+        if runner is not None:
+            await runner.reporter.close()
+        if http_session is None:
+            await session.close()
+        raise
+    if runner is not None:
+        runner.start()
+    return DeliveryServer(
+        server,
+        port,
+        health_servicer,
+        servicer,
+        runner,
+        None if http_session is not None else session,
+        settings.grace_seconds,
+    )
+
+
+async def _close_after_stop(running: DeliveryServer) -> None:
+    await running.server.wait_for_termination()
+    await running.after_stop()
 
 
 async def create_server(
-    settings: Settings, config: Config, http_session: aiohttp.ClientSession | None = None
+    settings: Settings,
+    config: Config,
+    http_session: aiohttp.ClientSession | None = None,
+    store: DeliveryStore | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start the service on `settings.service.address`.
-
-    Without `http_session` the server makes its own (guarded as the account says) and, once
-    the server has stopped, lets running deliveries finish and closes it.
-    """
-    if http_session is not None:
-        server, port, health_servicer, _ = await _start(settings, config, http_session)
-        return server, port, health_servicer
-    session = create_session(allow_private_network=config.account.allow_private_network_delivery)
-    try:
-        server, port, health_servicer, servicer = await _start(settings, config, session)
-    except BaseException:
-        await session.close()
-        raise
-    closer = asyncio.create_task(
-        _close_after_stop(server, servicer, session, settings.grace_seconds)
-    )
-    servicer.owned_tasks.add(closer)
-    return server, port, health_servicer
+    """start_delivery for callers that only hold the server: what must stop after it stops
+    once the server has terminated."""
+    running = await start_delivery(settings, config, store, http_session)
+    closer = asyncio.create_task(_close_after_stop(running))
+    running.servicer.owned_tasks.add(closer)
+    return running.server, running.port, running.health
 
 
 async def main() -> None:
@@ -91,16 +136,13 @@ async def main() -> None:
         log.error("invalid configuration %s:\n%s", settings.service.config_path, exc)
         sys.exit(2)
     kit.serve_metrics(settings.service.metrics_port)
-    session = create_session(allow_private_network=config.account.allow_private_network_delivery)
+    url = db.database_url(settings.service.database_url, settings.service.data_dir, "delivery")
+    store = await DeliveryStore.open(url, settings.schema)
     try:
-        server, port, health_servicer, servicer = await _start(settings, config, session)
-        log.info("delivery service listening on %s:%d", settings.service.host, port)
-
-        async def on_stop() -> None:
-            await servicer.drain(settings.grace_seconds)
-
+        running = await start_delivery(settings, config, store)
+        log.info("delivery service listening on %s:%d", settings.service.host, running.port)
         await kit.run_until_terminated(
-            server, health_servicer, on_stop=on_stop, grace=settings.grace_seconds
+            running.server, running.health, on_stop=running.after_stop, grace=running.grace
         )
     finally:
-        await session.close()
+        await store.close()

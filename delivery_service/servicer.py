@@ -16,13 +16,34 @@ import orjson
 from google.type import money_pb2
 
 from delivery_service import metrics
+from delivery_service.batches import REALTIME, Batch, QueueState, batch_spec
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
+from delivery_service.ping import Pinger, ping_response
+from delivery_service.runner import BatchError, BatchRunner
 from leadflow.config import Buyer, Config
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.money import from_proto, to_proto
 from leadflow.templates import TemplateError
 from leadflow.wire import LeadData, outcome_to_proto
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+_BATCH_STATUS = {
+    "sending": delivery_service_pb2.BATCH_STATUS_SENDING,
+    "delivered": delivery_service_pb2.BATCH_STATUS_DELIVERED,
+    "failed": delivery_service_pb2.BATCH_STATUS_FAILED,
+}
+_BATCH_KIND = {
+    "scheduled": delivery_service_pb2.BATCH_KIND_SCHEDULED,
+    "manual": delivery_service_pb2.BATCH_KIND_MANUAL,
+    "retry": delivery_service_pb2.BATCH_KIND_RETRY,
+    "resend": delivery_service_pb2.BATCH_KIND_RESEND,
+}
+_BATCH_ERRORS = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +77,10 @@ class RecentResults:
         return len(self._items)
 
 
-def _price(message: delivery_service_pb2.DeliverLeadRequest, name: str) -> Decimal | None:
+def _price(
+    message: delivery_service_pb2.DeliverLeadRequest | delivery_service_pb2.PingBuyerRequest,
+    name: str,
+) -> Decimal | None:
     if not message.HasField(name):  # type: ignore[arg-type]
         return None
     money: money_pb2.Money = getattr(message, name)
@@ -81,15 +105,22 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     """Checks a request, runs (or finds) its delivery and answers with the result."""
 
     def __init__(
-        self, config: Config, adapters: Mapping[str, HttpAdapter], recent_results: int
+        self,
+        config: Config,
+        adapters: Mapping[str, HttpAdapter],
+        recent_results: int,
+        runner: BatchRunner | None = None,
     ) -> None:
         self._config = config
         self._adapters = adapters
+        self._runner = runner
         self._recent = RecentResults(recent_results)
         # asyncio keeps only weak references to tasks; these must outlive a cancelled call.
         self._running: set[asyncio.Task[DeliveryResult]] = set()
         # Tasks that live as long as the server (closing a session it owns, for one).
         self.owned_tasks: set[asyncio.Task[None]] = set()
+        # Set by the server once its HTTP session exists; None answers pings with an error.
+        self.pinger: Pinger | None = None
 
     async def drain(self, grace_seconds: float) -> None:
         """Let deliveries still talking to buyers finish (bounded) before the session closes."""
@@ -128,6 +159,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     request.request_id or uuid.uuid4().hex,
                     sale_price=_price(request, "sale_price"),
                     purchase_price=_price(request, "purchase_price"),
+                    bid_id=request.bid_id,
                 )
             )
             self._running.add(task)
@@ -138,8 +170,33 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         result = await asyncio.shield(task)
         return result_to_proto(result, self._config.account.currency)
 
+    async def PingBuyer(
+        self,
+        request: delivery_service_pb2.PingBuyerRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> delivery_service_pb2.PingBuyerResponse:
+        """Ask a buyer for a bid (delivery_service.ping); a caller's deadline cancels it."""
+        buyer = self._config.buyers_by_id.get(request.buyer_id)
+        if buyer is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown buyer {request.buyer_id!r}")
+        assert buyer is not None
+        if self.pinger is None or not self.pinger.pings(buyer.id):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"buyer {buyer.id!r} has no HTTP ping"
+            )
+        assert self.pinger is not None
+        problem, lead = self._read_lead(request)
+        if lead is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        assert lead is not None
+        result = await self.pinger.ping(
+            buyer, lead, _price(request, "purchase_price"), request.request_id or uuid.uuid4().hex
+        )
+        return ping_response(result, self._config.account.currency)
+
     def _read_lead(
-        self, request: delivery_service_pb2.DeliverLeadRequest
+        self,
+        request: delivery_service_pb2.DeliverLeadRequest | delivery_service_pb2.PingBuyerRequest,
     ) -> tuple[str, LeadData | None]:
         if not request.HasField("lead"):
             return "lead is required", None
@@ -163,13 +220,18 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         *,
         sale_price: Decimal | None,
         purchase_price: Decimal | None,
+        bid_id: str = "",
     ) -> DeliveryResult:
         adapter = self._adapters.get(buyer.id)
         kind = buyer.delivery.type if buyer.delivery is not None else "none"
         start = perf_counter()
-        if adapter is None:
-            what = "no delivery" if buyer.delivery is None else f"{kind} delivery"
-            result = DeliveryResult("error", f"{what} is not supported yet")
+        files = batch_spec(buyer)
+        if files is not None:
+            result = await self._deliver_file(
+                buyer, lead, message_id, files.schedule, sale_price, purchase_price
+            )
+        elif adapter is None:
+            result = DeliveryResult("error", f"buyer {buyer.id!r} has no delivery")
         else:
             try:
                 context = lead_context(
@@ -178,6 +240,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     buyer=buyer,
                     purchase_price=purchase_price,
                     sale_price=sale_price,
+                    extra={"bid": {"id": bid_id}} if bid_id else None,  # auction post: {{bid.id}}
                 )
                 result = await adapter.deliver(lead.fields, context, message_id)
             except TemplateError as exc:
@@ -187,7 +250,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 log.exception("delivery of lead %s to buyer %s failed", lead.id, buyer.id)
                 result = DeliveryResult("error", "internal error while delivering")
         metrics.DELIVERIES.labels(buyer.id, kind, result.outcome).inc()
-        metrics.DELIVERY_SECONDS.labels(buyer.id, kind).observe(perf_counter() - start)
+        if result.outcome != "queued":  # queueing is a database write, not a delivery
+            metrics.DELIVERY_SECONDS.labels(buyer.id, kind).observe(perf_counter() - start)
         log.debug(
             "lead %s to buyer %s: %s in %d attempt(s)",
             lead.id,
@@ -196,3 +260,129 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             len(result.attempts),
         )
         return result
+
+    async def _deliver_file(
+        self,
+        buyer: Buyer,
+        lead: LeadData,
+        event_id: str,
+        schedule: str,
+        sale_price: Decimal | None,
+        purchase_price: Decimal | None,
+    ) -> DeliveryResult:
+        """SFTP and email buyers: a file or mail now (realtime), else into the durable queue."""
+        if self._runner is None:
+            return DeliveryResult("error", "the batch queue is not available (no storage)")
+        try:
+            if schedule == REALTIME:
+                return await self._runner.deliver_realtime(
+                    buyer, lead, event_id, sale_price or Decimal(0), purchase_price
+                )
+            return await self._runner.queue(
+                buyer, lead, event_id, sale_price or Decimal(0), purchase_price
+            )
+        except Exception:
+            log.exception("file delivery of lead %s to buyer %s failed", lead.id, buyer.id)
+            return DeliveryResult("error", "internal error while delivering")
+
+    async def ListBatches(
+        self,
+        request: delivery_service_pb2.ListBatchesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> delivery_service_pb2.ListBatchesResponse:
+        runner = await self._batch_runner(context)
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be positive")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        buyer_id = request.buyer_id or None
+        try:
+            batches = await runner.list_batches(buyer_id, size + 1, request.page_token or None)
+            queues = await runner.queues(buyer_id)
+        except BatchError as exc:
+            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
+            raise  # unreachable: abort raises
+        response = delivery_service_pb2.ListBatchesResponse(
+            queues=[queue_to_proto(queue) for queue in queues],
+            batches=[batch_to_proto(batch) for batch in batches[:size]],
+        )
+        if len(batches) > size:
+            response.next_page_token = batches[size - 1].id
+        return response
+
+    async def DeliverPending(
+        self,
+        request: delivery_service_pb2.DeliverPendingRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> delivery_service_pb2.DeliverPendingResponse:
+        runner = await self._batch_runner(context)
+        if not request.buyer_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "buyer_id is required")
+        try:
+            # Shielded: a caller giving up must not cut a file off halfway.
+            batch = await asyncio.shield(
+                runner.deliver_pending(request.buyer_id, "manual", request.request_id or None)
+            )
+        except BatchError as exc:
+            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
+            raise
+        response = delivery_service_pb2.DeliverPendingResponse()
+        if batch is not None:
+            response.batch.CopyFrom(batch_to_proto(batch))
+        return response
+
+    async def ResendBatch(
+        self,
+        request: delivery_service_pb2.ResendBatchRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> delivery_service_pb2.ResendBatchResponse:
+        runner = await self._batch_runner(context)
+        if not request.batch_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch_id is required")
+        try:
+            batch = await asyncio.shield(
+                runner.resend(request.batch_id, request.request_id or None)
+            )
+        except BatchError as exc:
+            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
+            raise
+        return delivery_service_pb2.ResendBatchResponse(batch=batch_to_proto(batch))
+
+    async def _batch_runner(self, context: grpc.aio.ServicerContext[Any, Any]) -> BatchRunner:
+        if self._runner is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no batch queue: no storage")
+        assert self._runner is not None
+        return self._runner
+
+
+def batch_to_proto(batch: Batch) -> delivery_service_pb2.Batch:
+    message = delivery_service_pb2.Batch(
+        id=batch.id,
+        buyer_id=batch.buyer_id,
+        status=_BATCH_STATUS[batch.status],
+        kind=_BATCH_KIND[batch.kind],
+        resend_of_batch_id=batch.resend_of or "",
+        lead_count=batch.lead_count,
+        file_name=batch.remote_name or batch.file_name,
+        size_bytes=batch.size_bytes,
+        reason=batch.reason,
+        attempts=[attempt.to_proto() for attempt in batch.attempts],
+        recipient_event_ids=list(batch.event_ids),
+    )
+    message.create_time.FromDatetime(batch.create_time)
+    if batch.complete_time is not None:
+        message.complete_time.FromDatetime(batch.complete_time)
+    return message
+
+
+def queue_to_proto(queue: QueueState) -> delivery_service_pb2.BatchQueue:
+    message = delivery_service_pb2.BatchQueue(
+        buyer_id=queue.buyer_id,
+        schedule=queue.schedule,
+        pending_leads=queue.pending,
+        failures=queue.failures,
+    )
+    if queue.next_run_time is not None:
+        message.next_run_time.FromDatetime(queue.next_run_time)
+    if queue.retry_time is not None:
+        message.retry_time.FromDatetime(queue.retry_time)
+    return message

@@ -127,31 +127,44 @@ class SftpAdapter:
             return self.spec.host
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                self.spec.host, self.spec.port, type=socket.SOCK_STREAM
-            )
+            infos = await loop.getaddrinfo(self.spec.host, self.spec.port, type=socket.SOCK_STREAM)
         except socket.gaierror:
             raise SftpFailure(f"cannot resolve host {self.spec.host}") from None
         addresses = [str(info[4][0]) for info in infos]
         for address in addresses:
             why = forbidden_reason(address)
-            if why is not None:
-                raise SftpFailure(f"refused: {self.spec.host} resolves to {address}, {why}")
+            if why is None:
+                continue
+            if address == self.spec.host:
+                raise SftpFailure(f"refused: {address} is {why}")
+            raise SftpFailure(f"refused: {self.spec.host} resolves to {address}, {why}")
         return addresses[0]
+
+    def _client_key(self) -> asyncssh.SSHKey | None:
+        path = self.spec.private_key_file
+        if path is None:
+            return None
+        try:
+            return asyncssh.read_private_key(path)
+        except OSError as exc:
+            raise SftpFailure(f"cannot read private_key_file {path}: {exc.strerror}") from None
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         spec = self.spec
+        key = self._client_key()
         return await asyncssh.connect(
             await self._address(),
             spec.port,
             username=spec.username or None,
             password=spec.password,
-            client_keys=[spec.private_key_file] if spec.private_key_file else None,
+            client_keys=[key] if key is not None else None,
             # Only the pinned key is trusted; nothing from ~/.ssh, no agent.
             known_hosts=([self._host_key], [], []),
             config=None,
             agent_path=None,
-            preferred_auth="publickey" if spec.private_key_file else "password,keyboard-interactive",
+            preferred_auth="publickey"
+            if spec.private_key_file
+            else "password,keyboard-interactive",
             connect_timeout=spec.timeout_ms / 1000,
             login_timeout=spec.timeout_ms / 1000,
         )
@@ -159,30 +172,48 @@ class SftpAdapter:
     async def _upload(
         self, file: OutgoingFile, recovering_name: str | None, on_name: NameCallback | None
     ) -> tuple[str, str]:
-        directory = self.spec.directory
-        async with await self._connect() as conn, conn.start_sftp_client() as sftp:
-            if recovering_name is not None:
-                final = remote_path(directory, recovering_name)
-                if await sftp.exists(final):
-                    async with sftp.open(final, "rb") as handle:
-                        if await handle.read() == file.content:
-                            return recovering_name, f"{final} was already in place"
-                part = final + PART_SUFFIX
-                if await sftp.exists(part):
-                    await sftp.remove(part)  # our own half-written try
-            name = await self._claim_name(sftp, file.name, recovering_name)
-            if on_name is not None:
-                await on_name(name)
-            final = remote_path(directory, name)
-            part = final + PART_SUFFIX
-            async with sftp.open(part, "wb") as handle:
-                await handle.write(file.content)
+        conn = await self._connect()
+        try:
+            sftp = await conn.start_sftp_client()
             try:
-                await sftp.rename(part, final)
-            except asyncssh.SFTPFileAlreadyExists:
-                await sftp.remove(part)
-                raise SftpFailure(f"{final} appeared while uploading; not overwritten") from None
-            return name, f"renamed {part} to {final} ({len(file.content)} bytes)"
+                return await self._put(sftp, file, recovering_name, on_name)
+            finally:
+                sftp.exit()
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    async def _put(
+        self,
+        sftp: asyncssh.SFTPClient,
+        file: OutgoingFile,
+        recovering_name: str | None,
+        on_name: NameCallback | None,
+    ) -> tuple[str, str]:
+        directory = self.spec.directory
+        if recovering_name is not None:
+            final = remote_path(directory, recovering_name)
+            if await sftp.exists(final):
+                async with sftp.open(final, "rb") as handle:
+                    found = await handle.read()
+                if isinstance(found, bytes) and found == file.content:
+                    return recovering_name, f"{final} was already in place"
+            part = final + PART_SUFFIX
+            if await sftp.exists(part):
+                await sftp.remove(part)  # our own half-written try
+        name = await self._claim_name(sftp, file.name, recovering_name)
+        if on_name is not None:
+            await on_name(name)
+        final = remote_path(directory, name)
+        part = final + PART_SUFFIX
+        async with sftp.open(part, "wb") as handle:
+            await handle.write(file.content)
+        try:
+            await sftp.rename(part, final)
+        except asyncssh.SFTPFileAlreadyExists:
+            await sftp.remove(part)
+            raise SftpFailure(f"{final} appeared while uploading; not overwritten") from None
+        return name, f"renamed {part} to {final} ({len(file.content)} bytes)"
 
     async def _claim_name(
         self, sftp: asyncssh.SFTPClient, base: str, recovering_name: str | None

@@ -24,10 +24,12 @@ async def receive(request: web.Request) -> web.Response:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8090)
+    # deploy/compose.yaml runs it in a container of its own, reached from the others: 0.0.0.0.
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     app = web.Application()
     app.router.add_post("/leads", receive)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+    web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadflow import kit
-from leadflow.config import Config, HttpDelivery
+from leadflow.config import Config, Delivery, HttpDelivery
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.money import to_proto
@@ -22,6 +23,11 @@ PRICING_DEADLINE_S = 3.0
 ROUTING_DEADLINE_S = 3.0
 LEDGER_DEADLINE_S = 10.0
 HEALTH_DEADLINE_S = 1.0
+# A report over a long window scans a lot of journal.
+REPORT_DEADLINE_S = 60.0
+LIST_BATCHES_DEADLINE_S = 10.0
+# Sending a batch file now: connecting, uploading a large file, recording it.
+SEND_BATCH_DEADLINE_S = 300.0
 
 
 def pricing_deadline(config: Config) -> float:
@@ -35,10 +41,13 @@ def pricing_deadline(config: Config) -> float:
     return max(PRICING_DEADLINE_S, max(timeouts, default=0) / 1000 + 1.0)
 
 
-def delivery_deadline(delivery: HttpDelivery | None) -> float:
+def delivery_deadline(delivery: Delivery | None) -> float:
     """Long enough for every attempt and backoff the buyer's retry policy allows, plus slack."""
     if delivery is None:
         return 30.0
+    if not isinstance(delivery, HttpDelivery):
+        # One file or mail within timeout_ms (a batch buyer's call only queues the lead).
+        return delivery.timeout_ms / 1000 + 10.0
     retry = delivery.retry
     attempts = retry.attempts if retry else 1
     backoff = retry.max_backoff_ms * (attempts - 1) if retry else 0
@@ -111,12 +120,64 @@ class Downstream:
         return await self.pricing.QuoteSalePrice(request, timeout=deadline_s)
 
     async def rank_stage(
-        self, lead: LeadData, stage_index: int, sold_buyer_ids: Sequence[str]
+        self,
+        lead: LeadData,
+        stage_index: int,
+        sold_buyer_ids: Sequence[str],
+        purchase_price: Decimal,
+        deadline_s: float = ROUTING_DEADLINE_S,
     ) -> routing_service_pb2.RankStageResponse:
         request = routing_service_pb2.RankStageRequest(
-            lead=lead.to_proto(), stage_index=stage_index, sold_buyer_ids=list(sold_buyer_ids)
+            lead=lead.to_proto(),
+            stage_index=stage_index,
+            sold_buyer_ids=list(sold_buyer_ids),
+            purchase_price=to_proto(purchase_price),
         )
-        return await self.routing.RankStage(request, timeout=ROUTING_DEADLINE_S)
+        return await self.routing.RankStage(request, timeout=deadline_s)
+
+    async def admit_lead(
+        self, lead: LeadData, purchase_price: Decimal
+    ) -> routing_service_pb2.AdmitLeadResponse:
+        request = routing_service_pb2.AdmitLeadRequest(
+            lead=lead.to_proto(), purchase_price=to_proto(purchase_price)
+        )
+        return await self.routing.AdmitLead(request, timeout=ROUTING_DEADLINE_S)
+
+    async def reserve_step(
+        self, lead: LeadData, stage_index: int, step_index: int, sale_price: Decimal
+    ) -> routing_service_pb2.ReserveStepResponse:
+        request = routing_service_pb2.ReserveStepRequest(
+            lead=lead.to_proto(),
+            stage_index=stage_index,
+            step_index=step_index,
+            sale_price=to_proto(sale_price),
+        )
+        return await self.routing.ReserveStep(request, timeout=ROUTING_DEADLINE_S)
+
+    async def settle_step(
+        self, lead: LeadData, stage_index: int, step_index: int, sold: bool, sale_price: Decimal
+    ) -> None:
+        request = routing_service_pb2.SettleStepRequest(
+            lead=lead.to_proto(),
+            stage_index=stage_index,
+            step_index=step_index,
+            sold=sold,
+            sale_price=to_proto(sale_price),
+        )
+        await self.routing.SettleStep(request, timeout=ROUTING_DEADLINE_S)
+
+    async def settle_lead(
+        self, lead: LeadData, accepted: bool, sales: Sequence[tuple[int, int, str]]
+    ) -> None:
+        request = routing_service_pb2.SettleLeadRequest(
+            lead=lead.to_proto(),
+            accepted=accepted,
+            sales=[
+                routing_service_pb2.Sale(stage_index=stage, step_index=step, buyer_id=buyer)
+                for stage, step, buyer in sales
+            ],
+        )
+        await self.routing.SettleLead(request, timeout=ROUTING_DEADLINE_S)
 
     async def deliver(
         self,
@@ -126,6 +187,7 @@ class Downstream:
         sale_price: Decimal,
         purchase_price: Decimal,
         deadline_s: float,
+        bid_id: str = "",
     ) -> delivery_service_pb2.DeliverLeadResponse:
         request = delivery_service_pb2.DeliverLeadRequest(
             request_id=request_id,
@@ -133,8 +195,31 @@ class Downstream:
             buyer_id=buyer_id,
             sale_price=to_proto(sale_price),
             purchase_price=to_proto(purchase_price),
+            bid_id=bid_id,
         )
         return await self.delivery.DeliverLead(request, timeout=deadline_s)
+
+    async def list_batches(
+        self, buyer_id: str, page_size: int, page_token: str
+    ) -> delivery_service_pb2.ListBatchesResponse:
+        request = delivery_service_pb2.ListBatchesRequest(
+            buyer_id=buyer_id, page_size=page_size, page_token=page_token
+        )
+        return await self.delivery.ListBatches(request, timeout=LIST_BATCHES_DEADLINE_S)
+
+    async def deliver_pending(
+        self, buyer_id: str, request_id: str
+    ) -> delivery_service_pb2.DeliverPendingResponse:
+        request = delivery_service_pb2.DeliverPendingRequest(
+            buyer_id=buyer_id, request_id=request_id
+        )
+        return await self.delivery.DeliverPending(request, timeout=SEND_BATCH_DEADLINE_S)
+
+    async def resend_batch(
+        self, batch_id: str, request_id: str
+    ) -> delivery_service_pb2.ResendBatchResponse:
+        request = delivery_service_pb2.ResendBatchRequest(batch_id=batch_id, request_id=request_id)
+        return await self.delivery.ResendBatch(request, timeout=SEND_BATCH_DEADLINE_S)
 
     async def record_lead(self, request: ledger_service_pb2.RecordLeadRequest) -> bool:
         reply = await self.ledger.RecordLead(request, timeout=LEDGER_DEADLINE_S)
@@ -143,3 +228,23 @@ class Downstream:
     async def get_lead(self, lead_id: str) -> ledger_service_pb2.GetLeadResponse:
         request = ledger_service_pb2.GetLeadRequest(lead_id=lead_id)
         return await self.ledger.GetLead(request, timeout=LEDGER_DEADLINE_S)
+
+    async def submit_feedback(
+        self, request: ledger_service_pb2.SubmitFeedbackRequest
+    ) -> ledger_service_pb2.SubmitFeedbackResponse:
+        return await self.ledger.SubmitFeedback(request, timeout=LEDGER_DEADLINE_S)
+
+    async def decide_return(
+        self, feedback_id: str, approve: bool
+    ) -> ledger_service_pb2.DecideReturnResponse:
+        request = ledger_service_pb2.DecideReturnRequest(feedback_id=feedback_id, approve=approve)
+        return await self.ledger.DecideReturn(request, timeout=LEDGER_DEADLINE_S)
+
+    async def ledger_report(self, kind: str, request: Any) -> Any:
+        """GetVendorReport, GetBuyerReport or GetMarginReport (kind: vendors|buyers|margin)."""
+        method: Any = {
+            "vendors": self.ledger.GetVendorReport,
+            "buyers": self.ledger.GetBuyerReport,
+            "margin": self.ledger.GetMarginReport,
+        }[kind]
+        return await method(request, timeout=REPORT_DEADLINE_S)

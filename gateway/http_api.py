@@ -14,7 +14,9 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.batches_api import add_batch_routes
 from gateway.clients import Downstream
+from gateway.feedback_api import add_feedback_routes
 from gateway.intake import (
     BODY_TYPES,
     BadRequest,
@@ -27,6 +29,7 @@ from gateway.intake import (
 )
 from gateway.lead_view import lead_view
 from gateway.orchestrator import Orchestrator
+from gateway.reports_api import add_report_routes
 from gateway.store import GatewayStore, KeyInProgress, StoredResponse
 from leadflow.config import Config
 
@@ -110,6 +113,7 @@ async def submit(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return _error(400, str(exc), media=media)
     override = fields.pop("price", None)  # the override price is never a lead field
+    ping_id = str(fields.pop("ping_id", "") or "")  # an inbound ping's id (SPEC 5.2)
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -129,8 +133,9 @@ async def submit(request: web.Request) -> web.Response:
                 status=first.status, body=first.body, content_type=first.content_type
             )
     try:
+        ping = await store.take_ping(ping_id, flow_id, source_id) if ping_id else None
         result = await request.app[ORCHESTRATOR_KEY].submit(
-            flow_id, source_id, fields, override_text(override)
+            flow_id, source_id, fields, override_text(override), ping_id=ping_id, ping=ping
         )
     except BaseException:
         if key is not None:
@@ -203,4 +208,10 @@ def create_app(
     app.router.add_get("/leads/{lead_id}", get_lead)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_batch_routes(app, config, downstream)
+    add_feedback_routes(app, config, downstream)
+    add_report_routes(app, config, downstream)
+    from gateway.ping_api import add_ping_routes  # here: ping_api builds on this module
+
+    add_ping_routes(app)
     return app

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from gateway.feedback_api import ledger_sections
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import from_proto
@@ -65,4 +66,5 @@ def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
             }
             for event in reply.recipient_events
         ],
+        **ledger_sections(reply),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from time import perf_counter
@@ -14,19 +14,25 @@ from typing import Any
 import grpc
 
 from gateway import metrics
-from gateway.clients import Downstream, delivery_deadline, pricing_deadline
+from gateway.clients import ROUTING_DEADLINE_S, Downstream, delivery_deadline, pricing_deadline
 from gateway.intake import SubmissionResult
 from gateway.outbox import LedgerOutbox
+from gateway.store import PingQuote
 from leadflow.common.v1 import lead_pb2
-from leadflow.config import Config, Flow, HttpDelivery
+from leadflow.config import Config, Flow, Stage
 from leadflow.context import lead_context
 from leadflow.fields import parse_lead
 from leadflow.ledger.v1 import ledger_service_pb2
-from leadflow.money import ZERO, from_proto, to_proto
+from leadflow.money import ZERO, from_micros, from_proto, to_proto
 from leadflow.routing.v1 import routing_service_pb2
 from leadflow.wire import LeadData, PriceAudit, outcome_from_proto, outcome_to_proto
 
 log = logging.getLogger(__name__)
+
+# Outcomes that allocate the lead to the buyer. A `queued` lead (a batch buyer's, waiting for its
+# file) counts toward the stage's `sell`, ends an exclusive stage and satisfies `require_sale`
+# like a sale: the buyer holds it and capacity is reserved for it; revenue waits for the file.
+ALLOCATED = frozenset({"success", "queued"})
 
 
 def new_lead_id() -> str:
@@ -76,6 +82,9 @@ class LeadRun:
 
     lead: LeadData
     override_price: str = ""  # the vendor's `price` parameter, as sent
+    ping_id: str = ""  # the inbound ping the vendor refers to, as sent
+    ping: PingQuote | None = None  # that ping, when it was honoured (unused and unexpired)
+    admitted: bool = False  # routing may hold reservations for this lead: settle them
     outcome: str = "success"
     reason: str = ""
     purchase_price: Decimal = ZERO
@@ -123,7 +132,14 @@ class Orchestrator:
         self._pricing_deadline = pricing_deadline(config)
 
     async def submit(
-        self, flow_id: str, source_id: str, data: dict[str, Any], override_price: str = ""
+        self,
+        flow_id: str,
+        source_id: str,
+        data: dict[str, Any],
+        override_price: str = "",
+        *,
+        ping_id: str = "",
+        ping: PingQuote | None = None,
     ) -> SubmissionResult:
         """Process one authenticated submission; never raises for anything the vendor sent."""
         started = perf_counter()
@@ -135,20 +151,16 @@ class Orchestrator:
             fields=parse_lead(data, flow.fields),
             submit_time=datetime.now(UTC),
         )
-        run = LeadRun(lead, override_price=override_price)
+        run = LeadRun(lead, override_price=override_price, ping_id=ping_id, ping=ping)
         try:
             await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
+        await self._settle(run)
         duration = perf_counter() - started
         await self._record(run, duration)
-        metrics.observe_lead(
-            run.lead.flow_id, run.lead.source_id, run.outcome, run.price_paid, duration
-        )
-        for recipient in run.recipients:
-            if recipient.outcome == "success":
-                metrics.observe_sale(flow_id, recipient.buyer_id, recipient.sale_price)
+        metrics.observe_lead(run.lead.flow_id, run.lead.source_id, run.outcome, duration)
         return SubmissionResult(
             outcome=run.outcome,
             reason=run.reason or None,
@@ -157,11 +169,22 @@ class Orchestrator:
         )
 
     async def _process(self, flow: Flow, run: LeadRun) -> None:
-        quote = await self._downstream.purchase_price(
-            run.lead, run.override_price, self._pricing_deadline
-        )
-        run.purchase_price = from_proto(quote.price)
-        run.purchase_audit = PriceAudit.from_proto(quote.audit)
+        if run.ping is not None:
+            # SPEC 5.2: a submit carrying an honoured ping_id is paid the pinged price.
+            run.purchase_price = from_micros(run.ping.price_micros)
+            run.purchase_audit = PriceAudit(
+                layer="ping", amount=run.purchase_price, note=f"ping {run.ping.ping_id}"
+            )
+        else:
+            quote = await self._downstream.purchase_price(
+                run.lead, run.override_price, self._pricing_deadline
+            )
+            run.purchase_price = from_proto(quote.price)
+            run.purchase_audit = PriceAudit.from_proto(quote.audit)
+            if run.ping_id:
+                note = f"ping_id {run.ping_id[:64]!r} not honoured: unknown, expired or used"
+                notes = "; ".join(filter(None, [run.purchase_audit.note, note]))
+                run.purchase_audit = replace(run.purchase_audit, note=notes)
 
         context = lead_context(self._config, run.lead, purchase_price=run.purchase_price)
         entry = flow.sources_by_id[run.lead.source_id]
@@ -172,43 +195,115 @@ class Orchestrator:
                     run.fail("failure", result.reason or "Acceptance criteria not met")
                     return
 
+        # Hours, duplicates, then flow and source caps (reserved until the lead settles).
+        run.admitted = True
+        admission = await self._downstream.admit_lead(run.lead, run.purchase_price)
+        if not admission.admitted:
+            run.fail("failure", admission.reason)
+            return
+
         await self._distribute(flow, run)
-        if flow.require_sale and not any(r.outcome == "success" for r in run.recipients):
+        if flow.require_sale and not any(r.outcome in ALLOCATED for r in run.recipients):
             run.fail("failure", "No buyer accepted the lead")
 
     async def _distribute(self, flow: Flow, run: LeadRun) -> None:
         sold: list[str] = []
         for stage_index, stage in enumerate(flow.stages):
-            ranking = await self._downstream.rank_stage(run.lead, stage_index, sold)
+            ranking = await self._downstream.rank_stage(
+                run.lead, stage_index, sold, run.purchase_price, self._rank_deadline(stage)
+            )
             for skipped in ranking.skipped:
-                run.add_recipient(stage_index, ranking, skipped, "skip", skipped.reason)
+                event = run.add_recipient(stage_index, ranking, skipped, "skip", skipped.reason)
+                event.attempts = list(skipped.ping_attempts)
             sales = 0
             for candidate in ranking.candidates:
                 if sales >= stage.sell:
                     break
                 # "error" until the buyer answers: a step interrupted midway is never a sale.
                 recipient = run.add_recipient(stage_index, ranking, candidate, "error")
-                await self._offer(run, recipient)
-                if recipient.outcome == "success":
+                await self._offer(run, recipient, candidate)
+                if recipient.outcome in ALLOCATED:
                     sold.append(candidate.buyer_id)
                     sales += 1
             if stage.exclusive and sales:
                 return
 
-    async def _offer(self, run: LeadRun, recipient: Recipient) -> None:
-        """Price the step, deliver to its buyer and record what the buyer answered."""
+    def _rank_deadline(self, stage: Stage) -> float:
+        """Routing quotes sale prices for price strategies and pings for auctions."""
+        deadline = ROUTING_DEADLINE_S
+        if stage.strategy in ("highest_price", "performance", "auction"):
+            deadline += self._pricing_deadline
+        if stage.strategy == "auction":
+            deadline += stage.deadline_ms / 1000
+        return deadline
+
+    async def _offer(
+        self, run: LeadRun, recipient: Recipient, candidate: routing_service_pb2.Candidate
+    ) -> None:
+        """Price the step, reserve its caps, deliver to its buyer and record the answer."""
         started = perf_counter()
-        quote = await self._downstream.sale_price(
-            run.lead,
-            recipient.stage_index,
-            recipient.step_index,
-            run.purchase_price,
-            self._pricing_deadline,
-        )
-        recipient.sale_price = from_proto(quote.price)
-        recipient.price_audit = PriceAudit.from_proto(quote.audit)
+        recipient.attempts = list(candidate.ping_attempts)
+        if candidate.HasField("price"):
+            # Routing priced it: the winning bid of an auction, or a price strategy's quote.
+            recipient.sale_price = from_proto(candidate.price)
+            recipient.price_audit = PriceAudit.from_proto(candidate.price_audit)
+        else:
+            quote = await self._downstream.sale_price(
+                run.lead,
+                recipient.stage_index,
+                recipient.step_index,
+                run.purchase_price,
+                self._pricing_deadline,
+            )
+            recipient.sale_price = from_proto(quote.price)
+            recipient.price_audit = PriceAudit.from_proto(quote.audit)
+        if candidate.capped:
+            hold = await self._downstream.reserve_step(
+                run.lead, recipient.stage_index, recipient.step_index, recipient.sale_price
+            )
+            if not hold.reserved:
+                recipient.outcome, recipient.reason = "skip", hold.reason
+                recipient.duration_ms = int((perf_counter() - started) * 1000)
+                return
+        try:
+            await self._deliver(run, recipient, candidate.bid_id)
+        finally:
+            if candidate.capped:
+                await self._settle_step(run, recipient)
+        recipient.duration_ms = int((perf_counter() - started) * 1000)
+
+    async def _settle_step(self, run: LeadRun, recipient: Recipient) -> None:
+        """Commit the step's cap reservations when the buyer took the lead, else release them
+        now so concurrent leads can use the capacity; if routing is unreachable the lead's
+        settlement does it."""
+        try:
+            await self._downstream.settle_step(
+                run.lead,
+                recipient.stage_index,
+                recipient.step_index,
+                recipient.outcome in ALLOCATED,
+                recipient.sale_price,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("lead %s: settling step caps: %s", run.lead.id, exc.code().name)
+
+    async def _settle(self, run: LeadRun) -> None:
+        """The lead is over: routing commits or releases what admission and steps reserved.
+        Unreachable, the reservations lapse after routing's hold time instead."""
+        if not run.admitted:
+            return
+        sales = [
+            (r.stage_index, r.step_index, r.buyer_id)
+            for r in run.recipients
+            if r.outcome in ALLOCATED
+        ]
+        try:
+            await self._downstream.settle_lead(run.lead, run.outcome == "success", sales)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("lead %s: settling with routing: %s", run.lead.id, exc.code().name)
+
+    async def _deliver(self, run: LeadRun, recipient: Recipient, bid_id: str) -> None:
         buyer = self._config.buyers_by_id[recipient.buyer_id]
-        delivery = buyer.delivery if isinstance(buyer.delivery, HttpDelivery) else None
         try:
             answer = await self._downstream.deliver(
                 recipient.id,
@@ -216,7 +311,8 @@ class Orchestrator:
                 recipient.buyer_id,
                 recipient.sale_price,
                 run.purchase_price,
-                delivery_deadline(delivery),
+                delivery_deadline(buyer.delivery),
+                bid_id=bid_id,
             )
         except grpc.aio.AioRpcError as exc:
             # A delivery that cannot be attempted is this step's error; the next step still runs.
@@ -226,12 +322,11 @@ class Orchestrator:
             recipient.outcome = outcome_from_proto(answer.outcome)
             recipient.reason = answer.reason
             recipient.reference = answer.reference
-            recipient.attempts = list(answer.attempts)
+            recipient.attempts += list(answer.attempts)  # after the auction's ping, if any
             if answer.HasField("price"):
                 price = from_proto(answer.price)
                 recipient.sale_price = price
                 recipient.price_audit = PriceAudit(layer="response", amount=price)
-        recipient.duration_ms = int((perf_counter() - started) * 1000)
 
     async def _record(self, run: LeadRun, duration: float) -> None:
         source_event = ledger_service_pb2.SourceEvent(

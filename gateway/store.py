@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from gateway.tables import Base, IdempotencyKey, LedgerOutbox
+from gateway.tables import Base, IdempotencyKey, LedgerOutbox, Ping
 from leadflow.db import create_schema
 
 POLL_SECONDS = 0.05
@@ -21,6 +21,15 @@ class StoredResponse:
     status: int
     content_type: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class PingQuote:
+    """The price an inbound ping quoted (SPEC 5.2), in micros."""
+
+    ping_id: str
+    price_micros: int
+    expires_time: datetime
 
 
 class KeyInProgress(Exception):
@@ -105,3 +114,40 @@ class GatewayStore:
     async def unpark(self, lead_id: str) -> None:
         async with self._sessions.begin() as session:
             await session.execute(delete(LedgerOutbox).where(LedgerOutbox.lead_id == lead_id))
+
+    async def put_ping(self, flow_id: str, source_id: str, quote: PingQuote) -> None:
+        """Keep a ping's quote; pings expired for a day are deleted on the way."""
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await session.execute(delete(Ping).where(Ping.expires_time < now - timedelta(days=1)))
+            session.add(
+                Ping(
+                    ping_id=quote.ping_id,
+                    flow_id=flow_id,
+                    source_id=source_id,
+                    price_micros=quote.price_micros,
+                    created_time=now,
+                    expires_time=quote.expires_time,
+                )
+            )
+
+    async def take_ping(self, ping_id: str, flow_id: str, source_id: str) -> PingQuote | None:
+        """Use a ping once: one conditional UPDATE, so of two submits carrying it only one
+        gets its price. None when unknown, expired, used, or for another flow or source."""
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    update(Ping)
+                    .where(
+                        Ping.ping_id == ping_id,
+                        Ping.flow_id == flow_id,
+                        Ping.source_id == source_id,
+                        Ping.used_time.is_(None),
+                        Ping.expires_time > now,
+                    )
+                    .values(used_time=now)
+                    .returning(Ping.price_micros, Ping.expires_time)
+                )
+            ).first()
+        return None if row is None else PingQuote(ping_id, int(row[0]), row[1])

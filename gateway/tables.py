@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import LargeBinary, String
+from sqlalchemy import BigInteger, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from leadflow.db import UtcDateTime, metadata
@@ -33,3 +33,16 @@ class LedgerOutbox(Base):
     lead_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_time: Mapped[datetime] = mapped_column(UtcDateTime)
     request: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Ping(Base):
+    """An inbound ping's quote (SPEC 5.2): honoured once by a submit before it expires."""
+
+    __tablename__ = "pings"
+    ping_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow_id: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(64))
+    price_micros: Mapped[int] = mapped_column(BigInteger)
+    created_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    used_time: Mapped[datetime | None] = mapped_column(UtcDateTime)

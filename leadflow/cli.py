@@ -45,8 +45,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    print("leadflow report: reports are not supported yet", file=sys.stderr)
-    return 2
+    from leadflow.reports import run_cli
+
+    return run_cli(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,8 +75,16 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("kind", choices=["vendors", "buyers", "margin"])
     report.add_argument("--from", dest="from_date", required=True)
     report.add_argument("--to", dest="to_date", required=True)
-    report.add_argument("--tz")
+    report.add_argument("--tz", help="IANA zone of the dates (default: the account's)")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument("--group-by", help="margin: flow, source, buyer or a comma list")
+    report.add_argument("--config", default=env_config, help="for names, zone and currency")
+    report.add_argument("--data-dir", default=env_data, help="embedded storage (ledger.db)")
+    report.add_argument(
+        "--ledger",
+        default=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
+        help="ask a running ledger (host:port) instead of reading its storage",
+    )
     report.set_defaults(run=_report)
     return root
 

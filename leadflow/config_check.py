@@ -3,6 +3,7 @@ features this version does not run yet (reported, never silently ignored)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 
@@ -17,26 +18,25 @@ from leadflow.config import (
     Pricing,
     Problem,
     RuleSetSpec,
+    Territory,
     format_path,
 )
 from leadflow.expressions import ExpressionError
+from leadflow.fields import parse_value
+from leadflow.geo import zip_centroid
 from leadflow.rules import RuleError
 from leadflow.templates import TemplateError, compile_template
 
 Loc = tuple[int | str, ...]
-
-# Features whose configuration is understood but which this version does not run yet. Each entry
-# is removed when the issue that builds it lands; until then a config using one is refused, so
-# nobody believes a cap or an auction protects them when it does not.
-NOT_SUPPORTED_STRATEGIES = frozenset(
-    {"round_robin", "weighted", "highest_price", "auction", "performance"}
-)
 
 
 def _problem(loc: Loc, message: str) -> Problem:
     return Problem(path=format_path(loc), message=message)
 
 
+# Features whose configuration is understood but which this version does not run yet are
+# refused with this problem (removed when the issue that builds one lands), so nobody believes a
+# feature protects them when it does not.
 def _not_supported(loc: Loc, what: str) -> Problem:
     return _problem(loc, f"{what} is not supported yet")
 
@@ -71,11 +71,12 @@ def _check_buyer(buyer: Buyer, loc: Loc) -> Iterator[Problem]:
     yield from _check_caps(buyer.caps, (*loc, "caps"), {})
     yield from _check_hours(buyer.hours, (*loc, "hours"))
     if buyer.territory is not None:
-        yield _not_supported((*loc, "territory"), "territory")
-    if buyer.returns is not None:
-        yield _not_supported((*loc, "returns"), "returns (buyer feedback)")
+        yield from _check_territory(buyer.territory, (*loc, "territory"))
     if buyer.ping is not None:
-        yield _not_supported((*loc, "ping"), "ping")
+        if isinstance(buyer.ping, HttpDelivery):
+            yield from _check_delivery(buyer.ping, (*loc, "ping"))
+        else:
+            yield _problem((*loc, "ping", "type"), "a ping is an http request")
     if buyer.delivery is not None:
         yield from _check_delivery(buyer.delivery, (*loc, "delivery"))
 
@@ -86,8 +87,6 @@ def _check_flow(config: Config, flow: Flow, loc: Loc) -> Iterator[Problem]:
     yield from _check_pricing(flow.pricing, (*loc, "pricing"), fields)
     yield from _check_caps(flow.caps, (*loc, "caps"), fields)
     yield from _check_hours(flow.hours, (*loc, "hours"))
-    if flow.duplicates is not None:
-        yield _not_supported((*loc, "duplicates"), "duplicate checking")
     seen_sources: set[str] = set()
     for j, entry in enumerate(flow.sources):
         entry_loc = (*loc, "sources", j)
@@ -102,8 +101,6 @@ def _check_flow(config: Config, flow: Flow, loc: Loc) -> Iterator[Problem]:
         yield from _check_hours(entry.hours, (*entry_loc, "hours"))
     for s, stage in enumerate(flow.stages):
         stage_loc = (*loc, "stages", s)
-        if stage.strategy in NOT_SUPPORTED_STRATEGIES:
-            yield _not_supported((*stage_loc, "strategy"), f"strategy {stage.strategy!r}")
         for k, step in enumerate(stage.steps):
             step_loc = (*stage_loc, "steps", k)
             buyer = config.buyers_by_id.get(step.buyer)
@@ -148,13 +145,31 @@ def _check_pricing(
 
 def _check_caps(caps: list[Cap], loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
     for i, cap in enumerate(caps):
-        yield _not_supported((*loc, i), "caps")
         yield from _check_rule_set(cap.rule_set, (*loc, i, "rule_set"), custom)
 
 
 def _check_hours(hours: Hours | None, loc: Loc) -> Iterator[Problem]:
-    if hours is not None:
-        yield _not_supported(loc, "hours of operation")
+    """Hours ranges are checked by the schema (HH:MM-HH:MM, start before end)."""
+    yield from ()
+
+
+_POSTAL_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z -]*\*?$")
+
+
+def _check_territory(territory: Territory, loc: Loc) -> Iterator[Problem]:
+    for i, state in enumerate(territory.states):
+        if not parse_value("state", state).get("valid"):
+            yield _problem((*loc, "states", i), f"unknown US state {state!r}")
+    for i, pattern in enumerate(territory.postal_codes):
+        if not _POSTAL_PATTERN.match(pattern):
+            yield _problem(
+                (*loc, "postal_codes", i), f"{pattern!r} is not a postal code or prefix*"
+            )
+    within = territory.within
+    if within is not None and zip_centroid(within.postal_code) is None:
+        yield _problem(
+            (*loc, "within", "postal_code"), f"no known US ZIP code {within.postal_code!r}"
+        )
 
 
 def _check_delivery(delivery: Delivery, loc: Loc) -> Iterator[Problem]:

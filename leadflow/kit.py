@@ -64,6 +64,22 @@ _MESSAGE_LIMITS = [
 ]
 
 
+# go-grpc-prometheus labels codes with Go's names (codes.Code.String()), so dashboards and alerts
+# written for Go services read ours too.
+GO_CODE_NAMES = {
+    code: "OK"
+    if code is grpc.StatusCode.OK
+    else "Canceled"
+    if code is grpc.StatusCode.CANCELLED
+    else code.name.title().replace("_", "")
+    for code in grpc.StatusCode
+}
+
+
+def _code_label(code: object) -> str:
+    return GO_CODE_NAMES.get(code, "Unknown") if isinstance(code, grpc.StatusCode) else "Unknown"
+
+
 def _split(full_method: str) -> tuple[str, str]:
     service, _, method = full_method.lstrip("/").partition("/")
     return service, method
@@ -97,8 +113,7 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                SERVER_HANDLED.labels("unary", service, method, name).inc()
+                SERVER_HANDLED.labels("unary", service, method, _code_label(code)).inc()
                 SERVER_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -134,7 +149,7 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 await call
             finally:
                 code = await call.code()
-                CLIENT_HANDLED.labels("unary", service, method, code.name).inc()
+                CLIENT_HANDLED.labels("unary", service, method, _code_label(code)).inc()
                 CLIENT_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
         return call
 
@@ -150,6 +165,9 @@ def channel(target: str) -> grpc.aio.Channel:
             # A restarted peer is reached within seconds, not after gRPC's default 2-minute cap.
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 5_000),
+            # Every address the name resolves to gets calls (a headless Kubernetes Service
+            # lists each ready pod), not only the first one connected.
+            ("grpc.lb_policy_name", "round_robin"),
             *_MESSAGE_LIMITS,
         ],
     )
@@ -164,7 +182,14 @@ async def start_server(
     """Build, bind and start a server with health and reflection; returns the bound port."""
     server = grpc.aio.server(
         interceptors=[ServerMetricsInterceptor()],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000), *_MESSAGE_LIMITS],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", 1000),
+            # Clients reconnect (and resolve the name again) every minute or so, so pods added
+            # by scaling out get calls; calls in flight on the old connection finish.
+            ("grpc.max_connection_age_ms", 60_000),
+            *_MESSAGE_LIMITS,
+        ],
     )
     for register in registrars:
         register(server)

@@ -11,10 +11,17 @@ from leadflow import db
 
 def _schemas() -> list[tuple[str, MetaData]]:
     # Imported here so the CLI's other commands do not load every service's tables.
+    from delivery_service.tables import Base as DeliveryBase
     from gateway.tables import Base as GatewayBase
     from ledger_service.tables import Base as LedgerBase
+    from routing_service.tables import Base as RoutingBase
 
-    return [("gateway", GatewayBase.metadata), ("ledger", LedgerBase.metadata)]
+    return [
+        ("gateway", GatewayBase.metadata),
+        ("ledger", LedgerBase.metadata),
+        ("delivery", DeliveryBase.metadata),
+        ("routing", RoutingBase.metadata),
+    ]
 
 
 async def migrate(database_url: str | None, data_dir: Path) -> None:

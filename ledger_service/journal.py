@@ -68,6 +68,8 @@ class Posting:
     buyer_id: str = ""
     recipient_event_id: str = ""
     feedback_id: str = ""
+    # When the ledger wrote it; None until it is written.
+    post_time: datetime | None = None
 
 
 def lead_key(record: LeadRecord) -> LeadKey:

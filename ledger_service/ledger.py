@@ -102,6 +102,51 @@ class RecordedLead:
     record_time: datetime
 
 
+FINAL_OUTCOMES = frozenset({"success", "failure", "error"})
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """The final outcome of a queued recipient event (its batch file delivered or given up)."""
+
+    recipient_event_id: str
+    outcome: str
+    reason: str
+    # None: book the sale at the price quoted on the queued event.
+    sale_price: Decimal | None
+    attempts: tuple[DeliveryAttempt, ...]
+    complete_time: datetime
+    batch_id: str = ""
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A delivery outcome as recorded, with the price it was booked at."""
+
+    outcome: DeliveryOutcome
+    sale_price: Decimal
+    record_time: datetime
+
+
+class UnknownEvent(LookupError):
+    """No recipient event with this id is recorded (perhaps its lead is not recorded yet)."""
+
+
+class NotQueued(Exception):
+    """The recipient event did not end `queued`: its outcome is already final."""
+
+
+def check_outcome(outcome: DeliveryOutcome) -> None:
+    """Raise InvalidRecord unless the outcome is final, priced sensibly and clean text."""
+    check_id("recipient_event_id", outcome.recipient_event_id)
+    if outcome.outcome not in FINAL_OUTCOMES:
+        raise InvalidRecord("outcome", f"must be one of {sorted(FINAL_OUTCOMES)}")
+    check_text("reason", outcome.reason)
+    check_text("batch_id", outcome.batch_id)
+    if outcome.sale_price is not None:
+        _check_amount("sale_price", outcome.sale_price)
+
+
 def expected_revenue(events: tuple[RecipientEvent, ...]) -> Decimal:
     """Revenue is earned only on recipient outcome success (SPEC 2, step 9)."""
     return sum((event.sale_price for event in events if event.outcome == "success"), ZERO)
@@ -125,7 +170,7 @@ def check_record(record: LeadRecord) -> None:
     source = record.source_event
     if source.outcome not in SOURCE_OUTCOMES:
         raise InvalidRecord("source_event.outcome", f"must be one of {sorted(SOURCE_OUTCOMES)}")
-    _check_text("source_event.reason", source.reason)
+    check_text("source_event.reason", source.reason)
     for name, amount in _source_amounts(source):
         _check_amount(f"source_event.{name}", amount)
     if source.price_paid != expected_price_paid(source):
@@ -165,7 +210,7 @@ def _check_recipient(path: str, event: RecipientEvent) -> None:
     if event.step_index < 0:
         raise InvalidRecord(f"{path}.step_index", "must not be negative")
     for name in ("stage_name", "strategy", "reason", "reference"):
-        _check_text(f"{path}.{name}", getattr(event, name))
+        check_text(f"{path}.{name}", getattr(event, name))
     _check_amount(f"{path}.sale_price", event.sale_price)
     _check_amount(f"{path}.price_audit.amount", event.price_audit.amount)
 
@@ -178,7 +223,7 @@ def check_id(field: str, value: str) -> None:
         raise InvalidRecord(field, "must be 1 to 128 printable ASCII characters without spaces")
 
 
-def _check_text(field: str, value: str) -> None:
+def check_text(field: str, value: str) -> None:
     # PostgreSQL text cannot hold NUL; refusing it everywhere keeps SQLite and PostgreSQL alike.
     if "\x00" in value:
         raise InvalidRecord(field, "must not contain NUL characters")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -13,22 +14,42 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
+from leadflow import reports
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from leadflow.money import from_proto, to_proto
+from leadflow.money import from_micros, from_proto, to_proto
 from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit, outcome_to_proto
+from ledger_service import journal, metrics
+from ledger_service.feedback import (
+    CONVERSION,
+    HUNDRED,
+    RETURN,
+    DecisionRefused,
+    FeedbackRecord,
+    FeedbackRequest,
+    ReturnPolicy,
+    UnknownFeedback,
+    UnknownSale,
+)
+from ledger_service.journal import Posting
 from ledger_service.ledger import (
     DEFAULT_CURRENCY,
+    DeliveryOutcome,
     EventIdTaken,
     InvalidRecord,
     Lead,
     LeadRecord,
+    NotQueued,
     RecipientEvent,
     RecordedLead,
     SourceEvent,
+    StoredOutcome,
+    UnknownEvent,
     check_id,
+    check_outcome,
     check_record,
+    check_text,
 )
 from ledger_service.store import LedgerStore
 
@@ -36,10 +57,21 @@ log = logging.getLogger(__name__)
 
 # Strict, unlike wire.outcome_from_proto: an unset outcome is a caller's bug, not an "error".
 _OUTCOME_NAMES = {outcome_to_proto(name): name for name in OUTCOMES}
+_FEEDBACK_TYPES = {pb.FEEDBACK_TYPE_RETURN: RETURN, pb.FEEDBACK_TYPE_CONVERSION: CONVERSION}
+_FEEDBACK_TYPE_PROTO = {name: value for value, name in _FEEDBACK_TYPES.items()}
+_STATUS_PROTO = {
+    "approved": pb.FEEDBACK_STATUS_APPROVED,
+    "pending": pb.FEEDBACK_STATUS_PENDING,
+    "denied": pb.FEEDBACK_STATUS_DENIED,
+}
+# Buyers' text is kept, bounded, as the gateway keeps buyers' reasons.
+MAX_REASON = 500
+# Report currency: one account, one currency (the leads' own currency is on every posting).
+REPORT_CURRENCY = DEFAULT_CURRENCY
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
-    """RecordLead and GetLead over a LedgerStore."""
+    """The ledger's RPCs over a LedgerStore."""
 
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
@@ -58,6 +90,10 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             created = await self._store.record(record)
         except EventIdTaken as exc:
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        if created:
+            metrics.observe_postings(
+                p for p in (journal.purchase(record), *journal.realtime_sales(record)) if p
+            )
         return pb.RecordLeadResponse(created=created)
 
     async def GetLead(
@@ -72,7 +108,162 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         recorded = await self._store.get(request.lead_id)
         if recorded is None:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no lead {request.lead_id}")
-        return _recorded_to_proto(recorded)
+        response = _recorded_to_proto(recorded)
+        currency = recorded.record.currency
+        response.postings.extend(
+            _posting_to_proto(p) for p in await self._store.postings(request.lead_id)
+        )
+        response.feedback.extend(
+            _feedback_to_proto(f, currency) for f in await self._store.feedback(request.lead_id)
+        )
+        response.delivery_outcomes.extend(
+            _outcome_to_proto(o, currency)
+            for o in await self._store.delivery_outcomes(request.lead_id)
+        )
+        return response
+
+    async def RecordDeliveryOutcome(
+        self,
+        request: pb.RecordDeliveryOutcomeRequest,
+        context: grpc.aio.ServicerContext[
+            pb.RecordDeliveryOutcomeRequest, pb.RecordDeliveryOutcomeResponse
+        ],
+    ) -> pb.RecordDeliveryOutcomeResponse:
+        try:
+            outcome = _outcome_from_proto(request)
+            check_outcome(outcome)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        try:
+            created, posting = await self._store.record_delivery_outcome(outcome)
+        except UnknownEvent:
+            # Its lead may still be parked in the gateway's outbox: the caller retries.
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no recipient event {outcome.recipient_event_id} (yet)",
+            )
+        except NotQueued:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"recipient event {outcome.recipient_event_id} is not queued",
+            )
+        if posting is not None:
+            metrics.observe_postings([posting])
+        return pb.RecordDeliveryOutcomeResponse(created=created)
+
+    async def GetBuyerStats(
+        self,
+        request: pb.GetBuyerStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetBuyerStatsRequest, pb.GetBuyerStatsResponse],
+    ) -> pb.GetBuyerStatsResponse:
+        try:
+            start, end = _window(request.start_time, request.end_time, request)
+            for index, buyer_id in enumerate(request.buyer_ids):
+                check_id(f"buyer_ids[{index}]", buyer_id)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        stats = await self._store.buyer_stats(list(request.buyer_ids), start, end)
+        return pb.GetBuyerStatsResponse(
+            stats=[
+                pb.BuyerStats(
+                    buyer_id=buyer_id,
+                    offered=values.get("offered", 0),
+                    sold=values.get("sold", 0),
+                    returned=values.get("returned", 0),
+                    converted=values.get("converted", 0),
+                    revenue=to_proto(from_micros(values.get("revenue_micros", 0)), REPORT_CURRENCY),
+                )
+                for buyer_id, values in stats.items()
+            ]
+        )
+
+    async def SubmitFeedback(
+        self,
+        request: pb.SubmitFeedbackRequest,
+        context: grpc.aio.ServicerContext[pb.SubmitFeedbackRequest, pb.SubmitFeedbackResponse],
+    ) -> pb.SubmitFeedbackResponse:
+        try:
+            feedback = _feedback_from_proto(request)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        try:
+            record, created, postings = await self._store.submit_feedback(
+                feedback, datetime.now(UTC)
+            )
+        except UnknownSale:
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "no such lead or recipient event was offered to this buyer",
+            )
+        metrics.observe_postings(postings)
+        return pb.SubmitFeedbackResponse(
+            feedback=_feedback_to_proto(record, REPORT_CURRENCY), created=created
+        )
+
+    async def DecideReturn(
+        self,
+        request: pb.DecideReturnRequest,
+        context: grpc.aio.ServicerContext[pb.DecideReturnRequest, pb.DecideReturnResponse],
+    ) -> pb.DecideReturnResponse:
+        try:
+            check_id("feedback_id", request.feedback_id)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        try:
+            record, changed, postings = await self._store.decide_return(
+                request.feedback_id, request.approve, datetime.now(UTC)
+            )
+        except UnknownFeedback:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no feedback {request.feedback_id}")
+        except DecisionRefused as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        metrics.observe_postings(postings)
+        return pb.DecideReturnResponse(
+            feedback=_feedback_to_proto(record, REPORT_CURRENCY), changed=changed
+        )
+
+    async def GetVendorReport(
+        self,
+        request: pb.GetVendorReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetVendorReportRequest, pb.GetVendorReportResponse],
+    ) -> pb.GetVendorReportResponse:
+        try:
+            start, end = _window(request.start_time, request.end_time)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        lines = await self._store.vendor_report(start, end)
+        return reports.vendor_response(lines, REPORT_CURRENCY)
+
+    async def GetBuyerReport(
+        self,
+        request: pb.GetBuyerReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetBuyerReportRequest, pb.GetBuyerReportResponse],
+    ) -> pb.GetBuyerReportResponse:
+        try:
+            start, end = _window(request.start_time, request.end_time)
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        lines = await self._store.buyer_report(start, end)
+        return reports.buyer_response(lines, REPORT_CURRENCY)
+
+    async def GetMarginReport(
+        self,
+        request: pb.GetMarginReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetMarginReportRequest, pb.GetMarginReportResponse],
+    ) -> pb.GetMarginReportResponse:
+        try:
+            start, end = _window(request.start_time, request.end_time)
+            try:
+                groups = reports.groups_from_proto(request.group_by)
+            except reports.ReportError as exc:
+                raise InvalidRecord("group_by", str(exc)) from None
+        except InvalidRecord as exc:
+            await _abort_invalid(context, exc)
+        totals = await self._store.margin_report(start, end, groups)
+        return reports.margin_response(totals, REPORT_CURRENCY)
 
 
 async def _abort(
@@ -252,3 +443,157 @@ def _audit_to_proto(audit: PriceAudit, currency: str) -> lead_pb2.PriceAudit:
     message = audit.to_proto()
     message.amount.currency_code = currency
     return message
+
+
+def _window(
+    start: timestamp_pb2.Timestamp,
+    end: timestamp_pb2.Timestamp,
+    request: pb.GetBuyerStatsRequest | None = None,
+) -> tuple[datetime, datetime]:
+    """[start_time, end_time), both required and in order (stats default the end to now)."""
+    if not start.seconds and not start.nanos:
+        raise InvalidRecord("start_time", "required")
+    begin = _time("start_time", start)
+    if request is not None and not request.HasField("end_time"):
+        finish = datetime.now(UTC)
+    elif not end.seconds and not end.nanos:
+        raise InvalidRecord("end_time", "required")
+    else:
+        finish = _time("end_time", end)
+    if finish <= begin:
+        raise InvalidRecord("end_time", "must be after start_time")
+    return begin, finish
+
+
+def _outcome_from_proto(request: pb.RecordDeliveryOutcomeRequest) -> DeliveryOutcome:
+    money = _Money()
+    complete_time = (
+        _time("complete_time", request.complete_time)
+        if request.HasField("complete_time")
+        else datetime.now(UTC)
+    )
+    return DeliveryOutcome(
+        recipient_event_id=request.recipient_event_id,
+        outcome=_outcome("outcome", request.outcome),
+        reason=request.reason,
+        sale_price=(
+            money.read("sale_price", request.sale_price) if request.HasField("sale_price") else None
+        ),
+        attempts=tuple(DeliveryAttempt.from_proto(attempt) for attempt in request.attempts),
+        complete_time=complete_time,
+        batch_id=request.batch_id,
+    )
+
+
+def _feedback_from_proto(request: pb.SubmitFeedbackRequest) -> FeedbackRequest:
+    check_id("feedback_id", request.feedback_id)
+    check_id("buyer_id", request.buyer_id)
+    if not request.lead_id and not request.recipient_event_id:
+        raise InvalidRecord("lead_id", "lead_id or recipient_event_id is required")
+    if request.lead_id:
+        check_id("lead_id", request.lead_id)
+    if request.recipient_event_id:
+        check_id("recipient_event_id", request.recipient_event_id)
+    kind = _FEEDBACK_TYPES.get(request.type)
+    if kind is None:
+        raise InvalidRecord("type", "must be FEEDBACK_TYPE_RETURN or FEEDBACK_TYPE_CONVERSION")
+    check_text("reason", request.reason)
+    if len(request.reason) > MAX_REASON:
+        raise InvalidRecord("reason", f"at most {MAX_REASON} characters")
+    amount = None
+    if request.HasField("amount"):
+        amount = _Money().read("amount", request.amount)
+        if amount < 0:
+            raise InvalidRecord("amount", "must not be negative")
+    policy = None
+    if request.HasField("return_policy"):
+        policy = _policy_from_proto(request.return_policy)
+    return FeedbackRequest(
+        feedback_id=request.feedback_id,
+        buyer_id=request.buyer_id,
+        type=kind,
+        lead_id=request.lead_id,
+        recipient_event_id=request.recipient_event_id,
+        reason=request.reason,
+        amount=amount,
+        policy=policy,
+    )
+
+
+def _policy_from_proto(policy: pb.ReturnPolicy) -> ReturnPolicy:
+    try:
+        max_percent = Decimal(policy.max_percent or "100")
+    except InvalidOperation:
+        raise InvalidRecord("return_policy.max_percent", "not a decimal number") from None
+    if not max_percent.is_finite() or not 0 <= max_percent <= HUNDRED:
+        raise InvalidRecord("return_policy.max_percent", "must be 0 to 100")
+    zone = policy.time_zone or "UTC"
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRecord("return_policy.time_zone", f"unknown time zone {zone!r}") from None
+    for index, reason in enumerate(policy.reasons):
+        check_text(f"return_policy.reasons[{index}]", reason)
+    return ReturnPolicy(
+        window_days=policy.window_days,
+        max_percent=max_percent,
+        auto_approve=policy.auto_approve,
+        reasons=tuple(policy.reasons),
+        return_to_source=policy.return_to_source,
+        time_zone=zone,
+    )
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _posting_to_proto(posting: Posting) -> pb.Posting:
+    return pb.Posting(
+        id=posting.id,
+        kind=posting.kind,
+        debit_account=posting.debit_account,
+        credit_account=posting.credit_account,
+        amount=to_proto(from_micros(posting.amount_micros), posting.lead.currency),
+        effective_time=_timestamp(posting.effective_time),
+        post_time=_timestamp(posting.post_time),
+        buyer_id=posting.buyer_id,
+        recipient_event_id=posting.recipient_event_id,
+        feedback_id=posting.feedback_id,
+    )
+
+
+def _feedback_to_proto(record: FeedbackRecord, currency: str) -> pb.Feedback:
+    return pb.Feedback(
+        id=record.id,
+        lead_id=record.lead_id,
+        recipient_event_id=record.recipient_event_id,
+        buyer_id=record.buyer_id,
+        type=_FEEDBACK_TYPE_PROTO[record.type],
+        reason=record.reason,
+        amount=to_proto(record.amount, currency),
+        outcome=outcome_to_proto(record.outcome),
+        outcome_reason=record.outcome_reason,
+        status=_STATUS_PROTO[record.status],
+        create_time=_timestamp(record.create_time),
+        decide_time=_timestamp(record.decide_time),
+        sale_time=_timestamp(record.sale_time),
+    )
+
+
+def _outcome_to_proto(stored: StoredOutcome, currency: str) -> pb.DeliveryOutcome:
+    outcome = stored.outcome
+    return pb.DeliveryOutcome(
+        recipient_event_id=outcome.recipient_event_id,
+        outcome=outcome_to_proto(outcome.outcome),
+        reason=outcome.reason,
+        sale_price=to_proto(stored.sale_price, currency),
+        attempts=[attempt.to_proto() for attempt in outcome.attempts],
+        complete_time=_timestamp(outcome.complete_time),
+        batch_id=outcome.batch_id,
+        record_time=_timestamp(stored.record_time),
+    )

@@ -9,17 +9,21 @@ Caps need the database and are checked by the servicer after this screen.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from leadflow.config import Buyer, Config, Flow, Stage
+from leadflow.common.v1 import lead_pb2
+from leadflow.config import Buyer, Config, Flow, Hours, HttpDelivery, RuleSetSpec, Stage
 from leadflow.context import lead_context
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, PriceAudit
 from routing_service.caps import CapRule, Claim, claims
 from routing_service.hours import OUTSIDE_HOURS, OpeningHours
+from routing_service.strategies import shares
 from routing_service.territory import OUTSIDE_TERRITORY, LeadPlace, TerritoryMatcher
 
 if TYPE_CHECKING:
@@ -30,17 +34,30 @@ CRITERIA_NOT_MET = "Criteria not met"
 
 
 @dataclass(frozen=True)
+class Criterion:
+    """A compiled criteria rule set; `shared` when it does not read `buyer`, so its result
+    for a lead is the same in every step that uses it (evaluated once per lead)."""
+
+    rule_set: RuleSet
+    shared: bool
+
+
+@dataclass(frozen=True)
 class StepPlan:
     index: int
     buyer_id: str
     buyer_ref: dict[str, str]  # the `buyer` variable rules see in this step's scope
     priority: int
     weight: Decimal
-    criteria: tuple[RuleSet, ...]  # the buyer's, then the step's
+    criteria: tuple[Criterion, ...]  # the buyer's, then the step's
     territory: TerritoryMatcher | None
     hours: OpeningHours | None
     caps: tuple[CapRule, ...]  # the buyer's, then the step's
-    has_ping: bool
+    ping_timeout_ms: int  # 0: the buyer has no `ping` and bids its quoted sale price
+
+    @property
+    def has_ping(self) -> bool:
+        return self.ping_timeout_ms > 0
 
     @property
     def capped(self) -> bool:
@@ -56,7 +73,12 @@ class StagePlan:
     min_bid: Decimal
     deadline_ms: int
     steps: tuple[StepPlan, ...]
-    weights_total: Decimal
+    shares: dict[int, float]  # weight/Σweights by step index, for `weighted`
+    hours_tables: tuple[OpeningHours, ...]  # the distinct hours of the stage's buyers
+    # By lead state (None: a state no territory lists): the steps whose territory names states
+    # only and not that one (out, without a look), and every other step in configuration order.
+    outside_by_state: dict[str | None, tuple[StepPlan, ...]]
+    inside_by_state: dict[str | None, tuple[StepPlan, ...]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,20 @@ class FlowPlan:
     source_caps: dict[str, tuple[CapRule, ...]]
     stages: tuple[StagePlan, ...]
 
+    @cached_property
+    def keeps_state(self) -> bool:
+        """Whether settling a lead of this flow has anything to write: a duplicate key, a cap
+        reservation, or sales a strategy reads (weighted shares, priority ties)."""
+        if self.duplicates is not None or self.caps or any(self.source_caps.values()):
+            return True
+        for stage in self.stages:
+            if stage.strategy == "weighted" or any(step.caps for step in stage.steps):
+                return True
+            priorities = [step.priority for step in stage.steps]
+            if stage.strategy == "priority" and len(set(priorities)) != len(priorities):
+                return True
+        return False
+
 
 def _buyer_caps(config: Config, buyer: Buyer) -> tuple[CapRule, ...]:
     # A buyer's caps span every flow, so their windows cannot follow one flow's zone: they use
@@ -88,17 +124,36 @@ def _buyer_caps(config: Config, buyer: Buyer) -> tuple[CapRule, ...]:
     )
 
 
-def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage) -> StagePlan:
+class _Interned:
+    """Equal hours tables and criteria compiled once, so a lead evaluates each once."""
+
+    def __init__(self) -> None:
+        self.hours: dict[tuple[str, tuple[tuple[tuple[int, int], ...], ...]], OpeningHours] = {}
+        self.criteria: dict[str, Criterion] = {}
+
+    def opening(self, hours: Hours, zone: str) -> OpeningHours:
+        compiled = OpeningHours.compile(hours, zone)
+        return self.hours.setdefault((compiled.zone, compiled.days), compiled)
+
+    def criterion(self, spec: RuleSetSpec) -> Criterion:
+        text = json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        found = self.criteria.get(text)
+        if found is None:
+            found = self.criteria[text] = Criterion(spec.compiled, "buyer" not in text)
+        return found
+
+
+def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage, interned: _Interned) -> StagePlan:
     flow_zone = config.flow_time_zone(flow)
     steps = []
     for k, step in enumerate(stage.steps):
         buyer = config.buyers_by_id[step.buyer]
         criteria = tuple(
-            spec.compiled for spec in (buyer.criteria, step.criteria) if spec is not None
+            interned.criterion(spec) for spec in (buyer.criteria, step.criteria) if spec is not None
         )
         territory = TerritoryMatcher.compile(buyer.territory) if buyer.territory else None
         hours = (
-            OpeningHours.compile(buyer.hours, config.buyer_time_zone(buyer, flow))
+            interned.opening(buyer.hours, config.buyer_time_zone(buyer, flow))
             if buyer.hours is not None
             else None
         )
@@ -117,7 +172,9 @@ def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage) -> StagePlan:
                 territory=None if territory is None or territory.empty else territory,
                 hours=hours,
                 caps=_buyer_caps(config, buyer) + step_caps,
-                has_ping=buyer.ping is not None,
+                ping_timeout_ms=buyer.ping.timeout_ms
+                if isinstance(buyer.ping, HttpDelivery)
+                else 0,
             )
         )
     return StagePlan(
@@ -128,11 +185,33 @@ def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage) -> StagePlan:
         min_bid=stage.min_bid,
         deadline_ms=stage.deadline_ms,
         steps=tuple(steps),
-        weights_total=sum((step.weight for step in stage.steps), Decimal(0)),
+        shares=shares(steps),
+        hours_tables=tuple({id(p.hours): p.hours for p in steps if p.hours is not None}.values()),
+        **_territory_index(steps),
     )
 
 
-def _flow_plan(config: Config, flow: Flow) -> FlowPlan:
+def _territory_index(steps: list[StepPlan]) -> dict[str, Any]:
+    """Most buyers' territories are lists of states: split the stage once per state so a lead
+    never looks at the steps its state rules out."""
+    by_states = [
+        (p, p.territory.states)
+        for p in steps
+        if p.territory is not None and not p.territory.has_postal
+    ]
+    states: set[str | None] = {None}
+    for _, listed in by_states:
+        states |= listed
+    outside: dict[str | None, tuple[StepPlan, ...]] = {}
+    inside: dict[str | None, tuple[StepPlan, ...]] = {}
+    for state in states:
+        out = {p.index for p, listed in by_states if state not in listed}
+        outside[state] = tuple(p for p in steps if p.index in out)
+        inside[state] = tuple(p for p in steps if p.index not in out)
+    return {"outside_by_state": outside, "inside_by_state": inside}
+
+
+def _flow_plan(config: Config, flow: Flow, interned: _Interned) -> FlowPlan:
     zone = config.flow_time_zone(flow)
     duplicates = (
         DuplicatePlan(
@@ -161,7 +240,9 @@ def _flow_plan(config: Config, flow: Flow) -> FlowPlan:
             )
             for entry in flow.sources
         },
-        stages=tuple(_stage_plan(config, flow, s, stage) for s, stage in enumerate(flow.stages)),
+        stages=tuple(
+            _stage_plan(config, flow, s, stage, interned) for s, stage in enumerate(flow.stages)
+        ),
     )
 
 
@@ -170,7 +251,8 @@ class RoutingPlan:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.flows = {flow.id: _flow_plan(config, flow) for flow in config.flows}
+        interned = _Interned()
+        self.flows = {flow.id: _flow_plan(config, flow, interned) for flow in config.flows}
 
     def flow(self, flow_id: str) -> FlowPlan:
         try:
@@ -208,6 +290,8 @@ class LeadFacts:
     context: dict[str, Any] = field(init=False)
     place: LeadPlace = field(init=False)
     _open: dict[int, bool] = field(init=False, default_factory=dict)
+    # Reasons (None: passed) of shared criteria, by rule set: the same for every step.
+    criteria_results: dict[int, str | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.context = lead_context(self.config, self.lead, purchase_price=self.purchase_price)
@@ -231,38 +315,96 @@ class LeadFacts:
         return self.context
 
 
+class Offer(NamedTuple):
+    """An eligible step in offer order, with the price routing decided on (if any)."""
+
+    step: StepPlan
+    price: Decimal | None = None
+    audit: PriceAudit | None = None
+    bid_id: str = ""
+    attempts: tuple[lead_pb2.DeliveryAttempt, ...] = ()
+
+
+# A step that is not offered the lead: (step, reason, ping attempts). A plain tuple because a
+# stage of 1,000 buyers may skip hundreds per lead and a named tuple costs 5x more to build.
+LeftOut = tuple[StepPlan, str, tuple[lead_pb2.DeliveryAttempt, ...]]
+NO_ATTEMPTS: tuple[lead_pb2.DeliveryAttempt, ...] = ()
+
+
 @dataclass(frozen=True)
 class Screen:
     eligible: list[StepPlan]
-    skipped: list[tuple[StepPlan, str]]
+    skipped: list[LeftOut]
+
+
+def _failure(rule_set: RuleSet, context: dict[str, Any]) -> str | None:
+    """None when the set passes, else its reason. An `and` set is walked once, stopping at the
+    failing rule (passes() then failure_reason() would evaluate it three times): most criteria
+    are `and` lists, and with 1,000 buyers most of routing's time is criteria."""
+    if rule_set.op == "and":
+        for rule in rule_set.rules:
+            if not rule.passes(context):
+                return rule_set.reason or rule.why(context) or CRITERIA_NOT_MET
+        return None
+    if rule_set.passes(context):
+        return None
+    return rule_set.failure_reason(context) or CRITERIA_NOT_MET
 
 
 def screen(stage: StagePlan, facts: LeadFacts, sold_buyer_ids: Collection[str]) -> Screen:
-    """Every step of the stage either eligible (before caps) or skipped with its reason."""
-    eligible: list[StepPlan] = []
-    skipped: list[tuple[StepPlan, str]] = []
+    """Every step of the stage either eligible (before caps) or skipped with its reason.
+
+    The hot loop of routing (a stage may list 1,000 buyers): steps whose states-only territory
+    rules the lead out are skipped in bulk (they come first in the skip list), hours tables are
+    evaluated once per lead, shared criteria once per lead, and the checks are inlined. A sold
+    buyer was in territory when it bought, so "already sold" still wins over other reasons.
+    """
     place = facts.place
-    for step in stage.steps:
-        if step.buyer_id in sold_buyer_ids:
-            skipped.append((step, ALREADY_SOLD))
+    state = place.state
+    split = state if state in stage.inside_by_state else None
+    skipped: list[LeftOut] = [
+        (step, OUTSIDE_TERRITORY, NO_ATTEMPTS) for step in stage.outside_by_state[split]
+    ]
+    eligible: list[StepPlan] = []
+    keep, skip = eligible.append, skipped.append
+    open_now = {id(hours): facts.is_open(hours) for hours in stage.hours_tables}
+    results = facts.criteria_results
+    context = facts.context
+    for step in stage.inside_by_state[split]:
+        if sold_buyer_ids and step.buyer_id in sold_buyer_ids:
+            skip((step, ALREADY_SOLD, NO_ATTEMPTS))
             continue
-        if step.territory is not None and not step.territory.contains(place):
-            skipped.append((step, OUTSIDE_TERRITORY))
+        territory = step.territory
+        if (
+            territory is not None
+            and territory.has_postal
+            and state not in territory.states
+            and not territory.contains_postal(place)
+        ):
+            skip((step, OUTSIDE_TERRITORY, NO_ATTEMPTS))
             continue
-        if step.hours is not None and not facts.is_open(step.hours):
-            skipped.append((step, OUTSIDE_HOURS))
+        if step.hours is not None and not open_now[id(step.hours)]:
+            skip((step, OUTSIDE_HOURS, NO_ATTEMPTS))
             continue
-        reason = None
         if step.criteria:
-            context = facts.in_buyer_scope(step)
-            for rule_set in step.criteria:
-                if not rule_set.passes(context):
-                    reason = rule_set.failure_reason(context) or CRITERIA_NOT_MET
+            context["buyer"] = step.buyer_ref
+            reason = None
+            for criterion in step.criteria:
+                rule_set = criterion.rule_set
+                if criterion.shared:
+                    key = id(rule_set)
+                    if key in results:
+                        reason = results[key]
+                    else:
+                        reason = results[key] = _failure(rule_set, context)
+                else:
+                    reason = _failure(rule_set, context)
+                if reason is not None:
                     break
-        if reason is not None:
-            skipped.append((step, reason))
-        else:
-            eligible.append(step)
+            if reason is not None:
+                skip((step, reason, NO_ATTEMPTS))
+                continue
+        keep(step)
     return Screen(eligible, skipped)
 
 

@@ -67,27 +67,36 @@ def next_in_rotation(indexes: Sequence[int], after: int | None) -> int:
     return next((i for i in ordered if i > after), ordered[0])
 
 
+def shares(steps: Sequence[Ranked]) -> dict[int, float]:
+    """Each step's target share of the stage's sales: weight/Σweights (computed once)."""
+    total = sum((s.weight for s in steps), Decimal(0))
+    return {s.index: float(s.weight / total) for s in steps}
+
+
 def by_deficit(
-    steps: Sequence[S], weights_total: Decimal, sales: Mapping[str, int], total_sales: int
+    steps: Sequence[S], share: Mapping[int, float], sales: Mapping[str, int], total_sales: int
 ) -> list[S]:
     """Weighted: the buyer furthest below its share weight/Σweights of the stage's sales first.
 
-    The deficit is the sales a buyer is owed if the next lead is a sale: weight/Σweights ×
-    (sales so far + 1) − its sales. Higher weight breaks a tie, then priority and position.
+    The deficit is the sales a buyer is owed if the next lead is a sale: share x (sales so
+    far + 1) - its sales. A larger share breaks a tie, then priority and position. Floats: the
+    order only needs the comparison, and they are the same on every replica.
     """
-    upcoming = Decimal(total_sales + 1)
-
-    def deficit(step: S) -> Decimal:
-        return step.weight / weights_total * upcoming - sales.get(step.buyer_id, 0)
-
-    return sorted(steps, key=lambda s: (-deficit(s), -s.weight, s.priority, s.index))
+    upcoming = total_sales + 1
+    return sorted(
+        steps,
+        key=lambda s: (
+            sales.get(s.buyer_id, 0) - share[s.index] * upcoming,
+            -share[s.index],
+            s.priority,
+            s.index,
+        ),
+    )
 
 
 def by_price(steps: Sequence[S], prices: Mapping[int, Decimal]) -> list[S]:
     """Highest price first (steps without one last), then priority and position."""
-    return sorted(
-        steps, key=lambda s: (-prices.get(s.index, Decimal(-1)), s.priority, s.index)
-    )
+    return sorted(steps, key=lambda s: (-prices.get(s.index, Decimal(-1)), s.priority, s.index))
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ class BuyerRecord:
 
     @property
     def factor(self) -> Decimal:
-        """acceptance rate × (1 − return rate)."""
+        """acceptance rate x (1 - return rate)."""
         if self.offered <= 0:
             return Decimal(0)
         acceptance = Decimal(self.sold) / Decimal(self.offered)
@@ -111,7 +120,7 @@ class BuyerRecord:
 def expected_revenue(
     steps: Sequence[Ranked], prices: Mapping[int, Decimal], records: Mapping[str, BuyerRecord]
 ) -> dict[int, Decimal]:
-    """Sale price × acceptance × (1 − returns) per step; a buyer with no offers in the window
+    """Sale price x acceptance x (1 - returns) per step; a buyer with no offers in the window
     gets the average of the buyers that have some (all new: the price alone ranks them)."""
     known: dict[int, Decimal] = {}
     for step in steps:

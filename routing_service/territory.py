@@ -51,7 +51,7 @@ class LeadPlace:
         return zip_centroid(self.postal) if self.postal else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TerritoryMatcher:
     """A compiled territory: O(1) for states and exact codes, one haversine for the radius."""
 
@@ -75,19 +75,29 @@ class TerritoryMatcher:
     @property
     def empty(self) -> bool:
         """A territory naming no area restricts nothing."""
-        return not (self.states or self.exact or self.prefixes or self.miles)
+        return not (self.states or self.has_postal)
+
+    @cached_property
+    def has_postal(self) -> bool:
+        """Whether any area needs the postal code (codes, prefixes, a radius)."""
+        return bool(self.exact or self.prefixes or self.miles)
 
     def contains(self, place: LeadPlace) -> bool:
         if self.empty:
             return True
         if place.state is not None and place.state in self.states:
             return True
+        return self.has_postal and self.contains_postal(place)
+
+    def contains_postal(self, place: LeadPlace) -> bool:
+        """In one of the postal areas: an exact code, a prefix, or within the radius."""
         postal = place.postal
-        if postal is not None:
-            if postal in self.exact or (self.prefixes and postal.startswith(self.prefixes)):
+        if postal is None:
+            return False
+        if postal in self.exact or (self.prefixes and postal.startswith(self.prefixes)):
+            return True
+        if self.center is not None:
+            point = place.centroid
+            if point is not None and miles_between(point, self.center) <= self.miles:
                 return True
-            if self.center is not None:
-                point = place.centroid
-                if point is not None and miles_between(point, self.center) <= self.miles:
-                    return True
         return False

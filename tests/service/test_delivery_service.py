@@ -38,6 +38,7 @@ SUCCESS = lead_pb2.OUTCOME_SUCCESS
 FAILURE = lead_pb2.OUTCOME_FAILURE
 ERROR = lead_pb2.OUTCOME_ERROR
 HANG_TIMEOUT_MS = 300
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIRy/aZ7RvxsaEgGdUwwgat8KNExTUPZkjXa7G144vRf"
 
 
 @dataclass
@@ -94,6 +95,16 @@ def _app(buyers: Buyers) -> web.Application:
             return web.Response(status=503, text="busy", headers={"Retry-After": "0"})
         return web.json_response({"status": "accepted"})
 
+    async def slowdown_buyer(request: web.Request) -> web.Response:
+        await _record(buyers, request)
+        if len(buyers.received[request.path]) < 2:
+            return web.Response(status=503, text="busy", headers={"Retry-After": "1"})
+        return web.json_response({"status": "accepted"})
+
+    async def busy_buyer(request: web.Request) -> web.Response:
+        await _record(buyers, request)
+        return web.Response(status=503, text="busy", headers={"Retry-After": "120"})
+
     async def hanging_buyer(request: web.Request) -> web.Response:
         await _record(buyers, request)
         await buyers.released.wait()
@@ -113,6 +124,8 @@ def _app(buyers: Buyers) -> web.Application:
     app.router.add_post("/xml", xml_buyer)
     app.router.add_post("/flaky", flaky_buyer)
     app.router.add_post("/hang", hanging_buyer)
+    app.router.add_post("/slowdown", slowdown_buyer)
+    app.router.add_post("/busy", busy_buyer)
     app.router.add_post("/priced", priced_buyer)
     app.router.add_post("/reject", rejecting_buyer)
     return app
@@ -180,6 +193,18 @@ def _config_text(url: str, allow_private: bool) -> str:
               type: http
               url: {url}/flaky
               retry: {{attempts: 3, backoff_ms: 10, multiplier: 2, max_backoff_ms: 50}}
+          - id: slowdown-buyer
+            name: Slowdown Buyer
+            delivery:
+              type: http
+              url: {url}/slowdown
+              retry: {{attempts: 2, backoff_ms: 10, max_backoff_ms: 5000}}
+          - id: busy-buyer
+            name: Busy Buyer
+            delivery:
+              type: http
+              url: {url}/busy
+              retry: {{attempts: 3, backoff_ms: 10, max_backoff_ms: 5000}}
           - id: hanging-buyer
             name: Hanging Buyer
             delivery:
@@ -353,6 +378,28 @@ async def test_buyer_answering_503_twice_succeeds_on_the_third_attempt(
     assert [a.error for a in response.attempts] == ["HTTP 503", "HTTP 503", ""]
 
 
+async def test_retry_waits_as_long_as_retry_after_asks(
+    delivery: pb_grpc.DeliveryServiceStub,
+) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    response = await delivery.DeliverLead(_request("slowdown-buyer"))
+    assert response.outcome == SUCCESS
+    assert [a.status_code for a in response.attempts] == [503, 200]
+    assert loop.time() - start >= 1.0  # not the 10 ms backoff
+
+
+async def test_retry_after_longer_than_max_backoff_ends_the_retries(
+    delivery: pb_grpc.DeliveryServiceStub, buyers: Buyers
+) -> None:
+    response = await delivery.DeliverLead(_request("busy-buyer"))
+    assert (response.outcome, response.reason) == (
+        ERROR,
+        "HTTP 503; Retry-After 120 s is longer than max_backoff_ms",
+    )
+    assert len(buyers.received["/busy"]) == 1
+
+
 async def test_failure_is_not_retried(
     delivery: pb_grpc.DeliveryServiceStub, buyers: Buyers
 ) -> None:
@@ -454,16 +501,25 @@ async def test_lead_with_unreadable_fields_is_invalid(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_sftp_buyer_is_an_error_until_sftp_delivery_exists(buyers: Buyers) -> None:
+async def test_batch_buyer_without_storage_is_an_error_not_a_crash(buyers: Buyers) -> None:
     tree = yaml.safe_load(_config_text(buyers.url, True))
     tree["buyers"].append(
         {
             "id": "sftp-buyer",
             "name": "Sftp Buyer",
-            "delivery": {"type": "sftp", "host": "files.example", "host_key": "ssh-ed25519 AAAA"},
+            "delivery": {
+                "type": "sftp",
+                "host": "files.example",
+                "password": "p",
+                "host_key": HOST_KEY,
+                "schedule": "0 * * * *",
+            },
         }
     )
-    # config_check refuses sftp buyers today; the service must still answer sanely for one.
+    # Served without a store (as these tests do) there is no queue to put the lead in.
     async with running_delivery(Config.model_validate(tree)) as stub:
         response = await stub.DeliverLead(_request("sftp-buyer"))
-    assert (response.outcome, response.reason) == (ERROR, "sftp delivery is not supported yet")
+    assert (response.outcome, response.reason) == (
+        ERROR,
+        "the batch queue is not available (no storage)",
+    )

@@ -30,6 +30,9 @@ from ledger_service.config import Settings as LedgerSettings
 from ledger_service.store import LedgerStore
 from pricing_service import server as pricing_server
 from routing_service import server as routing_server
+from routing_service.peers import Addresses as RoutingAddresses
+from routing_service.peers import Peers as RoutingPeers
+from routing_service.store import RoutingStore
 from tests.conftest import Database
 
 KEY = "source-key"
@@ -143,9 +146,16 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
         config = parse_config(CONFIG.format(admin=ADMIN, key=KEY, url=url), {})
 
         ports = {}
-        for name, module in (("pricing", pricing_server), ("routing", routing_server)):
-            server, ports[name], _ = await module.create_server("127.0.0.1:0", config)
-            stack.push_async_callback(server.stop, None)
+        server, ports["pricing"], _ = await pricing_server.create_server("127.0.0.1:0", config)
+        stack.push_async_callback(server.stop, None)
+        routing_store = await RoutingStore.open(database.url, database.schema)
+        stack.push_async_callback(routing_store.close)
+        peers = RoutingPeers(RoutingAddresses())
+        stack.push_async_callback(peers.close)
+        server, ports["routing"], _ = await routing_server.create_server(
+            "127.0.0.1:0", config, routing_store, peers
+        )
+        stack.push_async_callback(server.stop, None)
         server, ports["delivery"], _ = await delivery_server.create_server(
             DeliverySettings(service=_settings()), config
         )

@@ -56,7 +56,7 @@ async def test_server_and_client_metrics_count_each_call_by_code() -> None:
     channel = kit.channel(f"127.0.0.1:{port}")
     before = (
         handled("Wait", "OK"),
-        handled("Fail", "FAILED_PRECONDITION"),
+        handled("Fail", "FailedPrecondition"),
         handled("Wait", "OK", "client"),
     )
     try:
@@ -68,7 +68,7 @@ async def test_server_and_client_metrics_count_each_call_by_code() -> None:
         await server.stop(None)
     after = (
         handled("Wait", "OK"),
-        handled("Fail", "FAILED_PRECONDITION"),
+        handled("Fail", "FailedPrecondition"),
         handled("Wait", "OK", "client"),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,7 +19,9 @@ from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from leadflow.wire import LeadData
 from pricing_service.server import create_server as create_pricing
+from routing_service.peers import Addresses, Peers
 from routing_service.server import create_server as create_routing
+from routing_service.store import RoutingStore
 
 CONFIG = """
 account: {name: Test}
@@ -59,11 +62,13 @@ async def pricing(config: Config) -> AsyncIterator[pricing_service_pb2_grpc.Pric
 
 
 @pytest.fixture
-async def routing_channel(config: Config) -> AsyncIterator[grpc.aio.Channel]:
-    server, port, _ = await create_routing("127.0.0.1:0", config)
+async def routing_channel(config: Config, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    store = await RoutingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'routing.db'}", "routing")
+    server, port, _ = await create_routing("127.0.0.1:0", config, store, Peers(Addresses()))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield channel
     await server.stop(None)
+    await store.close()
 
 
 async def test_purchase_price_comes_back_exact_with_its_layer(

@@ -132,11 +132,10 @@ def test_money_outside_range_or_finer_than_cents_is_refused() -> None:
     ]
 
 
-def test_features_not_built_yet_are_reported_not_ignored() -> None:
-    text = BASE.replace("- name: main", "- name: main\n        strategy: auction")
-    assert problems(text) == [
-        "flows[0].stages[0].strategy: strategy 'auction' is not supported yet"
-    ]
+def test_every_routing_strategy_is_accepted() -> None:
+    for strategy in ("round_robin", "weighted", "highest_price", "auction", "performance"):
+        text = BASE.replace("- name: main", f"- name: main\n        strategy: {strategy}")
+        assert parse_config(text, {}).flows[0].stages[0].strategy == strategy
 
 
 def test_bad_hours_range_is_refused() -> None:
@@ -195,13 +194,17 @@ def test_check_command_accepts_a_valid_file(
 
 
 def test_broken_amount_expression_is_refused_with_its_path() -> None:
-    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'purchase_price * (1.4'}]}\n")
+    text = BASE.replace(
+        "name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'purchase_price * (1.4'}]}\n"
+    )
     [problem] = problems(text)
     assert problem.startswith("buyers[0].pricing.prices[0].amount: invalid expression")
 
 
 def test_amount_expression_may_call_only_min_max_and_round() -> None:
-    text = BASE.replace("name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'open(1)'}]}\n")
+    text = BASE.replace(
+        "name: Acme\n", "name: Acme\n    pricing: {prices: [{amount: 'open(1)'}]}\n"
+    )
     assert problems(text) == [
         "buyers[0].pricing.prices[0].amount: invalid expression 'open(1)': only min, max and round"
     ]

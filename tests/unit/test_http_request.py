@@ -223,9 +223,13 @@ def test_backoff_grows_exponentially_up_to_the_cap(failed_attempt: int, expected
     assert backoff_ms(RETRY, failed_attempt) == expected
 
 
-def test_retry_after_replaces_the_backoff_but_is_capped() -> None:
+def test_retry_after_replaces_the_backoff() -> None:
     assert backoff_ms(RETRY, 1, retry_after_ms("0")) == 0
-    assert backoff_ms(RETRY, 1, retry_after_ms("120")) == 500
+    assert backoff_ms(RETRY, 3, retry_after_ms("0")) == 0
+
+
+def test_retry_after_beyond_max_backoff_means_no_next_attempt() -> None:
+    assert backoff_ms(RETRY, 1, retry_after_ms("120")) is None
 
 
 def test_retry_after_as_an_http_date() -> None:

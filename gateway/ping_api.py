@@ -1,0 +1,101 @@
+"""Inbound ping (SPEC 5.2): a vendor asks what we would pay for a lead before submitting it.
+
+`POST|GET /flows/{flow_id}/sources/{source_id}/ping` takes the same authentication and bodies
+as a submission (usually a partial lead: no name, email or phone), runs purchase pricing on it
+and answers `200 {"outcome","reason","price","ping_id","expires_at"}`. A quote of 0 is
+`failure` with reason `no bid` (no ping_id: there is nothing to honour). A later submit of the
+same flow and source carrying the `ping_id` before `expires_at` is paid the quoted price, once
+(the gateway's database makes "once" hold across replicas). A ping runs pricing only: hours,
+duplicates and caps are checked when the lead is submitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from aiohttp import web
+
+from gateway.clients import pricing_deadline
+from gateway.http_api import (
+    CONFIG_KEY,
+    DOWNSTREAM_KEY,
+    MAX_BODY_BYTES,
+    STORE_KEY,
+    _error,
+    _submitted_fields,
+    _UnsupportedMediaType,
+    key_matches,
+)
+from gateway.intake import BadRequest, negotiate, render
+from gateway.orchestrator import new_lead_id
+from gateway.store import PingQuote
+from leadflow.fields import parse_lead
+from leadflow.money import ZERO, from_proto, to_micros
+from leadflow.wire import LeadData
+
+log = logging.getLogger(__name__)
+
+PING_TTL = timedelta(seconds=60)
+NO_BID = "no bid"
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _answer(data: dict[str, object], media: str) -> web.Response:
+    return web.Response(status=200, body=render(data, media), content_type=media)
+
+
+async def ping(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
+    flow = config.flows_by_id.get(flow_id)
+    if flow is None or source_id not in flow.sources_by_id:
+        return _error(404, "Unknown flow or source")
+    if not key_matches(request, config.sources_by_id[source_id].api_key):
+        return _error(401, "Unauthorized source")
+    media = negotiate(request.headers.get("Accept"))
+    if media is None:
+        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+    try:
+        fields = await _submitted_fields(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
+    except _UnsupportedMediaType as exc:
+        return _error(415, str(exc), media=media)
+    except BadRequest as exc:
+        return _error(400, str(exc), media=media)
+    fields.pop("price", None)
+    fields.pop("ping_id", None)
+    now = datetime.now(UTC)
+    lead = LeadData(new_lead_id(), flow_id, source_id, parse_lead(fields, flow.fields), now)
+    try:
+        quote = await request.app[DOWNSTREAM_KEY].purchase_price(lead, "", pricing_deadline(config))
+    except grpc.aio.AioRpcError as exc:
+        log.warning("ping for flow %s: pricing %s", flow_id, exc.code().name)
+        reason = "Ping could not be processed, try again later"
+        return _answer({"outcome": "error", "reason": reason, "price": ZERO}, media)
+    price = from_proto(quote.price)
+    if price <= 0:
+        return _answer({"outcome": "failure", "reason": NO_BID, "price": ZERO}, media)
+    ping_quote = PingQuote(secrets.token_hex(12), to_micros(price), now + PING_TTL)
+    await request.app[STORE_KEY].put_ping(flow_id, source_id, ping_quote)
+    return _answer(
+        {
+            "outcome": "success",
+            "price": price,
+            "ping_id": ping_quote.ping_id,
+            "expires_at": _utc_text(ping_quote.expires_time),
+        },
+        media,
+    )
+
+
+def add_ping_routes(app: web.Application) -> None:
+    path = "/flows/{flow_id}/sources/{source_id}/ping"
+    app.router.add_route("POST", path, ping)
+    app.router.add_route("GET", path, ping)

@@ -1,0 +1,61 @@
+"""Operators' reports (SPEC 5.4): `GET /reports/vendors|buyers|margin` from the ledger's journal,
+in any time zone, as JSON or CSV. The numbers and their layout come from leadflow.reports, which
+`leadflow report` shares."""
+
+from __future__ import annotations
+
+import grpc
+from aiohttp import web
+
+from gateway.clients import Downstream
+from gateway.intake import render
+from leadflow import reports
+from leadflow.config import Config
+
+JSON = "application/json"
+HTTP_FORMATS = ("json", "csv")
+
+
+def _error(status: int, reason: str, outcome: str = "failure") -> web.Response:
+    body = render({"outcome": outcome, "reason": reason}, JSON)
+    return web.Response(status=status, body=body, content_type=JSON)
+
+
+def add_report_routes(app: web.Application, config: Config, downstream: Downstream) -> None:
+    """Register GET /reports/vendors, /reports/buyers and /reports/margin."""
+
+    async def report(request: web.Request) -> web.Response:
+        from gateway.http_api import key_matches  # http_api registers these routes
+
+        if not key_matches(request, config.account.admin_api_key):
+            return _error(401, "Unauthorized")
+        params = request.query
+        fmt = params.get("format", "json")
+        if fmt not in HTTP_FORMATS:
+            return _error(400, "format must be json or csv")
+        try:
+            query = reports.parse_query(
+                request.match_info["kind"],
+                params.get("from"),
+                params.get("to"),
+                params.get("tz"),
+                params.get("group_by"),
+                config.account.time_zone,
+            )
+        except reports.ReportError as exc:
+            return _error(400, str(exc))
+        try:
+            reply = await downstream.ledger_report(query.kind, reports.ledger_request(query))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return _error(400, exc.details() or "Invalid report")
+            return _error(503, "Ledger unavailable", outcome="error")
+        body, media = reports.render(reports.from_reply(query, reply, config), fmt)
+        response = web.Response(body=body, content_type=media)
+        if fmt == "csv":
+            response.charset = "utf-8"
+            name = f"{query.kind}-{query.start_date}-{query.end_date}.csv"
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+    app.router.add_get("/reports/{kind:" + "|".join(reports.KINDS) + "}", report)
