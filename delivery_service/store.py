@@ -51,13 +51,7 @@ class DeliveryStore:
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
         """Connect to `url` and create the delivery schema and tables if they are missing."""
-        engine = db.create_engine(url, schema)
-        try:
-            await db.create_schema(engine, schema, Base.metadata)
-        except BaseException:
-            await engine.dispose()
-            raise
-        return cls(engine)
+        return cls(await db.open_engine(url, schema, Base.metadata))
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -8,6 +8,7 @@ import binascii
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,7 +32,7 @@ from gateway.lead_view import lead_view
 from gateway.orchestrator import Orchestrator
 from gateway.reports_api import add_report_routes
 from gateway.store import GatewayStore, KeyInProgress, StoredResponse
-from leadflow.config import Config
+from leadflow.config import Config, Flow
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,18 @@ def key_matches(request: web.Request, expected: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-async def submit(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class VendorRequest:
+    """An authenticated vendor request (submit or ping): what it is for and what it says."""
+
+    flow: Flow
+    source_id: str
+    media: str
+    fields: dict[str, Any]
+
+
+async def read_vendor_request(request: web.Request) -> VendorRequest | web.Response:
+    """The vendor request, or the 404/401/406/413/415/400 answer it gets (SPEC 5.1's order)."""
     config = request.app[CONFIG_KEY]
     flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
     flow = config.flows_by_id.get(flow_id)
@@ -112,6 +124,19 @@ async def submit(request: web.Request) -> web.Response:
         return _error(415, str(exc), media=media)
     except BadRequest as exc:
         return _error(400, str(exc), media=media)
+    return VendorRequest(flow, source_id, media, fields)
+
+
+async def submit(request: web.Request) -> web.Response:
+    vendor = await read_vendor_request(request)
+    if isinstance(vendor, web.Response):
+        return vendor
+    flow_id, source_id, media, fields = (
+        vendor.flow.id,
+        vendor.source_id,
+        vendor.media,
+        vendor.fields,
+    )
     override = fields.pop("price", None)  # the override price is never a lead field
     ping_id = str(fields.pop("ping_id", "") or "")  # an inbound ping's id (SPEC 5.2)
 

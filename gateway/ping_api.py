@@ -19,17 +19,8 @@ import grpc
 from aiohttp import web
 
 from gateway.clients import pricing_deadline
-from gateway.http_api import (
-    CONFIG_KEY,
-    DOWNSTREAM_KEY,
-    MAX_BODY_BYTES,
-    STORE_KEY,
-    _error,
-    _submitted_fields,
-    _UnsupportedMediaType,
-    key_matches,
-)
-from gateway.intake import BadRequest, negotiate, render
+from gateway.http_api import CONFIG_KEY, DOWNSTREAM_KEY, STORE_KEY, read_vendor_request
+from gateway.intake import render
 from gateway.orchestrator import new_lead_id
 from gateway.store import PingQuote
 from leadflow.fields import parse_lead
@@ -51,24 +42,12 @@ def _answer(data: dict[str, object], media: str) -> web.Response:
 
 
 async def ping(request: web.Request) -> web.Response:
+    vendor = await read_vendor_request(request)
+    if isinstance(vendor, web.Response):
+        return vendor
     config = request.app[CONFIG_KEY]
-    flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
-    flow = config.flows_by_id.get(flow_id)
-    if flow is None or source_id not in flow.sources_by_id:
-        return _error(404, "Unknown flow or source")
-    if not key_matches(request, config.sources_by_id[source_id].api_key):
-        return _error(401, "Unauthorized source")
-    media = negotiate(request.headers.get("Accept"))
-    if media is None:
-        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
-    try:
-        fields = await _submitted_fields(request)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
-    except _UnsupportedMediaType as exc:
-        return _error(415, str(exc), media=media)
-    except BadRequest as exc:
-        return _error(400, str(exc), media=media)
+    flow, flow_id, source_id = vendor.flow, vendor.flow.id, vendor.source_id
+    media, fields = vendor.media, vendor.fields
     fields.pop("price", None)
     fields.pop("ping_id", None)
     now = datetime.now(UTC)

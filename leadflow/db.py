@@ -95,3 +95,15 @@ async def create_schema(engine: AsyncEngine, schema: str, meta: MetaData) -> Non
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await conn.run_sync(meta.create_all)
+
+
+async def open_engine(url: str, schema: str, meta: MetaData) -> AsyncEngine:
+    """An engine on `url` whose schema and tables exist (created if missing); disposed again
+    when that fails, so a store that cannot start leaks no connections."""
+    engine = create_engine(url, schema)
+    try:
+        await create_schema(engine, schema, meta)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine

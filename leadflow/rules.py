@@ -883,7 +883,15 @@ class RuleSet:
         return not self._tests
 
     def evaluate(self, context: Context) -> RuleResult:
-        """Passed, or failed with the rule's reason or a sentence naming the field."""
+        """Passed, or failed with the rule's reason or a sentence naming the field.
+
+        An `and` set is walked once and stops at its first failing rule: most criteria are `and`
+        lists, and routing evaluates one per buyer step."""
+        if self.op == "and":
+            for rule in self.rules:
+                if not rule.passes(context):
+                    return RuleResult(False, self.reason or rule.why(context))
+            return _PASSED
         if self.passes(context):
             return _PASSED
         return RuleResult(False, self.failure_reason(context))

@@ -338,17 +338,9 @@ class Screen:
 
 
 def _failure(rule_set: RuleSet, context: dict[str, Any]) -> str | None:
-    """None when the set passes, else its reason. An `and` set is walked once, stopping at the
-    failing rule (passes() then failure_reason() would evaluate it three times): most criteria
-    are `and` lists, and with 1,000 buyers most of routing's time is criteria."""
-    if rule_set.op == "and":
-        for rule in rule_set.rules:
-            if not rule.passes(context):
-                return rule_set.reason or rule.why(context) or CRITERIA_NOT_MET
-        return None
-    if rule_set.passes(context):
-        return None
-    return rule_set.failure_reason(context) or CRITERIA_NOT_MET
+    """None when the set passes, else its reason."""
+    result = rule_set.evaluate(context)
+    return None if result.passed else (result.reason or CRITERIA_NOT_MET)
 
 
 def screen(stage: StagePlan, facts: LeadFacts, sold_buyer_ids: Collection[str]) -> Screen:
