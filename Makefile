@@ -9,7 +9,7 @@ CONFIG ?= examples/demo.yaml
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint validate-deploy format test test-unit test-service test-e2e run clean
+.PHONY: help install protos lint validate-deploy format test test-unit test-service test-e2e run clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ run: install ## start the whole suite on the example config with its demo buyer 
 	@# The demo buyer lives as long as the suite: stopped with it on Ctrl-C or any exit.
 	$(PY) examples/demo_buyer.py --port 8090 & buyer=$$!; trap "kill $$buyer 2>/dev/null" EXIT; \
 	  $(VENV)/bin/leadflow up --config $(CONFIG) --data-dir $(DATA_DIR)
+
+bench: install ## the suite vs a one-process baseline, SQLite and PostgreSQL (~3 min, loopback only)
+	$(PY) -m bench.run
 
 clean: ## remove generated code, the venv and local data
 	rm -rf gen $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -17,10 +17,11 @@ from google.type import money_pb2
 
 from delivery_service import metrics
 from delivery_service.batches import REALTIME, Batch, QueueState, batch_spec
+from delivery_service.breaker import Breakers
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from delivery_service.ping import Pinger, ping_response
 from delivery_service.runner import BatchError, BatchRunner
-from leadflow.config import Buyer, Config
+from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.money import from_proto, to_proto
@@ -115,6 +116,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self._adapters = adapters
         self._runner = runner
         self._recent = RecentResults(recent_results)
+        self._breakers = Breakers(
+            {
+                buyer.id: buyer.delivery.circuit_breaker
+                for buyer in config.buyers
+                if isinstance(buyer.delivery, HttpDelivery) and buyer.delivery.circuit_breaker
+            }
+        )
         # asyncio keeps only weak references to tasks; these must outlive a cancelled call.
         self._running: set[asyncio.Task[DeliveryResult]] = set()
         # Tasks that live as long as the server (closing a session it owns, for one).
@@ -232,7 +240,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             )
         elif adapter is None:
             result = DeliveryResult("error", f"buyer {buyer.id!r} has no delivery")
+        elif (refusal := self._breakers.admit(buyer.id))[0] is not None:
+            result = DeliveryResult("error", refusal[0])  # the buyer is not called at all
         else:
+            probe, errored = refusal[1], None
             try:
                 context = lead_context(
                     self._config,
@@ -243,12 +254,16 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     extra={"bid": {"id": bid_id}} if bid_id else None,  # auction post: {{bid.id}}
                 )
                 result = await adapter.deliver(lead.fields, context, message_id)
+                errored = result.outcome == "error"  # 5xx, timeout, connection failure
             except TemplateError as exc:
                 result = DeliveryResult("error", f"cannot build the request: {exc}")
             except Exception:
                 # One broken delivery must not take the call down with an opaque status.
                 log.exception("delivery of lead %s to buyer %s failed", lead.id, buyer.id)
                 result = DeliveryResult("error", "internal error while delivering")
+            finally:
+                # Only the buyer's own answers move the circuit; a template error is ours.
+                self._breakers.record(buyer.id, errored, probe)
         metrics.DELIVERIES.labels(buyer.id, kind, result.outcome).inc()
         if result.outcome != "queued":  # queueing is a database write, not a delivery
             metrics.DELIVERY_SECONDS.labels(buyer.id, kind).observe(perf_counter() - start)

@@ -18,7 +18,7 @@ from gateway.clients import Downstream
 from gateway.intake import BODY_TYPES, BadRequest, negotiate, pairs_to_dict, parse_body, render
 from leadflow.config import Buyer, Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
-from leadflow.money import CENT, from_proto, parse_amount, to_proto
+from leadflow.money import CENT, from_proto, is_price, parse_amount, to_proto
 from leadflow.wire import outcome_from_proto
 
 JSON = "application/json"
@@ -81,12 +81,15 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     body = await request.read()
     data: dict[str, Any] = {}
     if body.strip():
-        if request.content_type not in BODY_TYPES:
+        from gateway.http_api import body_media  # http_api registers these routes
+
+        content_type, charset = body_media(request)
+        if content_type not in BODY_TYPES:
             raise BadRequest(
                 "Content-Type must be application/json, application/x-www-form-urlencoded, "
                 "application/xml or text/xml"
             )
-        data = parse_body(request.content_type, body, request.charset)
+        data = parse_body(content_type, body, charset)
     data.update(pairs_to_dict(request.query.items()))
     return data
 
@@ -124,8 +127,9 @@ def feedback_request(
     )
     if data.get("amount") not in (None, ""):
         amount = parse_amount(data["amount"])
-        if amount is None or amount < 0 or amount != amount.quantize(CENT):
-            raise BadRequest("amount must be an amount of money (cents precision, not negative)")
+        # Bounded before quantize, which raises InvalidOperation on huge values (1e999: a 500).
+        if amount is None or not is_price(amount) or amount != amount.quantize(CENT):
+            raise BadRequest("amount must be an amount of money (0 to 1,000,000, cents precision)")
         message.amount.CopyFrom(to_proto(amount, config.account.currency))
     policy = return_policy(config, buyer)
     if policy is not None:

@@ -21,6 +21,7 @@ from gateway.feedback_api import add_feedback_routes
 from gateway.intake import (
     BODY_TYPES,
     BadRequest,
+    check_depth,
     negotiate,
     override_text,
     pairs_to_dict,
@@ -30,6 +31,7 @@ from gateway.intake import (
 )
 from gateway.lead_view import lead_view
 from gateway.orchestrator import Orchestrator
+from gateway.rate_limit import RateLimiter
 from gateway.reports_api import add_report_routes
 from gateway.store import GatewayStore, KeyInProgress, StoredResponse
 from leadflow.config import Config, Flow
@@ -42,6 +44,7 @@ CONFIG_KEY = web.AppKey("config", Config)
 ORCHESTRATOR_KEY = web.AppKey("orchestrator", Orchestrator)
 DOWNSTREAM_KEY = web.AppKey("downstream", Downstream)
 STORE_KEY = web.AppKey("store", GatewayStore)
+RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -111,8 +114,15 @@ async def read_vendor_request(request: web.Request) -> VendorRequest | web.Respo
     flow = config.flows_by_id.get(flow_id)
     if flow is None or source_id not in flow.sources_by_id:
         return _error(404, "Unknown flow or source")
-    if not key_matches(request, config.sources_by_id[source_id].api_key):
+    source = config.sources_by_id[source_id]
+    if not key_matches(request, source.api_key):
         return _error(401, "Unauthorized source")
+    # After authentication, so nobody without the key can spend a vendor's budget.
+    retry_after = request.app[RATE_LIMITER_KEY].take(source_id, source.rate_limit)
+    if retry_after is not None:
+        response = _error(429, "Rate limit exceeded")
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     media = negotiate(request.headers.get("Accept"))
     if media is None:
         return _error(406, "Acceptable types: application/json, application/xml, text/plain")
@@ -176,19 +186,31 @@ class _UnsupportedMediaType(Exception):
     pass
 
 
+def body_media(request: web.Request) -> tuple[str, str | None]:
+    """The request's media type and charset; a Content-Type the parser chokes on (the stdlib's
+    header parser raises IndexError on some) is no supported type rather than a 500."""
+    try:
+        return request.content_type, request.charset
+    except Exception:
+        return "", None
+
+
 async def _submitted_fields(request: web.Request) -> dict[str, Any]:
     """Body fields, with query parameters merged over them, dot keys unflattened."""
     body = await request.read()
     data: dict[str, Any] = {}
     if body.strip():
-        if request.content_type not in BODY_TYPES:
+        content_type, charset = body_media(request)
+        if content_type not in BODY_TYPES:
             raise _UnsupportedMediaType(
                 "Content-Type must be application/json, application/x-www-form-urlencoded, "
                 "application/xml or text/xml"
             )
-        data = parse_body(request.content_type, body, request.charset)
+        data = parse_body(content_type, body, charset)
     data.update(pairs_to_dict(request.query.items()))
-    return unflatten(data)
+    fields = unflatten(data)
+    check_depth(fields)  # dot keys inside nested objects can multiply the depth
+    return fields
 
 
 async def get_lead(request: web.Request) -> web.Response:
@@ -227,6 +249,7 @@ def create_app(
     app[ORCHESTRATOR_KEY] = orchestrator
     app[DOWNSTREAM_KEY] = downstream
     app[STORE_KEY] = store
+    app[RATE_LIMITER_KEY] = RateLimiter()
     submit_path = "/flows/{flow_id}/sources/{source_id}/submit"
     app.router.add_route("POST", submit_path, submit)
     app.router.add_route("GET", submit_path, submit)

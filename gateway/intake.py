@@ -17,6 +17,9 @@ from defusedxml.ElementTree import fromstring as parse_xml
 from leadflow.money import format_money
 
 MAX_FIELDS = 1000
+# Deeper than any lead needs, and far below what the JSON encoder (254 levels) and Python's
+# recursion limit allow: a deeper body is refused rather than failing later with a 500.
+MAX_DEPTH = 32
 JSON_TYPES = frozenset({"application/json"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
 XML_TYPES = frozenset({"application/xml", "text/xml"})
@@ -38,10 +41,15 @@ def parse_body(content_type: str, body: bytes, charset: str | None = None) -> di
             raise BadRequest(f"invalid JSON body: {exc}") from None
         if not isinstance(data, dict):
             raise BadRequest("the JSON body must be an object")
+        check_depth(data)
         return data
     text = _decode(body, charset)
     if content_type in FORM_TYPES:
-        return pairs_to_dict(parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS + 1))
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS + 1)
+        except ValueError:  # parse_qsl's own "Max number of fields exceeded"
+            raise BadRequest(f"too many fields (more than {MAX_FIELDS})") from None
+        return pairs_to_dict(pairs)
     return _parse_xml(text)
 
 
@@ -61,13 +69,27 @@ def _parse_xml(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _xml_value(element: Element) -> Any:
+def check_depth(value: Any, depth: int = 0) -> None:
+    """Refuse objects and lists nested deeper than MAX_DEPTH (iteratively: no recursion limit)."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level >= MAX_DEPTH:
+                raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+
+
+def _xml_value(element: Element, depth: int = 0) -> Any:
     children = list(element)
     if not children:
         return (element.text or "").strip()
+    if depth >= MAX_DEPTH:
+        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
     result: dict[str, Any] = {}
     for child in children:
-        value = _xml_value(child)
+        value = _xml_value(child, depth + 1)
         if child.tag in result:  # a repeated element is a list
             existing = result[child.tag]
             result[child.tag] = (
@@ -102,6 +124,8 @@ def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
         parts = [part for part in str(key).split(".")]
         if any(not part for part in parts):
             raise BadRequest(f"bad field name {key!r}")
+        if len(parts) > MAX_DEPTH:
+            raise BadRequest(f"field name {str(key)[:40]!r}… has more than {MAX_DEPTH} parts")
         node = result
         for part in parts[:-1]:
             child = node.setdefault(part, {})

@@ -232,6 +232,13 @@ class ResponseRules(Model):
         return term
 
 
+class CircuitBreakerSpec(Model):
+    """After `errors` consecutive delivery errors, stop calling the buyer for `cooldown_s`."""
+
+    errors: int = Field(5, ge=1, le=1000)
+    cooldown_s: float = Field(30, gt=0, le=86_400)
+
+
 class HttpDelivery(Model):
     type: Literal["http"]
     url: NonEmpty
@@ -244,6 +251,7 @@ class HttpDelivery(Model):
     retry: Retry | None = None
     response: ResponseRules = ResponseRules()
     signing_secret: str | None = None
+    circuit_breaker: CircuitBreakerSpec | None = None
 
     @field_validator("signing_secret")
     @classmethod
@@ -355,10 +363,22 @@ class Account(Model):
     allow_private_network_delivery: bool = False
 
 
+class RateLimit(Model):
+    """A source's request budget: `requests` per `per`, refilled continuously (token bucket)."""
+
+    requests: int = Field(ge=1, le=1_000_000)
+    per: Literal["second", "minute"]
+
+    @property
+    def seconds(self) -> float:
+        return 1.0 if self.per == "second" else 60.0
+
+
 class Source(Model):
     id: Id
     name: NonEmpty
     api_key: NonEmpty
+    rate_limit: RateLimit | None = None
 
 
 class Buyer(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 MAX_RESTART_DELAY_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ def plan(
     return children
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so no
+    service outlives it holding its ports (Linux; elsewhere children must be stopped by hand)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Supervisor:
     def __init__(self, children: list[Child], ready_url: str) -> None:
         self._children = children
@@ -87,7 +97,7 @@ class Supervisor:
 
     async def _start(self, child: Child) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", child.module, env=child.env
+            sys.executable, "-m", child.module, env=child.env, preexec_fn=_die_with_parent
         )
         self._processes[child.module] = process
         return process

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +93,9 @@ class LedgerStore:
         self._sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._postgres = engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time: queueing lead records here hands the lock over at once,
+        # where SQLite's busy handler would poll for it with sleeps of up to 100 ms.
+        self._record_lock = asyncio.Lock() if writer is not None else None
 
     @classmethod
     async def open(cls, url: str, schema: str) -> LedgerStore:
@@ -126,7 +130,7 @@ class LedgerStore:
         lead_id = record.lead.id
         now = datetime.now(UTC)
         try:
-            async with self._sessions.begin() as session:
+            async with self._record_lock or nullcontext(), self._sessions.begin() as session:
                 session.add(_lead_row(record, now))
                 # The lead's row goes first, alone: a replay, even a concurrent one, fails on its
                 # primary key before anything else is written (PostgreSQL makes the second writer

@@ -177,8 +177,12 @@ def start_suite(config_path: Path, data_dir: Path) -> Suite:
             drain = threading.Thread(target=_drain, args=(process, output), daemon=True)
             drain.start()
             return Suite(process, http_port, base, output, drain)
-    process.kill()
-    process.wait()
+    process.send_signal(signal.SIGINT)  # stops the services it started, then itself
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     process.stdout.close()
     raise AssertionError("suite did not become ready:\n" + "".join(output))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +275,17 @@ def test_sigterm_of_the_supervisor_stops_every_service(buyer: BuyerServer, tmp_p
     assert running.stop(signal.SIGTERM) == 0, "".join(running.output)
     grpc_ports = [running.port_base + i for i in range(1, 6)]
     assert ports_free([*grpc_ports, running.http_port]), "a service outlived the supervisor"
+
+
+def test_services_stop_when_the_supervisor_is_killed(buyer: BuyerServer, tmp_path: Path) -> None:
+    config = tmp_path / "leadflow.yaml"
+    config.write_text(
+        CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=buyer.url(), format="json")
+    )
+    running = start_suite(config, tmp_path / "data")
+    running.stop(signal.SIGKILL)
+    ports = [running.port_base + i for i in range(1, 6)]
+    deadline = time.monotonic() + 20
+    while not ports_free([*ports, running.http_port]):
+        assert time.monotonic() < deadline, "a service outlived its killed supervisor"
+        time.sleep(0.1)

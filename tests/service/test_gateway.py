@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,15 @@ def _settings(address: str = "127.0.0.1:0") -> ServiceSettings:
 
 @pytest.fixture
 async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
+    async with in_process_suite(database) as running:
+        yield running
+
+
+@asynccontextmanager
+async def in_process_suite(
+    database: Database, config_text: str = CONFIG
+) -> AsyncIterator[InProcessSuite]:
+    """The suite in this process; `config_text` is formatted with admin, key and the buyer url."""
     buyers = Buyers()
     app = web.Application()
     app.router.add_post("/{name}", buyers.handle)
@@ -143,7 +152,7 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        config = parse_config(CONFIG.format(admin=ADMIN, key=KEY, url=url), {})
+        config = parse_config(config_text.format(admin=ADMIN, key=KEY, url=url), {})
 
         ports = {}
         server, ports["pricing"], _ = await pricing_server.create_server("127.0.0.1:0", config)

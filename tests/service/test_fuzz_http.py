@@ -1,0 +1,350 @@
+"""Hypothesis fuzzing of the vendor submission and buyer feedback endpoints (issue 8, acceptance
+4): whatever bodies, content types, charsets, Accept headers and query strings a client sends,
+the real gateway wired to real services answers below 500 and within a bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Database
+from tests.service.test_gateway import CONFIG, KEY, SUBMIT, InProcessSuite, in_process_suite
+
+# Each request must be answered this fast (the buyer answers at once; a hang fails the test).
+REQUEST_TIMEOUT_S = 10.0
+# More for a deeper hunt: LEADFLOW_FUZZ_EXAMPLES=2000 (the default keeps the tier near 20 s).
+EXAMPLES = int(os.environ.get("LEADFLOW_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(
+    deadline=None,
+    max_examples=EXAMPLES,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=False,
+)
+
+BUYER_KEY = "buyer-key"
+
+
+def _dumps(value: object) -> bytes:
+    """JSON as a client may send it: stdlib json writes integers of any size."""
+    return json.dumps(value).encode()
+
+
+# The gateway suite's configuration with a buyer that may send feedback.
+FUZZ_CONFIG = CONFIG.replace(
+    "    name: First\n",
+    f"    name: First\n    api_key: {BUYER_KEY}\n    returns: {{{{window_days: 30}}}}\n",
+)
+
+
+@pytest.fixture
+async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
+    async with in_process_suite(database, FUZZ_CONFIG) as running:
+        yield running
+
+
+# Leaf values as JSON can carry them, including the awkward ones.
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+field_names = st.sampled_from(
+    ["first_name", "phone_1", "state", "email", "price", "ping_id", "dob", "a.b", "a", ".", ""]
+) | st.text(max_size=12)
+json_values = st.recursive(
+    json_leaves,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(field_names, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+json_bodies = st.dictionaries(field_names, json_values, max_size=8).map(_dumps) | st.one_of(
+    json_values.map(_dumps),  # arrays, scalars, null at the top
+    st.binary(max_size=200),
+)
+
+
+def _nested_json(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def _nested_xml(depth: int) -> bytes:
+    return b"<lead>" + b"<a>" * depth + b"x" + b"</a>" * depth + b"</lead>"
+
+
+ENTITY_BOMB = (
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + b"".join(
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">'.encode()
+        for i in range(1, 10)
+    )
+    + b"]><lead><first_name>&lol9;</first_name></lead>"
+)
+EXTERNAL_ENTITY = (
+    b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    b"<lead><a>&e;</a></lead>"
+)
+_SPECIAL = [
+    _nested_json(100),
+    _nested_json(600),
+    _nested_json(20_000),
+    _nested_xml(50),
+    _nested_xml(5_000),
+    ENTITY_BOMB,
+    EXTERNAL_ENTITY,
+    b"<lead>" + b"<f>x</f>" * 5000 + b"</lead>",
+    b"&".join(b"k%d=v" % i for i in range(5000)),
+    b"a=1&" * 3000,
+    b"a.b.c.d.e.f.g.h=1&a.b=2",
+    b'{"x": "' + b"y" * (1024 * 1024 + 10) + b'"}',  # over the 1 MiB limit
+    b'{"x": "' + b"y" * (900 * 1024) + b'"}',  # large but allowed
+    "first_name=Zoë&state=CA".encode("latin-1"),
+    "first_name=Zoë".encode("utf-16"),
+    b"\xef\xbb\xbf" + b'{"first_name": "bom"}',
+    b"\x00" * 64,
+]
+# Drawn by index, so a failure report names the index rather than printing a megabyte.
+SPECIAL_BODIES = st.integers(0, len(_SPECIAL) - 1).map(lambda index: _SPECIAL[index])
+
+
+class Body(bytes):
+    """Request bytes whose repr stays short, so a failure report stays readable."""
+
+    def __repr__(self) -> str:
+        head = bytes(self[:120])
+        return f"Body({len(self)} bytes: {head!r}{'...' if len(self) > 120 else ''})"
+
+
+form_bodies = st.lists(st.tuples(field_names, st.text(max_size=20)), max_size=10).map(
+    lambda pairs: "&".join(f"{k}={v}" for k, v in pairs).encode("utf-8", "surrogatepass")
+)
+xml_bodies = st.recursive(
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=20),
+    lambda inner: st.lists(
+        st.tuples(st.sampled_from(["a", "b", "first_name", "lead", "x.y"]), inner), max_size=4
+    ).map(lambda items: "".join(f"<{tag}>{text}</{tag}>" for tag, text in items)),
+    max_leaves=15,
+).map(lambda inner: f"<lead>{inner}</lead>".encode())
+bodies = (json_bodies | form_bodies | xml_bodies | SPECIAL_BODIES | st.binary(max_size=300)).map(
+    Body
+)
+
+media_types = st.sampled_from(
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "text/xml",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "",
+        "garbage",
+        "application/json; charset=utf-8",
+        "application/json; charset=klingon",
+        "application/x-www-form-urlencoded; charset=latin-1",
+        "application/x-www-form-urlencoded; charset=utf-16",
+        "application/xml; charset=utf-32",
+        "text/xml; charset=",
+        "APPLICATION/JSON",
+        "application/json;;;=",
+    ]
+) | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+accepts = (
+    st.none()
+    | st.sampled_from(
+        [
+            "*/*",
+            "application/xml",
+            "text/plain",
+            "image/png",
+            "text/*;q=0",
+            "application/json;q=abc",
+            "application/json;q=-1, */*;q=nan",
+            ",,,;;",
+            "*/*;q=1e999",
+        ]
+    )
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+)
+query_strings = st.lists(st.tuples(field_names, st.text(max_size=10)), max_size=5).map(
+    lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)
+)
+idempotency_keys = st.none() | st.text(
+    st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=300
+)
+
+
+async def _post(
+    suite: InProcessSuite,
+    path: str,
+    body: bytes,
+    content_type: str,
+    accept: str | None,
+    query: str,
+    headers: dict[str, str],
+    method: str = "POST",
+) -> tuple[int, bytes]:
+    sent = dict(headers)
+    if content_type:
+        sent["Content-Type"] = content_type
+    if accept is not None:
+        sent["Accept"] = accept
+    url = suite.base_url + path + ("?" + query if query else "")
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        async with suite.http.request(
+            method, url, data=io.BytesIO(body), headers=sent, skip_auto_headers={"Content-Type"}
+        ) as response:
+            return response.status, await response.read()
+
+
+def _check(status: int, body: bytes) -> None:
+    assert status < 500, (status, body[:300])
+    assert body, status
+
+
+@settings(FUZZ)
+@given(
+    body=bodies,
+    content_type=media_types,
+    accept=accepts,
+    query=query_strings,
+    idempotency_key=idempotency_keys,
+    method=st.sampled_from(["POST", "POST", "GET", "PUT"]),
+)
+async def test_fuzzed_submissions_never_give_a_server_error_or_hang(
+    suite: InProcessSuite,
+    body: bytes,
+    content_type: str,
+    accept: str | None,
+    query: str,
+    idempotency_key: str | None,
+    method: str,
+) -> None:
+    headers = {"X-Api-Key": KEY}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    _check(*await _post(suite, SUBMIT, body, content_type, accept, query, headers, method))
+
+
+@settings(FUZZ)
+@given(
+    body=bodies
+    | st.fixed_dictionaries(
+        {"type": st.sampled_from(["return", "conversion", "RETURN", "x"])},
+        optional={
+            "lead_id": st.text(max_size=30) | json_values,
+            "event_id": st.text(max_size=30),
+            "reason": st.text(max_size=600) | json_values,
+            "amount": st.sampled_from(["1", "-1", "1.001", "1e999", "NaN", "Infinity", "", "x"])
+            | json_values,
+        },
+    ).map(_dumps),
+    content_type=media_types,
+    accept=accepts,
+    query=query_strings,
+    idempotency_key=idempotency_keys,
+)
+async def test_fuzzed_feedback_never_gives_a_server_error_or_hang(
+    suite: InProcessSuite,
+    body: bytes,
+    content_type: str,
+    accept: str | None,
+    query: str,
+    idempotency_key: str | None,
+) -> None:
+    headers = {"X-Api-Key": BUYER_KEY}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    _check(*await _post(suite, "/feedback", body, content_type, accept, query, headers))
+
+
+@settings(FUZZ)
+@given(authorization=st.text(max_size=80), api_key=st.none() | st.text(max_size=40))
+async def test_fuzzed_credentials_never_give_a_server_error(
+    suite: InProcessSuite,
+    authorization: str,
+    api_key: str | None,
+) -> None:
+    headers: dict[str, Any] = {}
+    if authorization.isprintable() and authorization.isascii():
+        headers["Authorization"] = authorization
+    if api_key is not None and api_key.isprintable() and api_key.isascii():
+        headers["X-Api-Key"] = api_key
+    for path in (SUBMIT, "/feedback"):
+        _check(*await _post(suite, path, b"{}", "application/json", None, "", headers))
+
+
+# The last one made the stdlib's header parser raise IndexError: a 500 before the fix.
+BODY_MEDIA = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "application/xml",
+    "text/xml",
+    ";0*",
+]
+
+
+@pytest.mark.parametrize("path", [SUBMIT, "/feedback"])
+async def test_every_hostile_body_in_every_body_type_is_answered_below_500(
+    suite: InProcessSuite, path: str
+) -> None:
+    """Random draws rarely pair a given hostile body with each media type; this pairs them all
+    (it found the 5,000-field form, the 600-deep JSON and the `;0*` Content-Type: 500s)."""
+    headers = {"X-Api-Key": KEY if path == SUBMIT else BUYER_KEY}
+    for index, body in enumerate(_SPECIAL):
+        for media in BODY_MEDIA:
+            status, answer = await _post(suite, path, body, media, None, "", headers)
+            assert status < 500, (index, media, status, answer[:300])
+
+
+async def test_deep_dot_keys_and_repeated_keys_are_refused_or_accepted_not_failed(
+    suite: InProcessSuite,
+) -> None:
+    deep_key = ".".join(["a"] * 40)
+    nested = {".".join(["b"] * 20): {".".join(["c"] * 20): 1}}  # 20 + 20 levels after unflatten
+    cases = [
+        (f"{deep_key}=1".encode(), "application/x-www-form-urlencoded", 400),
+        (_dumps(nested), "application/json", 400),
+        (b"state=CA&state=TX&state.x=1", "application/x-www-form-urlencoded", 400),
+        (b"first_name=Ada&first_name=Bea", "application/x-www-form-urlencoded", 201),
+    ]
+    for body, media, expected in cases:
+        status, answer = await _post(suite, SUBMIT, body, media, None, "", {"X-Api-Key": KEY})
+        assert status == expected, (body[:60], status, answer[:300])
+
+
+async def test_an_xml_entity_bomb_is_refused_quickly(suite: InProcessSuite) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, answer = await _post(
+        suite, SUBMIT, ENTITY_BOMB, "application/xml", None, "", {"X-Api-Key": KEY}
+    )
+    assert status == 400, answer
+    assert b"DTD" in answer or b"entit" in answer.lower()
+    assert loop.time() - started < 2
+
+
+@pytest.mark.parametrize(
+    "amount", ["1e999", "1000000.01", "-0.01", "0.001", "NaN", "-Infinity", 1e308, [1], {"a": 1}]
+)
+async def test_feedback_amounts_that_are_no_money_are_a_400(
+    suite: InProcessSuite, amount: object
+) -> None:
+    """`1e999` used to reach Decimal.quantize and raise InvalidOperation: a 500."""
+    body = _dumps({"type": "return", "lead_id": "x", "amount": amount})
+    status, answer = await _post(
+        suite, "/feedback", body, "application/json", None, "", {"X-Api-Key": BUYER_KEY}
+    )
+    assert status == 400, answer
+    assert b"amount must be" in answer
