@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -36,6 +37,12 @@ class LeadData:
     submit_time: datetime
 
     def to_proto(self) -> lead_pb2.Lead:
+        """The wire form, encoded once per lead: the gateway sends it on every call it makes for
+        the lead. Requests copy it (`Request(lead=…)`); never mutate the returned message."""
+        return self._proto
+
+    @cached_property
+    def _proto(self) -> lead_pb2.Lead:
         message = lead_pb2.Lead(
             id=self.id,
             flow_id=self.flow_id,

@@ -23,34 +23,23 @@ from aiohttp import web
 READY_TIMEOUT_S = 60
 
 
-@dataclass
-class BuyerServer:
-    """A buyer's HTTP endpoint in a thread of its own; records every request it receives."""
+class ThreadedApp:
+    """An aiohttp application served on 127.0.0.1 from a thread of its own, so that sync tests
+    (and the suite's processes) can talk to it while the test blocks."""
 
-    respond: Callable[[str, dict[str, Any]], dict[str, Any]]
-    received: list[dict[str, Any]] = field(default_factory=list)
-    port: int = 0
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self.port = 0
 
-    def start(self) -> None:
+    def start(self) -> int:
+        """Serve; returns the bound port."""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.read()
-            if request.content_type == "application/json":
-                data = await request.json()
-            else:
-                data = dict(await request.post())
-            self.received.append({"content_type": request.content_type, "body": body, "data": data})
-            return web.json_response(self.respond(request.path, data))
-
         async def serve() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", handle)
-            self._runner = web.AppRunner(app, access_log=None)
+            self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.1)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
+            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
             self.port = self._runner.addresses[0][1]
             ready.set()
 
@@ -63,11 +52,46 @@ class BuyerServer:
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
-        assert ready.wait(10), "buyer server did not start"
+        assert ready.wait(10), "server did not start"
+        return self.port
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    def __enter__(self) -> ThreadedApp:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class BuyerServer:
+    """A buyer's HTTP endpoint in a thread of its own; records every request it receives."""
+
+    respond: Callable[[str, dict[str, Any]], dict[str, Any]]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    def start(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            if request.content_type == "application/json":
+                data = await request.json()
+            else:
+                data = dict(await request.post())
+            self.received.append({"content_type": request.content_type, "body": body, "data": data})
+            return web.json_response(self.respond(request.path, data))
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._server = ThreadedApp(app)
+        self.port = self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
 
     def url(self, path: str = "/leads") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

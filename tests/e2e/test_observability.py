@@ -9,13 +9,11 @@ and the margin panel must agree with the ledger's margin report to the cent, flo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -32,7 +30,7 @@ import yaml
 from aiohttp import web
 
 from tests.delivery_servers import SftpServer, ThreadedServers, read_csv
-from tests.e2e.harness import Suite, start_suite
+from tests.e2e.harness import Suite, ThreadedApp, start_suite
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -135,9 +133,6 @@ class Buyers:
         self.port = 0
 
     def __enter__(self) -> Buyers:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
         async def acme(request: web.Request) -> web.Response:
             lead = await request.json()
             if lead.get("state") == "NY":
@@ -150,31 +145,15 @@ class Buyers:
                 return web.json_response({"status": "busy"}, status=503)
             return web.json_response({"status": "accepted"})
 
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_post("/acme", acme)
-            app.router.add_post("/flaky", flaky)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-            self.port = self._runner.addresses[0][1]
-            ready.set()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        app = web.Application()
+        app.router.add_post("/acme", acme)
+        app.router.add_post("/flaky", flaky)
+        self._server = ThreadedApp(app)
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
 
 
 class Prometheus:

@@ -23,6 +23,7 @@ from leadflow.fields import parse_lead
 from leadflow.money import from_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.wire import LeadData
+from tests.e2e.harness import ThreadedApp
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -51,38 +52,19 @@ class SlowPricingService:
         self.port = 0
 
     def __enter__(self) -> SlowPricingService:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
         async def price(_request: web.Request) -> web.Response:
             self.arrived.set()
             await asyncio.sleep(SLOW_PRICE_SECONDS)
             return web.json_response({"price": 12.5})
 
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_post("/price", price)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-            self.port = self._runner.addresses[0][1]
-            ready.set()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        app = web.Application()
+        app.router.add_post("/price", price)
+        self._server = ThreadedApp(app)
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
 
 
 def free_ports(count: int) -> list[int]:
