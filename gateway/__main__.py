@@ -1,8 +1,8 @@
 """`python -m gateway`: the HTTP front door and orchestrator, configured from the environment."""
 
-import asyncio
+import uvloop
 
 from gateway.server import main
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -1,4 +1,10 @@
-"""The gateway's calls to the other four services: one channel each, a deadline on every call."""
+"""The gateway's calls to the other four services: one channel each, a deadline on every call.
+
+The lead path's calls wait for their service to be ready (`wait_for_ready`) within their deadline
+rather than failing the moment a channel is down: a service restarting, or one replica going away,
+delays those leads instead of failing them. gRPC only waits for a call that was never sent, so a
+delivery is still attempted at most once.
+"""
 
 from __future__ import annotations
 
@@ -101,7 +107,9 @@ class Downstream:
         request = pricing_service_pb2.QuotePurchasePriceRequest(
             lead=lead.to_proto(), override_price_text=override_price_text
         )
-        return await self.pricing.QuotePurchasePrice(request, timeout=deadline_s)
+        return await self.pricing.QuotePurchasePrice(
+            request, timeout=deadline_s, wait_for_ready=True
+        )
 
     async def sale_price(
         self,
@@ -117,7 +125,7 @@ class Downstream:
             step_index=step_index,
             purchase_price=to_proto(purchase_price),
         )
-        return await self.pricing.QuoteSalePrice(request, timeout=deadline_s)
+        return await self.pricing.QuoteSalePrice(request, timeout=deadline_s, wait_for_ready=True)
 
     async def rank_stage(
         self,
@@ -133,15 +141,22 @@ class Downstream:
             sold_buyer_ids=list(sold_buyer_ids),
             purchase_price=to_proto(purchase_price),
         )
-        return await self.routing.RankStage(request, timeout=deadline_s)
+        return await self.routing.RankStage(request, timeout=deadline_s, wait_for_ready=True)
 
     async def admit_lead(
-        self, lead: LeadData, purchase_price: Decimal
+        self,
+        lead: LeadData,
+        purchase_price: Decimal,
+        *,
+        rank_first_stage: bool = False,
+        deadline_s: float = ROUTING_DEADLINE_S,
     ) -> routing_service_pb2.AdmitLeadResponse:
         request = routing_service_pb2.AdmitLeadRequest(
-            lead=lead.to_proto(), purchase_price=to_proto(purchase_price)
+            lead=lead.to_proto(),
+            purchase_price=to_proto(purchase_price),
+            rank_first_stage=rank_first_stage,
         )
-        return await self.routing.AdmitLead(request, timeout=ROUTING_DEADLINE_S)
+        return await self.routing.AdmitLead(request, timeout=deadline_s, wait_for_ready=True)
 
     async def reserve_step(
         self, lead: LeadData, stage_index: int, step_index: int, sale_price: Decimal
@@ -152,7 +167,9 @@ class Downstream:
             step_index=step_index,
             sale_price=to_proto(sale_price),
         )
-        return await self.routing.ReserveStep(request, timeout=ROUTING_DEADLINE_S)
+        return await self.routing.ReserveStep(
+            request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True
+        )
 
     async def settle_step(
         self, lead: LeadData, stage_index: int, step_index: int, sold: bool, sale_price: Decimal
@@ -164,7 +181,7 @@ class Downstream:
             sold=sold,
             sale_price=to_proto(sale_price),
         )
-        await self.routing.SettleStep(request, timeout=ROUTING_DEADLINE_S)
+        await self.routing.SettleStep(request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True)
 
     async def settle_lead(
         self, lead: LeadData, accepted: bool, sales: Sequence[tuple[int, int, str]]
@@ -177,7 +194,7 @@ class Downstream:
                 for stage, step, buyer in sales
             ],
         )
-        await self.routing.SettleLead(request, timeout=ROUTING_DEADLINE_S)
+        await self.routing.SettleLead(request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True)
 
     async def deliver(
         self,
@@ -197,7 +214,7 @@ class Downstream:
             purchase_price=to_proto(purchase_price),
             bid_id=bid_id,
         )
-        return await self.delivery.DeliverLead(request, timeout=deadline_s)
+        return await self.delivery.DeliverLead(request, timeout=deadline_s, wait_for_ready=True)
 
     async def list_batches(
         self, buyer_id: str, page_size: int, page_token: str
@@ -221,9 +238,12 @@ class Downstream:
         request = delivery_service_pb2.ResendBatchRequest(batch_id=batch_id, request_id=request_id)
         return await self.delivery.ResendBatch(request, timeout=SEND_BATCH_DEADLINE_S)
 
-    async def record_lead(self, request: ledger_service_pb2.RecordLeadRequest) -> bool:
-        reply = await self.ledger.RecordLead(request, timeout=LEDGER_DEADLINE_S)
-        return bool(reply.created)
+    async def record_leads(
+        self, request: ledger_service_pb2.RecordLeadsRequest
+    ) -> ledger_service_pb2.RecordLeadsResponse:
+        # No wait_for_ready: a ledger that is down fails the call at once and the outbox keeps
+        # the records for its next sweep.
+        return await self.ledger.RecordLeads(request, timeout=LEDGER_DEADLINE_S)
 
     async def get_lead(self, lead_id: str) -> ledger_service_pb2.GetLeadResponse:
         request = ledger_service_pb2.GetLeadRequest(lead_id=lead_id)

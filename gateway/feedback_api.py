@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.clients import Downstream
 from gateway.intake import BODY_TYPES, BadRequest, negotiate, pairs_to_dict, parse_body, render
+from gateway.outbox import LedgerOutbox
 from leadflow.config import Buyer, Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.money import CENT, from_proto, is_price, parse_amount, to_proto
@@ -147,7 +148,9 @@ def _result(feedback: pb.Feedback) -> dict[str, Any]:
     return data
 
 
-def add_feedback_routes(app: web.Application, config: Config, downstream: Downstream) -> None:
+def add_feedback_routes(
+    app: web.Application, config: Config, downstream: Downstream, outbox: LedgerOutbox
+) -> None:
     """Register POST /feedback and POST /returns/{feedback_id}/approve|deny."""
 
     async def submit(request: web.Request) -> web.Response:
@@ -167,6 +170,7 @@ def add_feedback_routes(app: web.Application, config: Config, downstream: Downst
         except BadRequest as exc:
             return _error(400, str(exc), media)
         try:
+            await outbox.flushed()  # the ledger has this gateway's latest leads
             reply = await downstream.submit_feedback(message)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.async_intake import AsyncIntake, Submission
 from gateway.batches_api import add_batch_routes
 from gateway.clients import Downstream
 from gateway.feedback_api import add_feedback_routes
@@ -31,9 +34,10 @@ from gateway.intake import (
 )
 from gateway.lead_view import lead_view
 from gateway.orchestrator import Orchestrator
+from gateway.outbox import LedgerOutbox
 from gateway.rate_limit import RateLimiter
 from gateway.reports_api import add_report_routes
-from gateway.store import GatewayStore, KeyInProgress, StoredResponse
+from gateway.store import GatewayStore, IntakeRow, KeyInProgress, StoredResponse
 from leadflow.config import Config, Flow
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ ORCHESTRATOR_KEY = web.AppKey("orchestrator", Orchestrator)
 DOWNSTREAM_KEY = web.AppKey("downstream", Downstream)
 STORE_KEY = web.AppKey("store", GatewayStore)
 RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
+OUTBOX_KEY = web.AppKey("outbox", LedgerOutbox)
+INTAKE_KEY = web.AppKey("intake", AsyncIntake)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -164,22 +170,54 @@ async def submit(request: web.Request) -> web.Response:
                 409, "A request with this Idempotency-Key is still in progress", media=media
             )
         if first is not None:
-            return web.Response(
-                status=first.status, body=first.body, content_type=first.content_type
-            )
+            return _stored(first)
     try:
-        ping = await store.take_ping(ping_id, flow_id, source_id) if ping_id else None
-        result = await request.app[ORCHESTRATOR_KEY].submit(
-            flow_id, source_id, fields, override_text(override), ping_id=ping_id, ping=ping
-        )
+        if prefers_async(request):
+            response = await _accept_async(request, vendor, override, ping_id)
+        else:
+            ping = await store.take_ping(ping_id, flow_id, source_id) if ping_id else None
+            result = await request.app[ORCHESTRATOR_KEY].submit(
+                flow_id, source_id, fields, override_text(override), ping_id=ping_id, ping=ping
+            )
+            response = StoredResponse(201, media, render(result.as_dict(), media))
     except BaseException:
         if key is not None:
             await store.release(source_id, key)
         raise
-    response = StoredResponse(201, media, render(result.as_dict(), media))
     if key is not None:
         await store.complete(source_id, key, response)
-    return web.Response(status=response.status, body=response.body, content_type=media)
+    return _stored(response)
+
+
+def prefers_async(request: web.Request) -> bool:
+    """RFC 7240: `Prefer: respond-async` (among other preferences, in any case)."""
+    for header in request.headers.getall("Prefer", ()):
+        for preference in header.split(","):
+            name = preference.split(";")[0].split("=")[0].strip().lower()
+            if name == "respond-async":
+                return True
+    return False
+
+
+async def _accept_async(
+    request: web.Request, vendor: VendorRequest, override: object, ping_id: str
+) -> StoredResponse:
+    """Commit the submission for background processing; 202 with where to read the outcome."""
+    submission = Submission(vendor.fields, override_text(override), ping_id)
+    lead_id = await request.app[INTAKE_KEY].accept(vendor.flow.id, vendor.source_id, submission)
+    status_url = f"/leads/{lead_id}"
+    body = {"outcome": "pending", "lead": {"id": lead_id}, "status_url": status_url}
+    headers = {"Location": status_url, "Preference-Applied": "respond-async"}
+    return StoredResponse(202, vendor.media, render(body, vendor.media), headers)
+
+
+def _stored(response: StoredResponse) -> web.Response:
+    return web.Response(
+        status=response.status,
+        body=response.body,
+        content_type=response.content_type,
+        headers=response.headers,
+    )
 
 
 class _UnsupportedMediaType(Exception):
@@ -214,17 +252,43 @@ async def _submitted_fields(request: web.Request) -> dict[str, Any]:
 
 
 async def get_lead(request: web.Request) -> web.Response:
+    """The whole lead for operators; for an asynchronous submission, its outcome also for the
+    vendor that sent it (202 while it is still being processed)."""
     config = request.app[CONFIG_KEY]
+    lead_id = request.match_info["lead_id"]
+    intake = await request.app[STORE_KEY].intake(lead_id) if len(lead_id) <= 128 else None
     if not key_matches(request, config.account.admin_api_key):
-        return _error(401, "Unauthorized")
+        source = config.sources_by_id.get(intake.source_id) if intake else None
+        if intake is None or source is None or not key_matches(request, source.api_key):
+            return _error(401, "Unauthorized")
+        return _vendor_status(request, intake)
+    if intake is not None and intake.result is None:
+        return _vendor_status(request, intake)
+    await request.app[OUTBOX_KEY].flushed()
     try:
-        reply = await request.app[DOWNSTREAM_KEY].get_lead(request.match_info["lead_id"])
+        reply = await request.app[DOWNSTREAM_KEY].get_lead(lead_id)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             return _error(404, "Unknown lead")
         return _error(503, "Ledger unavailable", outcome="error")
     body = render(lead_view(reply), "application/json")
     return web.Response(body=body, content_type="application/json")
+
+
+def _vendor_status(request: web.Request, intake: IntakeRow) -> web.Response:
+    """An asynchronous submission's answer as the synchronous submit would have given it, in the
+    media type the vendor accepts; pending (202, Retry-After) until it is processed."""
+    media = negotiate(request.headers.get("Accept"))
+    if media is None:
+        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+    if intake.result is None:
+        body = {"outcome": "pending", "lead": {"id": intake.lead_id}}
+        headers = {"Retry-After": "1"}
+        return web.Response(
+            status=202, body=render(body, media), content_type=media, headers=headers
+        )
+    result = json.loads(intake.result, parse_float=Decimal)  # money stays exact to the cent
+    return web.Response(body=render(result, media), content_type=media)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -242,14 +306,22 @@ async def metrics(_request: web.Request) -> web.Response:
 
 
 def create_app(
-    config: Config, orchestrator: Orchestrator, downstream: Downstream, store: GatewayStore
+    config: Config,
+    orchestrator: Orchestrator,
+    downstream: Downstream,
+    store: GatewayStore,
+    outbox: LedgerOutbox,
+    intake: AsyncIntake,
+    rate_limiter: RateLimiter,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_bodies])
     app[CONFIG_KEY] = config
     app[ORCHESTRATOR_KEY] = orchestrator
     app[DOWNSTREAM_KEY] = downstream
     app[STORE_KEY] = store
-    app[RATE_LIMITER_KEY] = RateLimiter()
+    app[RATE_LIMITER_KEY] = rate_limiter
+    app[OUTBOX_KEY] = outbox
+    app[INTAKE_KEY] = intake
     submit_path = "/flows/{flow_id}/sources/{source_id}/submit"
     app.router.add_route("POST", submit_path, submit)
     app.router.add_route("GET", submit_path, submit)
@@ -257,8 +329,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     add_batch_routes(app, config, downstream)
-    add_feedback_routes(app, config, downstream)
-    add_report_routes(app, config, downstream)
+    add_feedback_routes(app, config, downstream, outbox)
+    add_report_routes(app, config, downstream, outbox)
     from gateway.ping_api import add_ping_routes  # here: ping_api builds on this module
 
     add_ping_routes(app)

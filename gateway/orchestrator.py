@@ -15,7 +15,7 @@ import grpc
 
 from gateway import metrics
 from gateway.clients import ROUTING_DEADLINE_S, Downstream, delivery_deadline, pricing_deadline
-from gateway.intake import SubmissionResult
+from gateway.intake import SubmissionResult, render
 from gateway.outbox import LedgerOutbox
 from gateway.store import PingQuote
 from leadflow.common.v1 import lead_pb2
@@ -140,33 +140,54 @@ class Orchestrator:
         *,
         ping_id: str = "",
         ping: PingQuote | None = None,
+        lead_id: str | None = None,
     ) -> SubmissionResult:
-        """Process one authenticated submission; never raises for anything the vendor sent."""
+        """Process one authenticated submission; never raises for anything the vendor sent.
+        Returns once the lead's record is durable. `lead_id` is an asynchronous intake's, whose
+        result is stored with the record."""
         started = perf_counter()
-        flow = self._config.flows_by_id[flow_id]
-        lead = LeadData(
-            id=new_lead_id(),
-            flow_id=flow_id,
-            source_id=source_id,
-            fields=parse_lead(data, flow.fields),
-            submit_time=datetime.now(UTC),
-        )
+        lead = self._lead(flow_id, source_id, data, lead_id)
         run = LeadRun(lead, override_price=override_price, ping_id=ping_id, ping=ping)
         try:
-            await self._process(flow, run)
+            await self._process(self._config.flows_by_id[flow_id], run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
         await self._settle(run)
+        return await self._finish(run, started, intake=lead_id is not None)
+
+    async def interrupted(
+        self, lead_id: str, flow_id: str, source_id: str, data: dict[str, Any]
+    ) -> SubmissionResult:
+        """Record an asynchronous intake whose gateway stopped while processing it: an error,
+        never processed again (its buyers may already have it)."""
+        run = LeadRun(self._lead(flow_id, source_id, data, lead_id))
+        run.fail("error", "Processing was interrupted; submit the lead again")
+        return await self._finish(run, perf_counter(), intake=True)
+
+    def _lead(
+        self, flow_id: str, source_id: str, data: dict[str, Any], lead_id: str | None
+    ) -> LeadData:
+        return LeadData(
+            id=lead_id or new_lead_id(),
+            flow_id=flow_id,
+            source_id=source_id,
+            fields=parse_lead(data, self._config.flows_by_id[flow_id].fields),
+            submit_time=datetime.now(UTC),
+        )
+
+    async def _finish(self, run: LeadRun, started: float, *, intake: bool) -> SubmissionResult:
         duration = perf_counter() - started
-        await self._record(run, duration)
-        metrics.observe_lead(run.lead.flow_id, run.lead.source_id, run.outcome, duration)
-        return SubmissionResult(
+        result = SubmissionResult(
             outcome=run.outcome,
             reason=run.reason or None,
-            lead_id=lead.id,
+            lead_id=run.lead.id,
             price=run.price_paid,
         )
+        stored = render(result.as_dict(), "application/json") if intake else None
+        await self._record(run, duration, stored)
+        metrics.observe_lead(run.lead.flow_id, run.lead.source_id, run.outcome, duration)
+        return result
 
     async def _process(self, flow: Flow, run: LeadRun) -> None:
         if run.ping is not None:
@@ -197,20 +218,33 @@ class Orchestrator:
 
         # Hours, duplicates, then flow and source caps (reserved until the lead settles).
         run.admitted = True
-        admission = await self._downstream.admit_lead(run.lead, run.purchase_price)
+        first_stage = flow.stages[0] if flow.stages else None
+        admission = await self._downstream.admit_lead(
+            run.lead,
+            run.purchase_price,
+            rank_first_stage=first_stage is not None,
+            deadline_s=self._rank_deadline(first_stage) if first_stage else ROUTING_DEADLINE_S,
+        )
         if not admission.admitted:
             run.fail("failure", admission.reason)
             return
 
-        await self._distribute(flow, run)
+        await self._distribute(flow, run, admission.first_stage)
         if flow.require_sale and not any(r.outcome in ALLOCATED for r in run.recipients):
             run.fail("failure", "No buyer accepted the lead")
 
-    async def _distribute(self, flow: Flow, run: LeadRun) -> None:
+    async def _distribute(
+        self, flow: Flow, run: LeadRun, first_stage: routing_service_pb2.RankStageResponse
+    ) -> None:
         sold: list[str] = []
         for stage_index, stage in enumerate(flow.stages):
-            ranking = await self._downstream.rank_stage(
-                run.lead, stage_index, sold, run.purchase_price, self._rank_deadline(stage)
+            # Admission ranked the first stage already.
+            ranking = (
+                first_stage
+                if stage_index == 0
+                else await self._downstream.rank_stage(
+                    run.lead, stage_index, sold, run.purchase_price, self._rank_deadline(stage)
+                )
             )
             for skipped in ranking.skipped:
                 event = run.add_recipient(stage_index, ranking, skipped, "skip", skipped.reason)
@@ -328,7 +362,7 @@ class Orchestrator:
                 recipient.sale_price = price
                 recipient.price_audit = PriceAudit(layer="response", amount=price)
 
-    async def _record(self, run: LeadRun, duration: float) -> None:
+    async def _record(self, run: LeadRun, duration: float, result: bytes | None) -> None:
         source_event = ledger_service_pb2.SourceEvent(
             outcome=outcome_to_proto(run.outcome),
             reason=run.reason,
@@ -343,4 +377,4 @@ class Orchestrator:
             source_event=source_event,
             recipient_events=[recipient.to_proto() for recipient in run.recipients],
         )
-        await self._outbox.record(request)
+        await self._outbox.record(request, result)

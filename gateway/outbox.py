@@ -1,7 +1,12 @@
-"""Lead records the ledger could not take when they were made, replayed until it does.
+"""The ledger outbox: every lead record is committed in the gateway's own database before the
+vendor hears the lead's outcome, then forwarded to the ledger in batches and deleted once the
+ledger has it.
 
-RecordLead is idempotent by lead id, so a record that did reach the ledger before its reply was
-lost is simply acknowledged again.
+A gateway crash after the answer, a ledger outage or a lost reply therefore loses nothing: what
+is left in the table is replayed, and RecordLeads is idempotent by lead id, so a record that
+reached the ledger before its reply was lost is simply acknowledged again. Records wait for the
+ledger only in memory order; their commit is grouped (leadflow.batching), so a busy gateway pays
+for one transaction per burst of leads rather than one per lead.
 """
 
 from __future__ import annotations
@@ -9,60 +14,157 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
 from gateway.clients import Downstream
-from gateway.store import GatewayStore
+from gateway.store import GatewayStore, OutboxRecord
+from leadflow.batching import GroupCommit
 from leadflow.ledger.v1 import ledger_service_pb2
 
 log = logging.getLogger(__name__)
 
+BATCH = 200  # records per RecordLeads call (the ledger takes at most 500)
+BATCH_BYTES = 1024 * 1024  # and well under gRPC's 4 MiB message limit (attempts carry bodies)
+ACKNOWLEDGED = frozenset(
+    {ledger_service_pb2.RECORD_STATUS_CREATED, ledger_service_pb2.RECORD_STATUS_ALREADY_RECORDED}
+)
+
 
 class LedgerOutbox:
     def __init__(
-        self, store: GatewayStore, downstream: Downstream, interval_s: float = 1.0
+        self,
+        store: GatewayStore,
+        downstream: Downstream,
+        sweep_interval_s: float = 1.0,
+        replay_after_s: float = 5.0,
     ) -> None:
         self._store = store
         self._downstream = downstream
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._sweep_interval_s = sweep_interval_s
+        # Older records than this are replayed from the table: their forwarding failed, or the
+        # gateway that committed them stopped before forwarding them.
+        self._replay_after = timedelta(seconds=replay_after_s)
+        self._commits = GroupCommit(store.put_records)
+        self._waiting: deque[tuple[int, ledger_service_pb2.RecordLeadRequest]] = deque()
+        self._committed = 0  # records committed by this gateway so far
+        self._forwarded = 0  # of those, how many the forwarder has been through (sent or not)
+        self._progress = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def record(self, request: ledger_service_pb2.RecordLeadRequest) -> None:
-        """Record now, or park the record durably for replay; never loses it."""
-        try:
-            await self._downstream.record_lead(request)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("ledger unavailable (%s): lead %s parked", exc.code().name, request.lead.id)
-            await self._store.park(request.lead.id, request.SerializeToString())
+    async def record(
+        self, request: ledger_service_pb2.RecordLeadRequest, result: bytes | None = None
+    ) -> None:
+        """Return once the record is durable (and, for an asynchronous intake, its `result`
+        with it); it reaches the ledger soon after."""
+        record = OutboxRecord(request.lead.id, request.SerializeToString(), result)
+        await self._commits.submit(record)
+        self._committed += 1
+        self._waiting.append((self._committed, request))
+        self._wake.set()
 
-    async def replay(self) -> int:
-        """Send parked records, oldest first, until the ledger refuses one; how many were sent."""
-        sent = 0
-        for lead_id, payload in await self._store.parked():
-            request = ledger_service_pb2.RecordLeadRequest.FromString(payload)
-            try:
-                await self._downstream.record_lead(request)
-            except grpc.aio.AioRpcError:
-                break
-            await self._store.unpark(lead_id)
-            sent += 1
-        return sent
+    async def flushed(self, timeout_s: float = 5.0) -> None:
+        """Wait until the records committed before this call have been offered to the ledger,
+        so that a read from the ledger sees them (a ledger that is down does not stall it)."""
+        target = self._committed
+        async with self._progress:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: self._forwarded >= target), timeout_s
+                )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._forward()), asyncio.create_task(self._sweep())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Forward what is waiting (records not sent stay in the table), then stop."""
+        await self.flushed()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
-    async def _run(self) -> None:
+    async def replay(self) -> int:
+        """Send the table's older records to the ledger; how many it acknowledged."""
+        before = datetime.now(UTC) - self._replay_after
+        sent = 0
         while True:
+            rows = await self._store.stale_records(before, BATCH)
+            if not rows:
+                return sent
+            requests = [ledger_service_pb2.RecordLeadRequest.FromString(row) for row in rows]
+            acknowledged = await self._send(requests)
+            sent += acknowledged
+            if acknowledged < len(rows):
+                return sent  # the ledger is down or refusing: try again at the next sweep
+
+    async def _forward(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+                try:
+                    await self._send([request for _, request in batch])
+                except Exception:  # the records stay in the table for the sweep
+                    log.exception("forwarding lead records to the ledger failed")
+                async with self._progress:
+                    self._forwarded = batch[-1][0]
+                    self._progress.notify_all()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
             try:
-                if await self.replay():
-                    log.info("parked lead records replayed to the ledger")
+                if replayed := await self.replay():
+                    log.info("%d lead records replayed to the ledger", replayed)
             except Exception:  # the loop must outlive a database hiccup
-                log.exception("replaying parked lead records failed")
-            await asyncio.sleep(self._interval_s)
+                log.exception("replaying lead records failed")
+
+    async def _send(self, records: list[ledger_service_pb2.RecordLeadRequest]) -> int:
+        """RecordLeads calls of at most BATCH_BYTES; how many records were acknowledged."""
+        acknowledged = 0
+        for chunk in _chunks(records):
+            done = await self._send_chunk(chunk)
+            if done is None:
+                break  # the ledger is down: the rest waits for the sweep
+            acknowledged += done
+        return acknowledged
+
+    async def _send_chunk(self, records: list[ledger_service_pb2.RecordLeadRequest]) -> int | None:
+        """One RecordLeads call; acknowledged records leave the table, rejected ones are set
+        aside. How many were acknowledged (None when the ledger is unavailable)."""
+        try:
+            reply = await self._downstream.record_leads(
+                ledger_service_pb2.RecordLeadsRequest(records=records)
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "ledger unavailable (%s): %d lead records wait", exc.code().name, len(records)
+            )
+            return None
+        done = [r.lead_id for r in reply.results if r.status in ACKNOWLEDGED]
+        rejected = [(r.lead_id, r.error) for r in reply.results if r.status not in ACKNOWLEDGED]
+        for lead_id, error in rejected:
+            log.error("the ledger rejected lead %s's record: %s", lead_id, error)
+        await self._store.settle_records(done, rejected)
+        return len(done)
+
+
+def _chunks(
+    records: list[ledger_service_pb2.RecordLeadRequest],
+) -> list[list[ledger_service_pb2.RecordLeadRequest]]:
+    chunks: list[list[ledger_service_pb2.RecordLeadRequest]] = [[]]
+    size = 0
+    for record in records:
+        record_size = record.ByteSize()
+        if chunks[-1] and size + record_size > BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(record)
+        size += record_size
+    return chunks

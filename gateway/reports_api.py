@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.clients import Downstream
 from gateway.intake import render
+from gateway.outbox import LedgerOutbox
 from leadflow import reports
 from leadflow.config import Config
 
@@ -21,7 +22,9 @@ def _error(status: int, reason: str, outcome: str = "failure") -> web.Response:
     return web.Response(status=status, body=body, content_type=JSON)
 
 
-def add_report_routes(app: web.Application, config: Config, downstream: Downstream) -> None:
+def add_report_routes(
+    app: web.Application, config: Config, downstream: Downstream, outbox: LedgerOutbox
+) -> None:
     """Register GET /reports/vendors, /reports/buyers and /reports/margin."""
 
     async def report(request: web.Request) -> web.Response:
@@ -45,6 +48,7 @@ def add_report_routes(app: web.Application, config: Config, downstream: Downstre
         except reports.ReportError as exc:
             return _error(400, str(exc))
         try:
+            await outbox.flushed()  # the ledger has this gateway's latest leads
             reply = await downstream.ledger_report(query.kind, reports.ledger_request(query))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:

@@ -8,11 +8,13 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health
 
+from gateway.async_intake import WORKERS, AsyncIntake
 from gateway.clients import Downstream
 from gateway.config import settings_from_env
 from gateway.http_api import create_app
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LedgerOutbox
+from gateway.rate_limit import RateLimiter
 from gateway.servicer import GatewayServicer
 from gateway.store import GatewayStore
 from leadflow import db, kit
@@ -30,11 +32,30 @@ class RunningGateway:
     http: web.AppRunner
     http_port: int
     outbox: LedgerOutbox
+    intake: AsyncIntake
 
     async def stop(self, grace: float = 10.0) -> None:
         await kit.stop_server(self.server, self.health, grace)
+        await self.close()
+
+    async def close(self) -> None:
+        """After the servers stopped: HTTP requests in flight finish, then the asynchronous
+        leads being processed, then the records waiting for the ledger are offered to it."""
         await self.http.cleanup()
+        await self.intake.stop()
         await self.outbox.stop()
+
+
+@dataclass(frozen=True)
+class Background:
+    """The gateway's background work: asynchronous intake workers, and how soon records and
+    intakes left behind (by a ledger outage or a stopped gateway) are taken up again."""
+
+    workers: int = WORKERS
+    sweep_interval_s: float = 1.0
+    replay_after_s: float = 5.0
+    unclaimed_after_s: float = 10.0
+    lease_s: float = 600.0
 
 
 async def create_server(
@@ -44,23 +65,38 @@ async def create_server(
     config: Config,
     downstream: Downstream,
     store: GatewayStore,
+    background: Background = Background(),
 ) -> RunningGateway:
-    outbox = LedgerOutbox(store, downstream)
+    outbox = LedgerOutbox(store, downstream, background.sweep_interval_s, background.replay_after_s)
     orchestrator = Orchestrator(config, downstream, outbox)
-    servicer = GatewayServicer(config, orchestrator, store)
+    intake = AsyncIntake(
+        store,
+        orchestrator,
+        workers=background.workers,
+        sweep_interval_s=background.sweep_interval_s,
+        unclaimed_after_s=background.unclaimed_after_s,
+        lease_s=background.lease_s,
+    )
+    # One budget per source whether it submits over HTTP or gRPC.
+    rate_limiter = RateLimiter()
+    servicer = GatewayServicer(config, orchestrator, store, rate_limiter)
     server, port, health_servicer = await kit.start_service(
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
         servicer,
         SERVICE_NAME,
         address,
     )
-    runner = web.AppRunner(create_app(config, orchestrator, downstream, store), access_log=None)
+    runner = web.AppRunner(
+        create_app(config, orchestrator, downstream, store, outbox, intake, rate_limiter),
+        access_log=None,
+    )
     await runner.setup()
     site = web.TCPSite(runner, http_host, http_port)
     await site.start()
     bound = runner.addresses[0][1]
     outbox.start()
-    return RunningGateway(server, port, health_servicer, runner, bound, outbox)
+    intake.start()
+    return RunningGateway(server, port, health_servicer, runner, bound, outbox, intake)
 
 
 async def main() -> None:
@@ -78,8 +114,7 @@ async def main() -> None:
     )
 
     async def close() -> None:
-        await gateway.http.cleanup()
-        await gateway.outbox.stop()
+        await gateway.close()
         await downstream.close()
         await engine.dispose()
 

@@ -10,6 +10,7 @@ import orjson
 
 from gateway.intake import BadRequest, override_text, unflatten
 from gateway.orchestrator import Orchestrator
+from gateway.rate_limit import RateLimiter
 from gateway.store import GatewayStore, KeyInProgress, StoredResponse
 from leadflow.config import Config
 from leadflow.gateway.v1 import gateway_service_pb2 as pb
@@ -23,10 +24,17 @@ PROTO_CONTENT_TYPE = "application/x-protobuf"
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
-    def __init__(self, config: Config, orchestrator: Orchestrator, store: GatewayStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        orchestrator: Orchestrator,
+        store: GatewayStore,
+        rate_limiter: RateLimiter,
+    ) -> None:
         self._config = config
         self._orchestrator = orchestrator
         self._store = store
+        self._rate_limiter = rate_limiter
 
     async def SubmitLead(
         self, request: pb.SubmitLeadRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -34,9 +42,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         flow = self._config.flows_by_id.get(request.flow_id)
         if flow is None or request.source_id not in flow.sources_by_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown flow or source")
-        expected = self._config.sources_by_id[request.source_id].api_key
-        if not hmac.compare_digest(request.api_key.encode(), expected.encode()):
+        source = self._config.sources_by_id[request.source_id]
+        if not hmac.compare_digest(request.api_key.encode(), source.api_key.encode()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Unauthorized source")
+        retry_after = self._rate_limiter.take(source.id, source.rate_limit)
+        if retry_after is not None:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Rate limit exceeded; retry after {retry_after} s",
+            )
         try:
             data: Any = orjson.loads(request.fields_json or b"{}")
             if not isinstance(data, dict):

@@ -1,26 +1,68 @@
-"""gateway storage: claiming and completing idempotency keys. The only module using SQLAlchemy."""
+"""gateway storage: idempotency keys, the ledger outbox, asynchronous intakes and pings. The only
+module using SQLAlchemy."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.sql import ColumnElement
 
-from gateway.tables import Base, IdempotencyKey, LedgerOutbox, Ping
+from gateway.tables import Base, IdempotencyKey, Intake, LedgerOutbox, Ping, RejectedRecord
 from leadflow.db import create_schema
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
 class StoredResponse:
+    """A response as an idempotency key keeps it: status and body byte for byte (the headers
+    are not kept; a 202's status URL is in its body too)."""
+
     status: int
     content_type: str
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A lead's RecordLeadRequest, serialized; `result` finishes the lead's asynchronous intake."""
+
+    lead_id: str
+    request: bytes
+    result: bytes | None = None
+
+
+@dataclass(frozen=True)
+class IntakeRow:
+    """An asynchronous submission: `submission` and `result` are JSON."""
+
+    lead_id: str
+    flow_id: str
+    source_id: str
+    submission: bytes
+    result: bytes | None = None
+    claimed: bool = False
+
+
+def _intake_row(row: Intake) -> IntakeRow:
+    return IntakeRow(
+        row.lead_id,
+        row.flow_id,
+        row.source_id,
+        row.submission,
+        row.result,
+        row.claimed_time is not None,
+    )
 
 
 @dataclass(frozen=True)
@@ -91,29 +133,148 @@ class GatewayStore:
                 )
             )
 
-    async def park(self, lead_id: str, request: bytes) -> None:
-        """Keep a ledger record for replay; parking the same lead twice keeps the first."""
+    async def put_records(self, records: list[OutboxRecord]) -> None:
+        """Commit lead records to the outbox, and finish the asynchronous intakes among them in
+        the same transaction: a lead's result is never visible without its record."""
         try:
-            async with self._sessions.begin() as session:
-                session.add(
-                    LedgerOutbox(lead_id=lead_id, created_time=datetime.now(UTC), request=request)
-                )
+            await self._put_records(records)
         except IntegrityError:
-            pass
+            # A lead recorded already (an intake recorded as interrupted by another gateway
+            # while this one was still on it): the first record stands, the others still go in.
+            for record in records:
+                try:
+                    await self._put_records([record])
+                except IntegrityError:
+                    log.warning(
+                        "lead %s was recorded already; this record is dropped", record.lead_id
+                    )
 
-    async def parked(self, limit: int = 100) -> list[tuple[str, bytes]]:
-        """The oldest parked records first."""
+    async def _put_records(self, records: list[OutboxRecord]) -> None:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await session.execute(
+                insert(LedgerOutbox),
+                [
+                    {"lead_id": r.lead_id, "created_time": now, "request": r.request}
+                    for r in records
+                ],
+            )
+            finished = [
+                {"lead_id": r.lead_id, "finished_time": now, "result": r.result}
+                for r in records
+                if r.result is not None
+            ]
+            if finished:
+                await session.execute(update(Intake), finished)
+
+    async def stale_records(self, before: datetime, limit: int) -> list[bytes]:
+        """Outbox records committed before `before`, oldest first."""
         async with self._sessions() as session:
-            rows = await session.execute(
-                select(LedgerOutbox.lead_id, LedgerOutbox.request)
+            rows = await session.scalars(
+                select(LedgerOutbox.request)
+                .where(LedgerOutbox.created_time < before)
                 .order_by(LedgerOutbox.created_time)
                 .limit(limit)
             )
-            return [(lead_id, request) for lead_id, request in rows]
+            return list(rows)
 
-    async def unpark(self, lead_id: str) -> None:
+    async def settle_records(self, done: list[str], rejected: list[tuple[str, str]]) -> None:
+        """Delete the records the ledger has; set aside the ones it refused, with its reason."""
         async with self._sessions.begin() as session:
-            await session.execute(delete(LedgerOutbox).where(LedgerOutbox.lead_id == lead_id))
+            if rejected:
+                errors = dict(rejected)
+                rows = await session.execute(
+                    select(LedgerOutbox).where(LedgerOutbox.lead_id.in_(errors))
+                )
+                for (row,) in rows:
+                    session.add(
+                        RejectedRecord(
+                            lead_id=row.lead_id,
+                            created_time=row.created_time,
+                            request=row.request,
+                            error=errors[row.lead_id],
+                        )
+                    )
+                await session.flush()
+            gone = [*done, *(lead_id for lead_id, _ in rejected)]
+            if gone:
+                await session.execute(delete(LedgerOutbox).where(LedgerOutbox.lead_id.in_(gone)))
+
+    async def rejected_records(self) -> list[tuple[str, str]]:
+        """(lead id, the ledger's reason) of every record set aside."""
+        async with self._sessions() as session:
+            rows = await session.execute(select(RejectedRecord.lead_id, RejectedRecord.error))
+            return [(lead_id, error) for lead_id, error in rows]
+
+    async def outbox_size(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(LedgerOutbox)) or 0)
+
+    # --- Asynchronous intake -----------------------------------------------------------------
+
+    async def add_intakes(self, intakes: list[IntakeRow]) -> None:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await session.execute(
+                insert(Intake),
+                [
+                    {
+                        "lead_id": i.lead_id,
+                        "flow_id": i.flow_id,
+                        "source_id": i.source_id,
+                        "submission": i.submission,
+                        "created_time": now,
+                    }
+                    for i in intakes
+                ],
+            )
+
+    async def claim_intake(self, lead_id: str, lapsed_before: datetime | None = None) -> bool:
+        """Take an intake: an unclaimed one to process it, or with `lapsed_before` one claimed
+        before then and unfinished, to record it as interrupted. One conditional UPDATE, so of
+        several gateways exactly one takes it."""
+        taken: ColumnElement[bool] = Intake.claimed_time.is_(None)
+        if lapsed_before is not None:
+            taken = and_(Intake.claimed_time < lapsed_before, Intake.finished_time.is_(None))
+        async with self._sessions.begin() as session:
+            claimed = await session.execute(
+                update(Intake)
+                .where(Intake.lead_id == lead_id, taken)
+                .values(claimed_time=datetime.now(UTC))
+                .returning(Intake.lead_id)
+            )
+            return claimed.first() is not None
+
+    async def unclaimed_intakes(self, before: datetime, limit: int) -> list[IntakeRow]:
+        """Intakes accepted before `before` that no gateway has taken yet, oldest first."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Intake)
+                .where(Intake.claimed_time.is_(None), Intake.created_time < before)
+                .order_by(Intake.created_time)
+                .limit(limit)
+            )
+            return [_intake_row(row) for row in rows]
+
+    async def lapsed_intakes(self, claimed_before: datetime, limit: int) -> list[IntakeRow]:
+        """Intakes taken before `claimed_before` and still unfinished: their gateway stopped
+        while processing them."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Intake)
+                .where(
+                    Intake.claimed_time < claimed_before,
+                    Intake.finished_time.is_(None),
+                )
+                .order_by(Intake.created_time)
+                .limit(limit)
+            )
+            return [_intake_row(row) for row in rows]
+
+    async def intake(self, lead_id: str) -> IntakeRow | None:
+        async with self._sessions() as session:
+            row = await session.get(Intake, lead_id)
+            return None if row is None else _intake_row(row)
 
     async def put_ping(self, flow_id: str, source_id: str, quote: PingQuote) -> None:
         """Keep a ping's quote; pings expired for a day are deleted on the way."""

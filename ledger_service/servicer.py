@@ -51,7 +51,7 @@ from ledger_service.ledger import (
     check_record,
     check_text,
 )
-from ledger_service.store import LedgerStore
+from ledger_service.store import LedgerStore, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ _STATUS_PROTO = {
 MAX_REASON = 500
 # Report currency: one account, one currency (the leads' own currency is on every posting).
 REPORT_CURRENCY = DEFAULT_CURRENCY
+# RecordLeads posts its records in one transaction: bounded, so that one call holds SQLite's
+# write lock (or PostgreSQL's row locks) briefly, and a conflict's one-at-a-time retry stays short.
+MAX_RECORDS = 500
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
@@ -91,10 +94,45 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         except EventIdTaken as exc:
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         if created:
-            metrics.observe_postings(
-                p for p in (journal.purchase(record), *journal.realtime_sales(record)) if p
-            )
+            _observe_record(record)
         return pb.RecordLeadResponse(created=created)
+
+    async def RecordLeads(
+        self,
+        request: pb.RecordLeadsRequest,
+        context: grpc.aio.ServicerContext[pb.RecordLeadsRequest, pb.RecordLeadsResponse],
+    ) -> pb.RecordLeadsResponse:
+        if len(request.records) > MAX_RECORDS:
+            await _abort_invalid(
+                context,
+                InvalidRecord(
+                    "records", f"at most {MAX_RECORDS} per call, got {len(request.records)}"
+                ),
+            )
+        # An invalid record is answered on its own; the batch's other records are still posted.
+        results = [pb.RecordResult(lead_id=item.lead.id) for item in request.records]
+        valid: list[tuple[pb.RecordResult, LeadRecord]] = []
+        for result, item in zip(results, request.records, strict=True):
+            try:
+                record = _record_from_proto(item)
+                check_record(record)
+            except InvalidRecord as exc:
+                log.info("refused lead %r: %s", item.lead.id, exc)
+                result.status = pb.RECORD_STATUS_REJECTED
+                result.error = str(exc)
+                continue
+            valid.append((result, record))
+        recorded = await self._store.record_many([record for _, record in valid])
+        for (result, record), outcome in zip(valid, recorded, strict=True):
+            if outcome.verdict is Verdict.CREATED:
+                result.status = pb.RECORD_STATUS_CREATED
+                _observe_record(record)
+            elif outcome.verdict is Verdict.ALREADY_RECORDED:
+                result.status = pb.RECORD_STATUS_ALREADY_RECORDED
+            else:
+                result.status = pb.RECORD_STATUS_REJECTED
+                result.error = str(EventIdTaken(list(outcome.taken)))
+        return pb.RecordLeadsResponse(results=results)
 
     async def GetLead(
         self,
@@ -264,6 +302,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             await _abort_invalid(context, exc)
         totals = await self._store.margin_report(start, end, groups)
         return reports.margin_response(totals, REPORT_CURRENCY)
+
+
+def _observe_record(record: LeadRecord) -> None:
+    """Count the money of a lead this call posted (never a replay's)."""
+    metrics.observe_postings(
+        p for p in (journal.purchase(record), *journal.realtime_sales(record)) if p
+    )
 
 
 async def _abort(

@@ -8,8 +8,9 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import (
@@ -81,6 +82,24 @@ from ledger_service.tables import (
 log = logging.getLogger(__name__)
 
 
+class Verdict(Enum):
+    """What posting a lead record did."""
+
+    CREATED = "created"
+    # A replay: the lead was posted before, and nothing was written.
+    ALREADY_RECORDED = "already recorded"
+    # Some of its recipient event ids belong to another lead: nothing was written.
+    EVENT_ID_TAKEN = "event id taken"
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    lead_id: str
+    verdict: Verdict
+    # EVENT_ID_TAKEN: the record's recipient event ids that another lead holds.
+    taken: tuple[str, ...] = ()
+
+
 class LedgerStore:
     """Append-only: this class issues INSERTs and SELECTs, never an UPDATE or a DELETE (SPEC 9),
     and the database's triggers refuse them anyway."""
@@ -90,7 +109,6 @@ class LedgerStore:
         # On SQLite, transactions that read before they write take the write lock up front
         # (BEGIN IMMEDIATE) on an engine of their own; reads stay on `engine` and never wait.
         self._writer = writer or engine
-        self._sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._postgres = engine.dialect.name == "postgresql"
         # SQLite has one writer at a time: queueing lead records here hands the lock over at once,
@@ -126,37 +144,89 @@ class LedgerStore:
 
     async def record(self, record: LeadRecord) -> bool:
         """Post the record with its delivery results and journal postings; False when the lead
-        was already posted (nothing is written then)."""
-        lead_id = record.lead.id
-        now = datetime.now(UTC)
+        was already posted (nothing is written then). Raises EventIdTaken when a recipient event
+        id belongs to another lead."""
+        [result] = await self.record_many([record])
+        if result.verdict is Verdict.EVENT_ID_TAKEN:
+            raise EventIdTaken(list(result.taken))
+        return result.verdict is Verdict.CREATED
+
+    async def record_many(self, records: Sequence[LeadRecord]) -> list[RecordResult]:
+        """Post the records, each with its delivery results and journal postings, in one
+        transaction; one result per record, in order. Idempotent by lead id: a lead already
+        posted (or earlier in `records`) is ALREADY_RECORDED and nothing of it is written.
+        Should the batch conflict, its records are posted one at a time instead."""
+        if len(records) > 1:
+            try:
+                return await self._write(records)
+            except IntegrityError:
+                # A concurrent post of one of the leads (another replica) or a recipient event id
+                # of another lead: correctness first, each record gets a verdict of its own.
+                log.info("batch of %d leads conflicts: recorded one at a time", len(records))
+        return [await self._record_one(record) for record in records]
+
+    async def _record_one(self, record: LeadRecord) -> RecordResult:
         try:
-            async with self._record_lock or nullcontext(), self._sessions.begin() as session:
-                session.add(_lead_row(record, now))
-                # The lead's row goes first, alone: a replay, even a concurrent one, fails on its
-                # primary key before anything else is written (PostgreSQL makes the second writer
-                # wait for the first to commit, SQLite serialises writers).
-                await session.flush()
-                session.add(_source_row(record))
-                session.add_all(_recipient_rows(record))
-                await session.flush()  # the rows below refer to the events
-                session.add_all(_realtime_results(record, now))
-                await session.flush()
-                postings = [journal.purchase(record), *journal.realtime_sales(record)]
-                values = [_posting_values(p, now) for p in postings if p is not None]
-                if values:
-                    await session.execute(insert(PostingRow), values)
+            [result] = await self._write([record])
         except IntegrityError:
-            # Told apart after the rollback rather than checked before the insert, so two
-            # concurrent posts of one lead cannot both pass a check and both write.
+            # _write's check for a posted lead cannot see a concurrent post that has not
+            # committed yet: that one, and a taken event id, are told apart after the rollback.
+            lead_id = record.lead.id
             if await self._lead_exists(lead_id):
                 log.info("lead %s already recorded: replay ignored", lead_id)
-                return False
+                return RecordResult(lead_id, Verdict.ALREADY_RECORDED)
             taken = await self._recorded_event_ids([e.id for e in record.recipient_events])
             if taken:
-                raise EventIdTaken(taken) from None
+                return RecordResult(lead_id, Verdict.EVENT_ID_TAKEN, tuple(taken))
             raise
-        log.info("recorded lead %s with %d recipient events", lead_id, len(record.recipient_events))
-        return True
+        return result
+
+    async def _write(self, records: Sequence[LeadRecord]) -> list[RecordResult]:
+        """One transaction: skips the leads already posted, bulk-inserts the others (one
+        executemany per table); raises IntegrityError, writing nothing, on any conflict."""
+        now = datetime.now(UTC)
+        async with self._record_lock or nullcontext(), self._writer.begin() as conn:
+            found = await conn.scalars(
+                select(LeadRow.id).where(LeadRow.id.in_({r.lead.id for r in records}))
+            )
+            recorded = set(found)
+            fresh: dict[str, LeadRecord] = {}
+            for record in records:
+                if record.lead.id not in recorded:
+                    fresh.setdefault(record.lead.id, record)
+            # In key order: two replicas posting overlapping batches then wait on each other's
+            # rows in one order, never in a cycle (a deadlock).
+            writes = [fresh[lead_id] for lead_id in sorted(fresh)]
+            if writes:
+                await _insert_rows(conn, LeadRow, [_lead_values(r, now) for r in writes])
+                await _insert_rows(conn, SourceEventRow, [_source_values(r) for r in writes])
+                recipients = [values for r in writes for values in _recipient_values(r)]
+                recipients.sort(key=lambda values: str(values["id"]))
+                await _insert_rows(conn, RecipientEventRow, recipients)
+                deliveries = [values for r in writes for values in _realtime_results(r, now)]
+                await _insert_rows(conn, DeliveryResultRow, deliveries)
+                postings = [
+                    _posting_values(p, now)
+                    for r in writes
+                    for p in (journal.purchase(r), *journal.realtime_sales(r))
+                    if p is not None
+                ]
+                await _insert_rows(conn, PostingRow, postings)
+        if fresh:
+            log.info("recorded %d leads: %s", len(fresh), " ".join(fresh))
+        if recorded:
+            log.info("leads already recorded, replays ignored: %s", " ".join(sorted(recorded)))
+        # The first record of each fresh lead was written; a repeat of it is a replay.
+        pending = set(fresh)
+        results: list[RecordResult] = []
+        for record in records:
+            lead_id = record.lead.id
+            created = lead_id in pending
+            pending.discard(lead_id)
+            results.append(
+                RecordResult(lead_id, Verdict.CREATED if created else Verdict.ALREADY_RECORDED)
+            )
+        return results
 
     async def get(self, lead_id: str) -> RecordedLead | None:
         """The posted lead with its events, recipient events in recorded order; None if unknown."""
@@ -899,25 +969,25 @@ def _posting(row: PostingRow) -> Posting:
     )
 
 
-def _realtime_results(record: LeadRecord, record_time: datetime) -> list[DeliveryResultRow]:
+def _realtime_results(record: LeadRecord, record_time: datetime) -> list[dict[str, Any]]:
     """A real-time delivery completes when the lead is recorded, at its submission time."""
     lead = record.lead
     return [
-        DeliveryResultRow(
-            recipient_event_id=event.id,
-            lead_id=lead.id,
-            flow_id=lead.flow_id,
-            source_id=lead.source_id,
-            buyer_id=event.buyer_id,
-            outcome=event.outcome,
-            reason=event.reason,
-            sale_price_micros=to_micros(event.sale_price),
-            complete_time=lead.submit_time,
-            batch=False,
-            batch_id="",
-            attempts=[],
-            record_time=record_time,
-        )
+        {
+            "recipient_event_id": event.id,
+            "lead_id": lead.id,
+            "flow_id": lead.flow_id,
+            "source_id": lead.source_id,
+            "buyer_id": event.buyer_id,
+            "outcome": event.outcome,
+            "reason": event.reason,
+            "sale_price_micros": to_micros(event.sale_price),
+            "complete_time": lead.submit_time,
+            "batch": False,
+            "batch_id": "",
+            "attempts": [],
+            "record_time": record_time,
+        }
         for event in record.recipient_events
         if event.outcome in ("success", "failure", "error")
     ]
@@ -940,52 +1010,58 @@ def _stored_outcome(row: DeliveryResultRow) -> StoredOutcome:
     )
 
 
-def _lead_row(record: LeadRecord, record_time: datetime) -> LeadRow:
+async def _insert_rows(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """One INSERT executed for every row (executemany); nothing when there are no rows."""
+    if rows:
+        await conn.execute(insert(table), rows)
+
+
+def _lead_values(record: LeadRecord, record_time: datetime) -> dict[str, Any]:
     lead = record.lead
-    return LeadRow(
-        id=lead.id,
-        flow_id=lead.flow_id,
-        source_id=lead.source_id,
-        fields_json=lead.fields_json,
-        currency=record.currency,
-        submit_time=lead.submit_time,
-        record_time=record_time,
-    )
+    return {
+        "id": lead.id,
+        "flow_id": lead.flow_id,
+        "source_id": lead.source_id,
+        "fields_json": lead.fields_json,
+        "currency": record.currency,
+        "submit_time": lead.submit_time,
+        "record_time": record_time,
+    }
 
 
-def _source_row(record: LeadRecord) -> SourceEventRow:
+def _source_values(record: LeadRecord) -> dict[str, Any]:
     source = record.source_event
-    return SourceEventRow(
-        lead_id=record.lead.id,
-        outcome=source.outcome,
-        reason=source.reason,
-        purchase_price_micros=to_micros(source.purchase_price),
-        price_paid_micros=to_micros(source.price_paid),
-        revenue_micros=to_micros(source.revenue),
-        price_audit=_audit_json(source.price_audit),
-        duration_ms=source.duration_ms,
-    )
+    return {
+        "lead_id": record.lead.id,
+        "outcome": source.outcome,
+        "reason": source.reason,
+        "purchase_price_micros": to_micros(source.purchase_price),
+        "price_paid_micros": to_micros(source.price_paid),
+        "revenue_micros": to_micros(source.revenue),
+        "price_audit": _audit_json(source.price_audit),
+        "duration_ms": source.duration_ms,
+    }
 
 
-def _recipient_rows(record: LeadRecord) -> list[RecipientEventRow]:
+def _recipient_values(record: LeadRecord) -> list[dict[str, Any]]:
     return [
-        RecipientEventRow(
-            id=event.id,
-            lead_id=record.lead.id,
-            position=position,
-            stage_index=event.stage_index,
-            stage_name=event.stage_name,
-            strategy=event.strategy,
-            step_index=event.step_index,
-            buyer_id=event.buyer_id,
-            outcome=event.outcome,
-            reason=event.reason,
-            sale_price_micros=to_micros(event.sale_price),
-            price_audit=_audit_json(event.price_audit),
-            reference=event.reference,
-            attempts=[attempt.to_json() for attempt in event.attempts],
-            duration_ms=event.duration_ms,
-        )
+        {
+            "id": event.id,
+            "lead_id": record.lead.id,
+            "position": position,
+            "stage_index": event.stage_index,
+            "stage_name": event.stage_name,
+            "strategy": event.strategy,
+            "step_index": event.step_index,
+            "buyer_id": event.buyer_id,
+            "outcome": event.outcome,
+            "reason": event.reason,
+            "sale_price_micros": to_micros(event.sale_price),
+            "price_audit": _audit_json(event.price_audit),
+            "reference": event.reference,
+            "attempts": [attempt.to_json() for attempt in event.attempts],
+            "duration_ms": event.duration_ms,
+        }
         for position, event in enumerate(record.recipient_events)
     ]
 

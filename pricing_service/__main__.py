@@ -1,8 +1,8 @@
 """`python -m pricing_service`: one pricing service, configured from the environment."""
 
-import asyncio
+import uvloop
 
 from pricing_service.server import main
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -1,8 +1,8 @@
 """`python -m routing_service`: one routing service, configured from the environment."""
 
-import asyncio
+import uvloop
 
 from routing_service.server import main
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -59,17 +59,18 @@ PROBE_AMOUNT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
-class Admission:
-    admitted: bool
-    reason: str = ""
-    check: str = ""  # hours | duplicates | caps
-
-
-@dataclass(frozen=True)
 class Ranking:
     stage: StagePlan
     offers: list[Offer]
     skipped: list[LeftOut]
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    reason: str = ""
+    check: str = ""  # hours | duplicates | caps
+    first_stage: Ranking | None = None  # when asked for and admitted
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,14 @@ class Router:
         digest = duplicate_key(lead.fields, flow.duplicates.fields)
         return DuplicateClaim(flow.id, digest, flow.duplicates.reason) if digest else None
 
-    async def admit(self, lead: LeadData, purchase_price: Decimal) -> Admission:
-        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2)."""
+    async def admit(
+        self, lead: LeadData, purchase_price: Decimal, rank_first_stage: bool = False
+    ) -> Admission:
+        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2).
+
+        With `rank_first_stage`, an admitted lead comes back with stage 0 ranked as `rank`
+        would with no buyer sold yet: the gateway saves a round trip on every lead.
+        """
         flow = self.plan.flow(lead.flow_id)
         facts = self.plan.facts(lead, purchase_price)
         reason = admission_hours(flow, facts)
@@ -106,7 +113,10 @@ class Router:
         claims = lead_claims(flow, facts, purchase_price)
         refusal = await self._store.admit(lead.id, self._duplicate(flow, lead), claims, self._hold)
         if refusal is None:
-            return Admission(True)
+            if not rank_first_stage or not flow.stages:
+                return Admission(True)
+            ranking = await self._rank(flow.stages[0], facts, (), purchase_price)
+            return Admission(True, first_stage=ranking)
         if refusal.rule is not None:
             metrics.CAP_REJECTIONS.labels(refusal.rule.scope).inc()
         return Admission(False, refusal.reason, refusal.check)
@@ -121,7 +131,17 @@ class Router:
         purchase_price: Decimal,
     ) -> Ranking:
         stage = self.plan.stage(lead.flow_id, stage_index)
-        facts = self.plan.facts(lead, purchase_price)
+        return await self._rank(
+            stage, self.plan.facts(lead, purchase_price), sold_buyer_ids, purchase_price
+        )
+
+    async def _rank(
+        self,
+        stage: StagePlan,
+        facts: LeadFacts,
+        sold_buyer_ids: Collection[str],
+        purchase_price: Decimal,
+    ) -> Ranking:
         screened = screen(stage, facts, sold_buyer_ids)
         skipped = screened.skipped
         eligible, capped_out = await self._within_caps(screened.eligible, facts)

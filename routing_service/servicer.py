@@ -99,12 +99,17 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self, request: pb.AdmitLeadRequest, context: Context
     ) -> pb.AdmitLeadResponse:
         lead = await self._lead(request, context)
-        admission = await self._router.admit(lead, from_proto(request.purchase_price))
-        return pb.AdmitLeadResponse(
+        admission = await self._router.admit(
+            lead, from_proto(request.purchase_price), request.rank_first_stage
+        )
+        response = pb.AdmitLeadResponse(
             admitted=admission.admitted,
             reason=admission.reason,
             check=_CHECKS.get(admission.check, pb.ADMISSION_CHECK_UNSPECIFIED),
         )
+        if admission.first_stage is not None:
+            response.first_stage.CopyFrom(ranking_to_proto(admission.first_stage, self._currency))
+        return response
 
     async def ReserveStep(
         self, request: pb.ReserveStepRequest, context: Context

@@ -18,6 +18,7 @@ from aiohttp import web
 from delivery_service import server as delivery_server
 from delivery_service.config import Settings as DeliverySettings
 from gateway.clients import Addresses, Downstream
+from gateway.server import Background, RunningGateway
 from gateway.server import create_server as create_gateway
 from gateway.store import GatewayStore
 from leadflow import db
@@ -35,6 +36,7 @@ from routing_service.peers import Peers as RoutingPeers
 from routing_service.store import RoutingStore
 from tests.conftest import Database
 
+DEFAULTS = Background()
 KEY = "source-key"
 ADMIN = "admin-key"
 SUBMIT = "/flows/auto/sources/vendor/submit"
@@ -109,6 +111,18 @@ class InProcessSuite:
     buyers: Buyers
     config: Config
     ledger: Ledger
+    gateway: RunningGateway
+    store: GatewayStore
+    downstream: Downstream
+
+    async def restart_gateway(self, background: Background = DEFAULTS) -> None:
+        """Stop the gateway and start another on the same database (another HTTP port)."""
+        await self.gateway.stop(0)
+        self.gateway = await create_gateway(
+            "127.0.0.1:0", "127.0.0.1", 0, self.config, self.downstream, self.store, background
+        )
+        self.base_url = f"http://127.0.0.1:{self.gateway.http_port}"
+        self.grpc_target = f"127.0.0.1:{self.gateway.port}"
 
     async def lead_view(self, lead_id: str) -> tuple[int, dict[str, Any]]:
         async with self.http.get(
@@ -140,7 +154,7 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
 
 @asynccontextmanager
 async def in_process_suite(
-    database: Database, config_text: str = CONFIG
+    database: Database, config_text: str = CONFIG, background: Background = DEFAULTS
 ) -> AsyncIterator[InProcessSuite]:
     """The suite in this process; `config_text` is formatted with admin, key and the buyer url."""
     buyers = Buyers()
@@ -180,18 +194,25 @@ async def in_process_suite(
         await store.create_schema()
         downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
         stack.push_async_callback(downstream.close)
-        gateway = await create_gateway("127.0.0.1:0", "127.0.0.1", 0, config, downstream, store)
-        stack.push_async_callback(gateway.stop, 0)
-
+        gateway = await create_gateway(
+            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background
+        )
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        yield InProcessSuite(
+        running = InProcessSuite(
             http,
             f"http://127.0.0.1:{gateway.http_port}",
             f"127.0.0.1:{gateway.port}",
             buyers,
             config,
             ledger,
+            gateway,
+            store,
+            downstream,
         )
+        try:
+            yield running
+        finally:
+            await running.gateway.stop(0)
 
 
 LEAD = {"first_name": "Ada", "phone_1": "512 555 0142", "state": "CA"}

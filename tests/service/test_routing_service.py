@@ -81,6 +81,18 @@ flows:
     hours: {{monday: ["00:00-00:01"], time_zone: Pacific/Kiritimati}}
     sources: [{{source: vendor}}]
     stages: [{{name: only, steps: [{{buyer: free}}]}}]
+  - id: priced
+    name: Priced
+    sources: [{{source: vendor}}]
+    stages:
+      - name: by purchase price
+        steps:
+          - buyer: free
+            criteria: [{{lhv: purchase_price, op: is greater than, rhv: 4, reason: Too cheap}}]
+          - {{buyer: spender}}
+          - {{buyer: closed}}
+      - name: later
+        steps: [{{buyer: capped}}]
 """
 
 
@@ -388,6 +400,67 @@ async def test_round_robin_rotates_strictly_through_the_service(
             firsts.append(reply.candidates[0].buyer_id)
             assert len(reply.candidates) == 3
         assert firsts == ["capped", "free", "spender"] * 2
+
+
+async def test_admission_asked_to_rank_answers_the_first_stage_as_rank_stage_would(
+    config: Config, database: Database
+) -> None:
+    async with replicas(config, database, count=1) as (stub,):
+        rankings = {}
+        for price in ("3", "5"):
+            item = lead("priced")
+            reply = await stub.AdmitLead(
+                pb.AdmitLeadRequest(
+                    lead=item.to_proto(),
+                    purchase_price=to_proto(Decimal(price)),
+                    rank_first_stage=True,
+                ),
+                timeout=5,
+            )
+            assert reply.admitted and reply.HasField("first_stage")
+            rank = await stub.RankStage(
+                pb.RankStageRequest(
+                    lead=item.to_proto(), stage_index=0, purchase_price=to_proto(Decimal(price))
+                ),
+                timeout=5,
+            )
+            assert reply.first_stage == rank
+            rankings[price] = reply.first_stage
+    # The request's purchase price is the one the criteria see.
+    assert [c.buyer_id for c in rankings["5"].candidates] == ["free", "spender"]
+    assert [c.buyer_id for c in rankings["3"].candidates] == ["spender"]
+    assert [(s.buyer_id, s.reason) for s in rankings["3"].skipped] == [
+        ("free", "Too cheap"),
+        ("closed", "Outside hours of operation"),
+    ]
+
+
+async def test_admission_ranks_nothing_unless_asked(config: Config, database: Database) -> None:
+    async with replicas(config, database, count=1) as (stub,):
+        reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=lead("priced").to_proto()), timeout=5)
+        assert reply.admitted
+        assert not reply.HasField("first_stage")
+
+
+async def test_a_refused_lead_gets_no_first_stage_ranking(
+    config: Config, database: Database
+) -> None:
+    async with replicas(config, database, count=1) as (stub,):
+
+        async def admit(item: LeadData) -> pb.AdmitLeadResponse:
+            reply: pb.AdmitLeadResponse = await stub.AdmitLead(
+                pb.AdmitLeadRequest(lead=item.to_proto(), rank_first_stage=True), timeout=5
+            )
+            return reply
+
+        assert (await admit(lead(email="bo@example.com"))).HasField("first_stage")
+        for refused, check in (
+            (lead(email="bo@example.com"), pb.ADMISSION_CHECK_DUPLICATES),
+            (lead("closed-flow"), pb.ADMISSION_CHECK_HOURS),
+        ):
+            reply = await admit(refused)
+            assert (reply.admitted, reply.check) == (False, check)
+            assert not reply.HasField("first_stage")
 
 
 async def test_unknown_flow_and_stage_are_not_found(config: Config, database: Database) -> None:
