@@ -20,6 +20,8 @@ from leadflow.db import create_schema
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
+# Longer than any submission can take (every call's deadline and the delivery retries).
+ABANDONED_CLAIM = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,17 @@ class GatewayStore:
     async def create_schema(self) -> None:
         await create_schema(self._engine, self._schema, Base.metadata)
 
-    async def claim(self, source_id: str, key: str, wait_s: float = 30.0) -> StoredResponse | None:
+    async def claim(
+        self,
+        source_id: str,
+        key: str,
+        wait_s: float = 30.0,
+        abandoned_after: timedelta = ABANDONED_CLAIM,
+    ) -> StoredResponse | None:
         """None when this request owns the key and must process the lead; otherwise the first
-        response (waiting while a concurrent first request is still running)."""
+        response (waiting while a concurrent first request is still running). A claim older than
+        `abandoned_after` without a response was left by a gateway that died mid-request: it is
+        taken over, or the vendor could never submit that lead again."""
         try:
             async with self._sessions.begin() as session:
                 session.add(
@@ -98,6 +108,8 @@ class GatewayStore:
             return None
         except IntegrityError:
             pass
+        if await self._take_abandoned(source_id, key, abandoned_after):
+            return None
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             async with self._sessions() as session:
@@ -111,6 +123,23 @@ class GatewayStore:
             if asyncio.get_running_loop().time() >= deadline:
                 raise KeyInProgress(key)
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _take_abandoned(self, source_id: str, key: str, abandoned_after: timedelta) -> bool:
+        """One conditional UPDATE, so of several retries exactly one takes the claim over."""
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            taken = await session.execute(
+                update(IdempotencyKey)
+                .where(
+                    IdempotencyKey.source_id == source_id,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.body.is_(None),
+                    IdempotencyKey.created_time < now - abandoned_after,
+                )
+                .values(created_time=now)
+                .returning(IdempotencyKey.key)
+            )
+            return taken.first() is not None
 
     async def complete(self, source_id: str, key: str, response: StoredResponse) -> None:
         async with self._sessions.begin() as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.async_intake import Submission
 from gateway.server import Background
+from gateway.store import KeyInProgress, StoredResponse
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2
 from tests.conftest import Database
@@ -244,3 +246,24 @@ async def test_the_grpc_submission_shares_the_sources_rate_limit(database: Datab
 def test_a_submission_round_trips_through_its_json() -> None:
     submission = Submission({"a": {"b": [1, "x"]}}, "12.50", "ping-1")
     assert Submission.from_json(submission.to_json()) == submission
+
+
+async def test_an_idempotency_key_abandoned_by_a_dead_gateway_is_taken_over(
+    suite: InProcessSuite,
+) -> None:
+    # A gateway claimed the key, then died before answering: the vendor's retry must not be
+    # refused with 409 forever.
+    assert await suite.store.claim("vendor", "k-dead") is None
+    assert await suite.store.claim("vendor", "k-dead", abandoned_after=timedelta(0)) is None
+    # The retry owns it now: its response is the one every later repeat gets.
+    response = StoredResponse(201, "application/json", b'{"outcome":"success"}')
+    await suite.store.complete("vendor", "k-dead", response)
+    assert await suite.store.claim("vendor", "k-dead", abandoned_after=timedelta(0)) == response
+
+
+async def test_a_key_in_progress_is_not_taken_over_before_it_is_abandoned(
+    suite: InProcessSuite,
+) -> None:
+    assert await suite.store.claim("vendor", "k-busy") is None
+    with pytest.raises(KeyInProgress):
+        await suite.store.claim("vendor", "k-busy", wait_s=0.1)
