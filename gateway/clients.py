@@ -4,14 +4,21 @@ The lead path's calls wait for their service to be ready (`wait_for_ready`) with
 rather than failing the moment a channel is down: a service restarting, or one replica going away,
 delays those leads instead of failing them. gRPC only waits for a call that was never sent, so a
 delivery is still attempted at most once.
+
+Pricing and routing calls are also tried again, within the same deadline, when the service went
+away under them (UNAVAILABLE) or dropped them unstarted while stopping (CANCELLED: grpc.aio
+cancels calls it has received but not yet handed to a handler, grpc/grpc#41785). That is safe
+because quotes are pure and routing's reservations and settlements are idempotent per lead. A
+delivery is never retried: the buyer may have the lead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,8 +32,10 @@ from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from leadflow.wire import LeadData
 
-PRICING_DEADLINE_S = 3.0
-ROUTING_DEADLINE_S = 3.0
+# Long enough to ride out a restart of the service (a few seconds): with wait_for_ready a call
+# made while it is down waits for it rather than failing the lead.
+PRICING_DEADLINE_S = 10.0
+ROUTING_DEADLINE_S = 10.0
 LEDGER_DEADLINE_S = 10.0
 HEALTH_DEADLINE_S = 1.0
 # A report over a long window scans a lot of journal.
@@ -34,6 +43,30 @@ REPORT_DEADLINE_S = 60.0
 LIST_BATCHES_DEADLINE_S = 10.0
 # Sending a batch file now: connecting, uploading a large file, recording it.
 SEND_BATCH_DEADLINE_S = 300.0
+
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+RETRY_PAUSE_S = 0.1
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+async def _idempotent(
+    method: Callable[..., Awaitable[Response]], request: Request, deadline_s: float
+) -> Response:
+    """Call, and call again while the service is restarting, until the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while True:
+        try:
+            return await method(
+                request, timeout=max(deadline - loop.time(), 0.001), wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRYABLE or loop.time() + RETRY_PAUSE_S >= deadline:
+                raise
+        await asyncio.sleep(RETRY_PAUSE_S)
 
 
 def pricing_deadline(config: Config) -> float:
@@ -107,9 +140,7 @@ class Downstream:
         request = pricing_service_pb2.QuotePurchasePriceRequest(
             lead=lead.to_proto(), override_price_text=override_price_text
         )
-        return await self.pricing.QuotePurchasePrice(
-            request, timeout=deadline_s, wait_for_ready=True
-        )
+        return await _idempotent(self.pricing.QuotePurchasePrice, request, deadline_s)
 
     async def sale_price(
         self,
@@ -125,7 +156,7 @@ class Downstream:
             step_index=step_index,
             purchase_price=to_proto(purchase_price),
         )
-        return await self.pricing.QuoteSalePrice(request, timeout=deadline_s, wait_for_ready=True)
+        return await _idempotent(self.pricing.QuoteSalePrice, request, deadline_s)
 
     async def rank_stage(
         self,
@@ -141,7 +172,7 @@ class Downstream:
             sold_buyer_ids=list(sold_buyer_ids),
             purchase_price=to_proto(purchase_price),
         )
-        return await self.routing.RankStage(request, timeout=deadline_s, wait_for_ready=True)
+        return await _idempotent(self.routing.RankStage, request, deadline_s)
 
     async def admit_lead(
         self,
@@ -156,7 +187,7 @@ class Downstream:
             purchase_price=to_proto(purchase_price),
             rank_first_stage=rank_first_stage,
         )
-        return await self.routing.AdmitLead(request, timeout=deadline_s, wait_for_ready=True)
+        return await _idempotent(self.routing.AdmitLead, request, deadline_s)
 
     async def reserve_step(
         self, lead: LeadData, stage_index: int, step_index: int, sale_price: Decimal
@@ -167,9 +198,7 @@ class Downstream:
             step_index=step_index,
             sale_price=to_proto(sale_price),
         )
-        return await self.routing.ReserveStep(
-            request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True
-        )
+        return await _idempotent(self.routing.ReserveStep, request, ROUTING_DEADLINE_S)
 
     async def settle_step(
         self, lead: LeadData, stage_index: int, step_index: int, sold: bool, sale_price: Decimal
@@ -181,7 +210,7 @@ class Downstream:
             sold=sold,
             sale_price=to_proto(sale_price),
         )
-        await self.routing.SettleStep(request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True)
+        await _idempotent(self.routing.SettleStep, request, ROUTING_DEADLINE_S)
 
     async def settle_lead(
         self, lead: LeadData, accepted: bool, sales: Sequence[tuple[int, int, str]]
@@ -194,7 +223,7 @@ class Downstream:
                 for stage, step, buyer in sales
             ],
         )
-        await self.routing.SettleLead(request, timeout=ROUTING_DEADLINE_S, wait_for_ready=True)
+        await _idempotent(self.routing.SettleLead, request, ROUTING_DEADLINE_S)
 
     async def deliver(
         self,

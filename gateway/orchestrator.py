@@ -282,13 +282,17 @@ class Orchestrator:
             recipient.sale_price = from_proto(candidate.price)
             recipient.price_audit = PriceAudit.from_proto(candidate.price_audit)
         else:
-            quote = await self._downstream.sale_price(
-                run.lead,
-                recipient.stage_index,
-                recipient.step_index,
-                run.purchase_price,
-                self._pricing_deadline,
-            )
+            try:
+                quote = await self._downstream.sale_price(
+                    run.lead,
+                    recipient.stage_index,
+                    recipient.step_index,
+                    run.purchase_price,
+                    self._pricing_deadline,
+                )
+            except grpc.aio.AioRpcError as exc:
+                recipient.reason = f"Sale price unavailable: {exc.code().name}"
+                raise  # the lead cannot go on: it ends `error`
             recipient.sale_price = from_proto(quote.price)
             recipient.price_audit = PriceAudit.from_proto(quote.audit)
         if candidate.capped:

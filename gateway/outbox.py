@@ -54,6 +54,7 @@ class LedgerOutbox:
         self._progress = asyncio.Condition()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ledger_down = False
 
     async def record(
         self, request: ledger_service_pb2.RecordLeadRequest, result: bytes | None = None
@@ -143,10 +144,13 @@ class LedgerOutbox:
                 ledger_service_pb2.RecordLeadsRequest(records=records)
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "ledger unavailable (%s): %d lead records wait", exc.code().name, len(records)
-            )
+            if not self._ledger_down:  # once per outage, not once per batch
+                log.warning("ledger unavailable (%s): lead records wait", exc.code().name)
+            self._ledger_down = True
             return None
+        if self._ledger_down:
+            log.info("ledger available again")
+            self._ledger_down = False
         done = [r.lead_id for r in reply.results if r.status in ACKNOWLEDGED]
         rejected = [(r.lead_id, r.error) for r in reply.results if r.status not in ACKNOWLEDGED]
         for lead_id, error in rejected:

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 MAX_RESTART_DELAY_S = 30.0
+# A child that ran this long was healthy: its next crash is restarted without delay.
+HEALTHY_RUN_S = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -103,16 +105,22 @@ class Supervisor:
         return process
 
     async def _keep_running(self, child: Child) -> None:
-        delay = 1.0
+        """Restart a child that exits: at once after a healthy run (callers are waiting for it),
+        with a back-off doubling to MAX_RESTART_DELAY_S while it keeps failing fast."""
+        delay = 0.0
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            started = loop.time()
             process = await self._start(child)
             code = await process.wait()
             if self._stopping.is_set():
                 return
+            if loop.time() - started >= HEALTHY_RUN_S:
+                delay = 0.0
             log.error("%s exited with %s; restarting in %.0fs", child.module, code, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            delay = min(max(delay * 2, 1.0), MAX_RESTART_DELAY_S)
 
     async def _announce_ready(self) -> None:
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S

@@ -69,11 +69,14 @@ class ThreadedApp:
 
 @dataclass
 class BuyerServer:
-    """A buyer's HTTP endpoint in a thread of its own; records every request it receives."""
+    """A buyer's HTTP endpoint in a thread of its own; records every request it receives.
+    `delay_s` keeps each request waiting that long before its answer (without blocking the
+    others), so that deliveries are in flight when a test needs them to be."""
 
     respond: Callable[[str, dict[str, Any]], dict[str, Any]]
     received: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    delay_s: float = 0.0
 
     def start(self) -> None:
         async def handle(request: web.Request) -> web.Response:
@@ -82,7 +85,16 @@ class BuyerServer:
                 data = await request.json()
             else:
                 data = dict(await request.post())
-            self.received.append({"content_type": request.content_type, "body": body, "data": data})
+            self.received.append(
+                {
+                    "path": request.path,
+                    "content_type": request.content_type,
+                    "body": body,
+                    "data": data,
+                }
+            )
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             return web.json_response(self.respond(request.path, data))
 
         app = web.Application()
@@ -142,6 +154,33 @@ class Suite:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    def child_pid(self, module: str) -> int:
+        """The pid of the supervisor's child running `python -m <module>` now (a restarted
+        service has a new one); LookupError while there is none."""
+        listing = subprocess.run(
+            ["ps", "--ppid", str(self.process.pid), "-o", "pid=,args="],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        for line in listing.splitlines():
+            pid, *args = line.split()
+            if args[-2:] == ["-m", module]:
+                return int(pid)
+        raise LookupError(f"no {module} running under the supervisor")
+
+    def wait_healthy(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until GET /healthz answers 200 (every service SERVING)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    return
+            except OSError:  # the gateway itself is restarting
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the suite is not healthy after {timeout_s:.0f}s")
 
     def request(
         self,

@@ -1,0 +1,442 @@
+"""Faults under load (issue 8): services killed or stopped while leads stream in, the suite as
+processes (`leadflow up` restarts whatever exits).
+
+Whatever dies, a lead whose outcome the vendor was told is in the ledger exactly once with that
+outcome, no sale or purchase is booked twice, the journal balances, and no buyer gets a lead
+twice. Leads are told apart by their email (unique per lead): real-time delivery templates have
+no lead id to map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.e2e.harness import BuyerServer, Suite, start_suite
+
+pytestmark = pytest.mark.timeout(300)
+
+SOURCE_KEY = "faults-source-key"
+ADMIN_KEY = "faults-admin-key"
+SUBMIT = "/flows/auto-insurance/sources/quality-leads/submit"
+DRAIN_TIMEOUT_S = 60.0
+RESTART_TIMEOUT_S = 60.0
+
+# examples/demo.yaml with its buyers on the test's BuyerServer, one path per buyer, and the
+# email (unique per lead) in both buyers' requests.
+CONFIG = """
+account:
+  name: Faults
+  time_zone: America/Chicago
+  admin_api_key: {admin}
+  allow_private_network_delivery: true
+sources:
+  - {{id: quality-leads, name: Quality Leads, api_key: {key}}}
+buyers:
+  - id: acme
+    name: Acme Insurance
+    criteria:
+      - {{lhv: state, op: is included in, rhv: [CA, NV, AZ, TX]}}
+    pricing:
+      prices:
+        - amount: 20.00
+        - {{amount: 28.00, rule_set: [{{lhv: state, op: is equal to, rhv: CA}}]}}
+    delivery:
+      type: http
+      url: {url}/acme
+      format: json
+      timeout_ms: 5000
+      mapping:
+        first: "{{{{lead.first_name}}}}"
+        email: "{{{{lead.email}}}}"
+        phone: "{{{{lead.phone_1}}}}"
+        state: "{{{{lead.state}}}}"
+        price: "{{{{sale_price}}}}"
+      response:
+        outcome_search_term: accepted
+        outcome_search_path: status
+        reason_path: message
+        reference_path: id
+        default_reason: Rejected by buyer
+  - id: budget
+    name: Budget Auto Cover
+    pricing: {{prices: [{{amount: 12.00}}]}}
+    delivery:
+      type: http
+      url: {url}/budget
+      timeout_ms: 5000
+      mapping:
+        email: "{{{{lead.email}}}}"
+        state: "{{{{lead.state}}}}"
+      response:
+        outcome_search_term: accepted
+        outcome_search_path: status
+        reason_path: message
+flows:
+  - id: auto-insurance
+    name: Auto Insurance
+    fields: {{vehicle_year: number}}
+    acceptance:
+      - {{lhv: phone_1, op: format is valid, reason: A valid phone number is required}}
+      - {{lhv: state, op: is not blank, reason: State is required}}
+    pricing:
+      prices:
+        - amount: 10.00
+        - {{amount: 15.00, rule_set: [{{lhv: state, op: is equal to, rhv: CA}}]}}
+    sources: [{{source: quality-leads}}]
+    stages:
+      - name: exclusive-waterfall
+        strategy: priority
+        exclusive: true
+        steps: [{{buyer: acme}}, {{buyer: budget}}]
+"""
+
+
+STATES = ["CA", "TX", "NV", "AZ", "CA", "FL", "NY", "TX"]  # acme buys the first four
+
+
+def lead_fields(i: int) -> dict[str, Any]:
+    """Lead i of a run: acceptable to the flow (a valid phone, a state), its email unique."""
+    return {
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "email": f"lead{i}@example.com",
+        "phone_1": f"(512) 4{i // 10000 % 100:02d}-{i % 10000:04d}",
+        "state": STATES[i % len(STATES)],
+        "postal_code": f"{78701 + i % 50}",
+        "vehicle_year": 2005 + i % 20,
+    }
+
+
+def respond(path: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Acme turns Arizona down, so part of its leads go on to Budget (the waterfall works)."""
+    if path == "/acme" and data.get("state") == "AZ":
+        return {"status": "rejected", "message": "Not buying AZ today"}
+    return {"status": "accepted", "id": f"ref-{data.get('email')}"}
+
+
+@pytest.fixture
+def buyer() -> Iterator[BuyerServer]:
+    server = BuyerServer(respond)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slow_buyer() -> Iterator[BuyerServer]:
+    """Answers after 50 ms, so deliveries are in flight whenever a service stops."""
+    server = BuyerServer(respond, delay_s=0.05)
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_suite(buyer: BuyerServer, root: Path) -> Suite:
+    config = root / "leadflow.yaml"
+    config.write_text(
+        CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=f"http://127.0.0.1:{buyer.port}")
+    )
+    return start_suite(config, root / "data")
+
+
+@dataclass
+class Answer:
+    """One submission and what the vendor heard back."""
+
+    due: float  # seconds after the load started
+    email: str
+    status: int | None = None  # None: no HTTP answer (the gateway was down, or died mid-request)
+    outcome: str = ""
+    reason: str = ""
+    lead_id: str = ""
+    price_micros: int = 0
+    error: str = ""
+    seconds: float = 0.0  # from the due time until the answer (or the failure)
+
+
+async def submit_at_rate(
+    suite: Suite, started: float, count: int, rate: float, max_in_flight: int = 500
+) -> list[Answer]:
+    """Open loop: lead i is sent at `started + i / rate` whatever became of the earlier ones,
+    at most `max_in_flight` at a time (beyond that, the next leads wait for a free slot)."""
+    leads = [lead_fields(i) for i in range(count)]
+    answers = [Answer(i / rate, str(fields["email"])) for i, fields in enumerate(leads)]
+    auth = base64.b64encode(f"API:{SOURCE_KEY}".encode()).decode()
+    headers = {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
+    slots = asyncio.Semaphore(max_in_flight)
+    loop = asyncio.get_running_loop()
+
+    async def one(session: aiohttp.ClientSession, body: bytes, answer: Answer) -> None:
+        try:
+            async with session.post(f"{suite.base_url}{SUBMIT}", data=body) as response:
+                answer.status = response.status
+                text = await response.read()
+            if answer.status == 201:
+                result = json.loads(text, parse_float=Decimal)
+                answer.outcome = result["outcome"]
+                answer.reason = result.get("reason", "")
+                answer.lead_id = result["lead"]["id"]
+                answer.price_micros = int(Decimal(result["price"]) * 1_000_000)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            answer.error = type(exc).__name__
+        finally:
+            answer.seconds = loop.time() - started - answer.due
+            slots.release()
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=connector
+    ) as session:
+        tasks = []
+        for fields, answer in zip(leads, answers, strict=True):
+            await asyncio.sleep(max(0.0, started + answer.due - loop.time()))
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(session, orjson.dumps(fields), answer)))
+        await asyncio.gather(*tasks)
+    return answers
+
+
+@dataclass
+class Fault:
+    at: float  # when it is due, in seconds after the load started
+    module: str
+    sig: signal.Signals
+    sent: float = 0.0  # when the signal was sent (later than `at` if a recovery overran)
+    recovered_after: float = 0.0  # seconds from the signal until it ran again, suite healthy
+
+
+async def inject(suite: Suite, started: float, faults: list[Fault]) -> None:
+    """Signal each service at its time, then wait until the supervisor has restarted it and the
+    suite is healthy again (a fault due meanwhile waits for that)."""
+    loop = asyncio.get_running_loop()
+    for fault in faults:
+        await asyncio.sleep(max(0.0, started + fault.at - loop.time()))
+        pid = await asyncio.to_thread(suite.child_pid, fault.module)
+        os.kill(pid, fault.sig)
+        fault.sent = loop.time() - started
+        while True:
+            try:
+                if await asyncio.to_thread(suite.child_pid, fault.module) != pid:
+                    break
+            except LookupError:  # between the exit and the restart
+                pass
+            assert loop.time() - started - fault.sent < RESTART_TIMEOUT_S, f"{fault} not restarted"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(suite.wait_healthy, RESTART_TIMEOUT_S)
+        fault.recovered_after = loop.time() - started - fault.sent
+
+
+async def run_load_with_faults(
+    suite: Suite, count: int, rate: float, faults: list[Fault]
+) -> list[Answer]:
+    started = asyncio.get_running_loop().time() + 0.5
+    answers, _ = await asyncio.gather(
+        submit_at_rate(suite, started, count, rate), inject(suite, started, faults)
+    )
+    return answers
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A service's SQLite file, read beside the running service (WAL: no locks taken)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def wait_outbox_drained(suite: Suite, data_dir: Path) -> float:
+    """Until the gateway's outbox is empty (every record forwarded to the ledger); how long."""
+    suite.wait_healthy(60)
+    started = time.monotonic()
+    while time.monotonic() - started < DRAIN_TIMEOUT_S:
+        with read_only(data_dir / "gateway.db") as db:
+            (waiting,) = db.execute("SELECT count(*) FROM ledger_outbox").fetchone()
+            (rejected,) = db.execute("SELECT count(*) FROM ledger_outbox_rejected").fetchone()
+        assert rejected == 0, "the ledger refused lead records"
+        if waiting == 0:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{waiting} lead records still in the outbox after {DRAIN_TIMEOUT_S}s")
+
+
+def check_ledger(data_dir: Path, answers: list[Answer], buyer: BuyerServer) -> dict[str, Any]:
+    """Every 201 answer's lead is in the ledger once with that outcome and price; no sale or
+    purchase twice; the journal balances; no buyer got a lead twice. Returns counts to report."""
+    with read_only(data_dir / "ledger.db") as db:
+        sources = {
+            lead_id: (outcome, price_paid)
+            for lead_id, outcome, price_paid in db.execute(
+                "SELECT l.id, s.outcome, s.price_paid_micros"
+                " FROM leads l LEFT JOIN source_events s ON s.lead_id = l.id"
+            )
+        }
+        recipients = db.execute(
+            "SELECT lead_id, id, buyer_id, sale_price_micros, outcome, reason FROM recipient_events"
+        ).fetchall()
+        postings = db.execute(
+            "SELECT kind, lead_id, recipient_event_id, debit_account, credit_account,"
+            " amount_micros FROM postings"
+        ).fetchall()
+
+    told = [a for a in answers if a.status == 201]
+    missing = [a.lead_id for a in told if a.lead_id not in sources]
+    assert not missing, f"{len(missing)} leads answered 201 are not in the ledger: {missing[:5]}"
+    assert all(outcome is not None for outcome, _ in sources.values()), "lead without its event"
+    differ = [
+        (a.lead_id, a.outcome, a.price_micros, sources[a.lead_id])
+        for a in told
+        if sources[a.lead_id] != (a.outcome, a.price_micros)
+    ]
+    assert not differ, f"{len(differ)} leads recorded otherwise than answered: {differ[:5]}"
+    # Leads the vendor never heard of (the gateway died mid-request) may be recorded or not.
+    assert len(told) <= len(sources) <= len(answers)
+
+    sold = [
+        (lead, event, buyer_id, price)
+        for lead, event, buyer_id, price, outcome, _ in recipients
+        if outcome == "success"
+    ]
+    sales_per_lead = Counter(lead for lead, _, _, _ in sold)
+    assert max(sales_per_lead.values(), default=0) <= 1, "a lead sold twice in an exclusive stage"
+
+    keys = Counter((kind, lead, event) for kind, lead, event, *_ in postings)
+    doubled = [key for key, n in keys.items() if n > 1]
+    assert not doubled, f"postings booked twice: {doubled[:5]}"
+    purchases = {lead: amount for kind, lead, _, _, _, amount in postings if kind == "purchase"}
+    assert purchases == {
+        lead: paid for lead, (outcome, paid) in sources.items() if outcome == "success"
+    }, "purchase postings differ from the successful source events"
+    sales = {event: amount for kind, _, event, _, _, amount in postings if kind == "sale"}
+    assert sales == {event: price for _, event, _, price in sold}, (
+        "sale postings differ from the successful recipient events"
+    )
+    balances: Counter[str] = Counter()
+    for *_, debit, credit, amount in postings:
+        balances[debit] += amount
+        balances[credit] -= amount
+    assert sum(balances.values()) == 0, "the trial balance is not zero"
+
+    deliveries = Counter((r["path"], r["data"]["email"]) for r in buyer.received)
+    twice = [key for key, n in deliveries.items() if n > 1]
+    assert not twice, f"{len(twice)} leads delivered twice to one buyer: {twice[:5]}"
+    emails = {a.lead_id: a.email for a in told}
+    unseen = [
+        (lead, buyer_id)
+        for lead, _, buyer_id, _ in sold
+        if lead in emails and (f"/{buyer_id}", emails[lead]) not in deliveries
+    ]
+    assert not unseen, f"sales booked for leads the buyer never received: {unseen[:5]}"
+    return {
+        "ledger_leads": len(sources),
+        "sales": len(sold),
+        "deliveries": len(buyer.received),
+        "deliveries_not_sold": len(buyer.received) - len(sold),
+        "step_errors": dict(
+            Counter(reason for *_, outcome, reason in recipients if outcome == "error")
+        ),
+    }
+
+
+def tally(answers: list[Answer], faults: list[Fault]) -> dict[str, Any]:
+    """What the vendor heard, and which fault the leads that did not succeed followed."""
+    seconds = sorted(a.seconds for a in answers)
+
+    def q(fraction: float) -> float:
+        return seconds[int(fraction * (len(seconds) - 1))]
+
+    after: Counter[str] = Counter()
+    for answer in answers:
+        if answer.outcome != "success":
+            follows = [f.module for f in faults if f.sent <= answer.due]
+            after[follows[-1] if follows else "none"] += 1
+    return {
+        "statuses": dict(Counter(a.status for a in answers)),
+        "outcomes": dict(Counter(a.outcome for a in answers if a.status == 201)),
+        "reasons": dict(Counter(a.reason for a in answers if a.reason)),
+        "transport_errors": dict(Counter(a.error for a in answers if a.error)),
+        "unsuccessful_after": dict(after),
+        "seconds_p50_p99_max": [round(x, 2) for x in (q(0.5), q(0.99), seconds[-1])],
+        "recovered_after_s": {f.module: round(f.recovered_after, 1) for f in faults},
+    }
+
+
+async def test_killing_each_service_under_load_loses_and_doubles_nothing(
+    buyer: BuyerServer, tmp_path: Path
+) -> None:
+    """5,000 leads at 100/s while ledger, delivery, routing and pricing are SIGKILLed in turn,
+    then the gateway itself. Leads may fail (`error`) while a service is down; none is lost or
+    booked twice, and a vendor without an answer is one whose request the gateway's death cut."""
+    suite = await asyncio.to_thread(run_suite, buyer, tmp_path)
+    try:
+        faults = [
+            Fault(6, "ledger_service", signal.SIGKILL),
+            Fault(14, "delivery_service", signal.SIGKILL),
+            Fault(22, "routing_service", signal.SIGKILL),
+            Fault(30, "pricing_service", signal.SIGKILL),
+            # Late in the run, so that leads are in flight and leads follow its restart.
+            Fault(44, "gateway", signal.SIGKILL),
+        ]
+        answers = await run_load_with_faults(suite, count=5000, rate=100, faults=faults)
+        drained = await asyncio.to_thread(wait_outbox_drained, suite, tmp_path / "data")
+        counts = check_ledger(tmp_path / "data", answers, buyer)
+    finally:
+        code = await asyncio.to_thread(suite.stop)
+    summary = tally(answers, faults)
+    print(summary, counts, f"outbox drained in {drained:.1f}s")
+    assert code == 0, "".join(suite.output)
+    # The vendor always hears 201 with an outcome: never a 5xx, whatever was down.
+    assert set(summary["statuses"]) <= {201, None}, (summary, counts)
+    # No answer at all only for the requests the gateway's death cut or refused.
+    gateway_killed = faults[-1].sent
+    early = [a for a in answers if a.status is None and a.due + a.seconds < gateway_killed]
+    assert not early, f"{len(early)} submissions failed before the gateway was killed: {early[:3]}"
+    # The faults are meant to be survivable: most leads still go through.
+    assert summary["outcomes"].get("success", 0) > len(answers) / 2, (summary, counts)
+
+
+async def test_sigterm_of_any_service_under_load_loses_no_in_flight_call(
+    slow_buyer: BuyerServer, tmp_path: Path
+) -> None:
+    """50 leads/s, buyers answering after 50 ms, while pricing, routing, delivery and the ledger
+    each stop gracefully (SIGTERM) and are restarted: a graceful restart costs no lead."""
+    suite = await asyncio.to_thread(run_suite, slow_buyer, tmp_path)
+    try:
+        faults = [
+            Fault(3, "pricing_service", signal.SIGTERM),
+            Fault(10, "routing_service", signal.SIGTERM),
+            Fault(17, "delivery_service", signal.SIGTERM),
+            Fault(24, "ledger_service", signal.SIGTERM),
+        ]
+        answers = await run_load_with_faults(suite, count=1600, rate=50, faults=faults)
+        drained = await asyncio.to_thread(wait_outbox_drained, suite, tmp_path / "data")
+        counts = check_ledger(tmp_path / "data", answers, slow_buyer)
+    finally:
+        code = await asyncio.to_thread(suite.stop)
+    summary = tally(answers, faults)
+    print(summary, counts, f"outbox drained in {drained:.1f}s")
+    assert code == 0, "".join(suite.output)
+    assert summary["statuses"] == {201: len(answers)}, (summary, counts)
+    # No lead failed for a restart: calls made meanwhile waited for the service (wait_for_ready).
+    assert summary["outcomes"] == {"success": len(answers)}, (summary, counts)
+    # Every buyer call in flight finished: each lead sold (Budget buys what Acme does not).
+    assert counts["sales"] == len(answers), (summary, counts)
