@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -53,6 +53,8 @@ CLIENT_SECONDS = Histogram(
     ["grpc_type", "grpc_service", "grpc_method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+_SERVER_METRICS = (SERVER_STARTED, SERVER_HANDLED, SERVER_SECONDS)
+_CLIENT_METRICS = (CLIENT_STARTED, CLIENT_HANDLED, CLIENT_SECONDS)
 # Beyond ~1000 concurrent streams on one channel gRPC core starts cancelling calls.
 MAX_IN_FLIGHT_PER_CHANNEL = 500
 # A lead with many recipients carries every attempt's request and response text: more than
@@ -85,42 +87,131 @@ def _split(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """grpc_server_* metrics for unary RPCs, under the go-grpc-prometheus names."""
+class _MethodMetrics:
+    """One unary method's metric children, looked up once: `labels()` hashes its values and
+    takes a lock on every call."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
+    def __init__(
+        self, metrics: tuple[Counter, Counter, Histogram], service: str, method: str
+    ) -> None:
+        started, self._handled, seconds = metrics
+        self._started = started.labels("unary", service, method)
+        self._seconds = seconds.labels("unary", service, method)
+        self._service = service
+        self._method = method
+        self._by_code: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._started.inc()
+
+    def finish(self, code: object, seconds: float) -> None:
+        label = _code_label(code)
+        handled = self._by_code.get(label)
+        if handled is None:
+            handled = self._by_code[label] = self._handled.labels(
+                "unary", self._service, self._method, label
+            )
+        handled.inc()
+        self._seconds.observe(seconds)
+
+
+def _observed(
+    handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary."""
+    if handler.unary_unary is None:
+        return handler
+    inner: Any = handler.unary_unary  # an async callable on an aio server
+    metrics = _MethodMetrics(_SERVER_METRICS, service, method)
+
+    async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metrics.start()
+        start = perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await inner(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.finish(code, perf_counter() - start)
+
+    return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class _ObservedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose unary handlers carry the metrics (wrapped once per handler)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        service, method = _split(details.method)
-        inner: Any = handler.unary_unary  # an async callable on an aio server
+        handler = self._inner.service(handler_call_details)
+        if handler is None:  # not ours; never cached, or unknown names would grow the cache
+            return None
+        full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _observed(handler, *_split(full_method))
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            SERVER_STARTED.labels("unary", service, method).inc()
-            start = perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = await inner(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                SERVER_HANDLED.labels("unary", service, method, _code_label(code)).inc()
-                SERVER_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+class _ObservedServer(grpc.aio.Server):
+    """The server as registrars see it: every unary handler gets the metrics when it is added.
+
+    Cheaper than a server interceptor, which on every call runs a chain of coroutines to find
+    the handler and builds a new handler object around it (about 10% of a small call's CPU).
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_ObservedGenericHandler(handler) for handler in generic_rpc_handlers]
         )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                method: _observed(handler, service_name, method)
+                for method, handler in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    # The signature is grpc.aio.Server's.
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        return await self._server.wait_for_termination(timeout)
 
 
 class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -128,6 +219,7 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
     def __init__(self, max_in_flight: int = MAX_IN_FLIGHT_PER_CHANNEL) -> None:
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._metrics: dict[str | bytes, _MethodMetrics] = {}
 
     async def intercept_unary_unary(
         self,
@@ -137,20 +229,20 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        method_path = (
-            details.method.decode() if isinstance(details.method, bytes) else details.method
-        )
-        service, method = _split(method_path)
-        CLIENT_STARTED.labels("unary", service, method).inc()
+        metrics = self._metrics.get(details.method)
+        if metrics is None:
+            path = details.method
+            metrics = self._metrics[path] = _MethodMetrics(
+                _CLIENT_METRICS, *_split(path.decode() if isinstance(path, bytes) else path)
+            )
+        metrics.start()
         start = perf_counter()
         async with self._slots:
             call = await continuation(details, request)
             try:
                 await call
             finally:
-                code = await call.code()
-                CLIENT_HANDLED.labels("unary", service, method, _code_label(code)).inc()
-                CLIENT_SECONDS.labels("unary", service, method).observe(perf_counter() - start)
+                metrics.finish(await call.code(), perf_counter() - start)
         return call
 
 
@@ -181,7 +273,6 @@ async def start_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build, bind and start a server with health and reflection; returns the bound port."""
     server = grpc.aio.server(
-        interceptors=[ServerMetricsInterceptor()],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", 1000),
@@ -191,12 +282,13 @@ async def start_server(
             *_MESSAGE_LIMITS,
         ],
     )
+    observed = _ObservedServer(server)
     for register in registrars:
-        register(server)
+        register(observed)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, observed)
     reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], observed
     )
     port = server.add_insecure_port(address)
     if port == 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
@@ -133,8 +133,17 @@ class DeliveryAttempt:
     duration_ms: int = 0
     error: str = ""
 
+    # Field by field: dataclasses.asdict deep-copies each value and costs several times more,
+    # and every delivery and ledger write converts its attempts.
     def to_proto(self) -> lead_pb2.DeliveryAttempt:
-        return lead_pb2.DeliveryAttempt(**asdict(self))
+        return lead_pb2.DeliveryAttempt(
+            number=self.number,
+            request=self.request,
+            response=self.response,
+            status_code=self.status_code,
+            duration_ms=self.duration_ms,
+            error=self.error,
+        )
 
     @classmethod
     def from_proto(cls, message: lead_pb2.DeliveryAttempt) -> DeliveryAttempt:
@@ -148,7 +157,14 @@ class DeliveryAttempt:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "number": self.number,
+            "request": self.request,
+            "response": self.response,
+            "status_code": self.status_code,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeliveryAttempt:

@@ -5,7 +5,7 @@ price (the service's or its fallback)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -84,6 +84,21 @@ class Pricer:
     def __init__(self, config: Config, services: PricingServiceClient) -> None:
         self._config = config
         self._services = services
+        # Each call's layers follow from the configuration alone: listed once, here.
+        self._purchase_layers = {
+            (flow.id, entry.source): layers(("source", entry.pricing), ("flow", flow.pricing))
+            for flow in config.flows
+            for entry in flow.sources
+        }
+        self._sale_steps: dict[tuple[str, int, int], tuple[Buyer, list[Layer]]] = {}
+        for flow in config.flows:
+            for s, stage in enumerate(flow.stages):
+                for k, step in enumerate(stage.steps):
+                    buyer = config.buyers_by_id[step.buyer]
+                    self._sale_steps[(flow.id, s, k)] = (
+                        buyer,
+                        layers(("step", step.pricing), ("buyer", buyer.pricing)),
+                    )
 
     async def purchase(self, lead: LeadData, override_text: str = "") -> Quote:
         """What we pay the vendor: override, source service, source rules, flow service, flow
@@ -94,9 +109,11 @@ class Pricer:
         if override is not None:
             return override
         context = lead_context(self._config, lead)
-        payload = self._payload(lead, flow, self._config.sources_by_id[lead.source_id])
+        source = self._config.sources_by_id[lead.source_id]
         quote = await self._first(
-            layers(("source", entry.pricing), ("flow", flow.pricing)), context, payload
+            self._purchase_layers[(flow.id, entry.source)],
+            context,
+            lambda: self._payload(lead, flow, source),
         )
         return _with_note(quote, note)
 
@@ -106,14 +123,20 @@ class Pricer:
         """What a buyer pays before delivery: step service, step rules, buyer service, buyer
         rules, else $0.00 (a price in the buyer's answer or a winning bid comes later)."""
         flow = self._config.flows_by_id[lead.flow_id]
-        step = find_step(self._config, lead.flow_id, stage_index, step_index)
-        buyer = self._config.buyers_by_id[step.buyer]
+        try:
+            buyer, candidates = self._sale_steps[(flow.id, stage_index, step_index)]
+        except KeyError:
+            find_step(self._config, lead.flow_id, stage_index, step_index)  # names what is missing
+            raise
         context = lead_context(self._config, lead, buyer=buyer, purchase_price=purchase_price)
-        payload = self._payload(lead, flow, self._config.sources_by_id[lead.source_id], buyer)
-        payload["purchase_price"] = purchase_price
-        return await self._first(
-            layers(("step", step.pricing), ("buyer", buyer.pricing)), context, payload
-        )
+        source = self._config.sources_by_id[lead.source_id]
+
+        def payload() -> dict[str, Any]:
+            body = self._payload(lead, flow, source, buyer)
+            body["purchase_price"] = purchase_price
+            return body
+
+        return await self._first(candidates, context, payload)
 
     def _override(self, pricing: Pricing | None, text: str) -> tuple[Quote | None, str]:
         if not text:
@@ -127,8 +150,13 @@ class Pricer:
         return Quote(price, PriceAudit(layer="override", amount=price)), ""
 
     async def _first(
-        self, candidates: Sequence[Layer], context: Mapping[str, Any], payload: dict[str, Any]
+        self,
+        candidates: Sequence[Layer],
+        context: Mapping[str, Any],
+        payload: Callable[[], dict[str, Any]],
     ) -> Quote:
+        """`payload` builds a pricing service's request body: only a service layer needs it,
+        and turning every field into its plain value is most of a rules-only quote's work."""
         notes: list[str] = []
         for layer in candidates:
             if layer.pricing is None:
@@ -136,7 +164,7 @@ class Pricer:
             if layer.kind == "service":
                 if layer.pricing.service is None:
                     continue
-                answer = await self._services.quote(layer.pricing.service, payload)
+                answer = await self._services.quote(layer.pricing.service, payload())
                 if answer.fallback_used:
                     metrics.PRICING_FALLBACKS.labels(layer.name).inc()
                 audit = PriceAudit(
