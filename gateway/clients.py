@@ -137,8 +137,9 @@ class Downstream:
     async def purchase_price(
         self, lead: LeadData, override_price_text: str, deadline_s: float
     ) -> pricing_service_pb2.QuotePurchasePriceResponse:
+        """With the first stage's rules-priced sale quotes (one round trip for both)."""
         request = pricing_service_pb2.QuotePurchasePriceRequest(
-            lead=lead.to_proto(), override_price_text=override_price_text
+            lead=lead.to_proto(), override_price_text=override_price_text, quote_first_stage=True
         )
         return await _idempotent(self.pricing.QuotePurchasePrice, request, deadline_s)
 

@@ -24,6 +24,7 @@ from leadflow.context import lead_context
 from leadflow.fields import parse_lead
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_micros, from_proto, to_proto
+from leadflow.pricing.v1 import pricing_service_pb2
 from leadflow.routing.v1 import routing_service_pb2
 from leadflow.wire import LeadData, PriceAudit, outcome_from_proto, outcome_to_proto
 
@@ -85,6 +86,8 @@ class LeadRun:
     ping_id: str = ""  # the inbound ping the vendor refers to, as sent
     ping: PingQuote | None = None  # that ping, when it was honoured (unused and unexpired)
     admitted: bool = False  # routing may hold reservations for this lead: settle them
+    # Sale quotes of first-stage steps that came with the purchase price, by step index.
+    first_stage_quotes: dict[int, pricing_service_pb2.StepQuote] = field(default_factory=dict)
     outcome: str = "success"
     reason: str = ""
     purchase_price: Decimal = ZERO
@@ -202,6 +205,7 @@ class Orchestrator:
             )
             run.purchase_price = from_proto(quote.price)
             run.purchase_audit = PriceAudit.from_proto(quote.audit)
+            run.first_stage_quotes = {q.step_index: q for q in quote.first_stage}
             if run.ping_id:
                 note = f"ping_id {run.ping_id[:64]!r} not honoured: unknown, expired or used"
                 notes = "; ".join(filter(None, [run.purchase_audit.note, note]))
@@ -225,6 +229,7 @@ class Orchestrator:
             rank_first_stage=first_stage is not None,
             deadline_s=self._rank_deadline(first_stage) if first_stage else ROUTING_DEADLINE_S,
         )
+        run.admitted = admission.needs_settlement
         if not admission.admitted:
             run.fail("failure", admission.reason)
             return
@@ -277,10 +282,16 @@ class Orchestrator:
         """Price the step, reserve its caps, deliver to its buyer and record the answer."""
         started = perf_counter()
         recipient.attempts = list(candidate.ping_attempts)
+        quoted = (
+            run.first_stage_quotes.get(candidate.step_index) if not recipient.stage_index else None
+        )
         if candidate.HasField("price"):
             # Routing priced it: the winning bid of an auction, or a price strategy's quote.
             recipient.sale_price = from_proto(candidate.price)
             recipient.price_audit = PriceAudit.from_proto(candidate.price_audit)
+        elif quoted is not None:  # quoted along with the purchase price
+            recipient.sale_price = from_proto(quoted.price)
+            recipient.price_audit = PriceAudit.from_proto(quoted.audit)
         else:
             try:
                 quote = await self._downstream.sale_price(

@@ -19,6 +19,9 @@ from leadflow.wire import LeadData, PriceAudit
 from pricing_service import metrics
 from pricing_service.services import PricingServiceClient
 
+# A first stage with more steps gets no quotes up front: most of them would never be offered.
+MAX_EAGER_STEPS = 8
+
 
 @dataclass(frozen=True)
 class Quote:
@@ -42,6 +45,14 @@ def layers(*named: tuple[str, Pricing | None]) -> list[Layer]:
         result.append(Layer(f"{prefix}_service", "service", pricing))
         result.append(Layer(f"{prefix}_rules", "rules", pricing))
     return result
+
+
+def _local(candidates: Sequence[Layer]) -> bool:
+    """Whether a price comes from rules alone: no layer calls a pricing service."""
+    return all(
+        layer.kind == "rules" or layer.pricing is None or layer.pricing.service is None
+        for layer in candidates
+    )
 
 
 def rules_price(
@@ -91,6 +102,8 @@ class Pricer:
             for entry in flow.sources
         }
         self._sale_steps: dict[tuple[str, int, int], tuple[Buyer, list[Layer]]] = {}
+        # Per flow, the first stage's steps quoted along with the purchase price.
+        self._eager_steps: dict[str, list[int]] = {}
         for flow in config.flows:
             for s, stage in enumerate(flow.stages):
                 for k, step in enumerate(stage.steps):
@@ -99,6 +112,12 @@ class Pricer:
                         buyer,
                         layers(("step", step.pricing), ("buyer", buyer.pricing)),
                     )
+            first = flow.stages[0].steps if flow.stages else []
+            self._eager_steps[flow.id] = (
+                [k for k in range(len(first)) if _local(self._sale_steps[(flow.id, 0, k)][1])]
+                if len(first) <= MAX_EAGER_STEPS
+                else []
+            )
 
     async def purchase(self, lead: LeadData, override_text: str = "") -> Quote:
         """What we pay the vendor: override, source service, source rules, flow service, flow
@@ -137,6 +156,17 @@ class Pricer:
             return body
 
         return await self._first(candidates, context, payload)
+
+    async def first_stage_sales(
+        self, lead: LeadData, purchase_price: Decimal
+    ) -> list[tuple[int, Quote]]:
+        """Sale quotes for the first stage's steps priced by rules alone, quoted with the
+        purchase price so the offers need no round trip each: pure and cheap (tens of µs), where
+        a step with a pricing service is left to its own quote (it may cost money and time)."""
+        return [
+            (step, await self.sale(lead, 0, step, purchase_price))
+            for step in self._eager_steps[lead.flow_id]
+        ]
 
     def _override(self, pricing: Pricing | None, text: str) -> tuple[Quote | None, str]:
         if not text:

@@ -35,9 +35,15 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
     ) -> pb.QuotePurchasePriceResponse:
         lead = await self._lead(request.lead, context)
         quote = await self._pricer.purchase(lead, request.override_price_text)
-        return pb.QuotePurchasePriceResponse(
+        response = pb.QuotePurchasePriceResponse(
             price=to_proto(quote.price), audit=quote.audit.to_proto()
         )
+        if request.quote_first_stage:
+            for step, sale in await self._pricer.first_stage_sales(lead, quote.price):
+                response.first_stage.add(
+                    step_index=step, price=to_proto(sale.price), audit=sale.audit.to_proto()
+                )
+        return response
 
     async def QuoteSalePrice(
         self, request: pb.QuoteSalePriceRequest, context: grpc.aio.ServicerContext[Any, Any]

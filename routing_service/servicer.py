@@ -106,6 +106,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
             admitted=admission.admitted,
             reason=admission.reason,
             check=_CHECKS.get(admission.check, pb.ADMISSION_CHECK_UNSPECIFIED),
+            needs_settlement=self._router.plan.flow(lead.flow_id).keeps_state,
         )
         if admission.first_stage is not None:
             response.first_stage.CopyFrom(ranking_to_proto(admission.first_stage, self._currency))

@@ -41,6 +41,23 @@ flows:
     stages:
       - name: first-look
         steps: [{buyer: anyone, priority: 2}, {buyer: ca-only, priority: 1}]
+  - id: priced
+    name: Priced by services and expressions
+    pricing: {prices: [{amount: 10}]}
+    sources: [{source: vendor}]
+    stages:
+      - name: mixed
+        steps:
+          - {buyer: anyone, pricing: {prices: [{amount: "purchase_price * 1.4"}]}}
+          - buyer: anyone
+            pricing: {service: {url: "http://127.0.0.1:9/", timeout_ms: 200, fallback_price: 3}}
+          - {buyer: ca-only}
+  - id: wide
+    name: A first stage too wide to quote up front
+    sources: [{source: vendor}]
+    stages: [{name: many, steps: [{buyer: anyone}, {buyer: anyone}, {buyer: anyone},
+      {buyer: anyone}, {buyer: anyone}, {buyer: anyone}, {buyer: anyone}, {buyer: anyone},
+      {buyer: anyone}]}]
 """
 
 
@@ -94,6 +111,42 @@ async def test_sale_price_uses_the_buyer_rules(
         timeout=5,
     )
     assert (from_proto(reply.price), reply.audit.layer) == (Decimal("40.00"), "buyer_rules")
+
+
+async def test_first_stage_sale_quotes_come_with_the_purchase_price_for_rules_priced_steps(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
+) -> None:
+    request = pricing_service_pb2.QuotePurchasePriceRequest(
+        lead=lead("CA", flow="priced").to_proto(), quote_first_stage=True
+    )
+    reply = await pricing.QuotePurchasePrice(request, timeout=5)
+    # Step 1 calls a pricing service: left to its own quote.
+    assert [q.step_index for q in reply.first_stage] == [0, 2]
+    for quoted in reply.first_stage:
+        alone = await pricing.QuoteSalePrice(
+            pricing_service_pb2.QuoteSalePriceRequest(
+                lead=request.lead,
+                stage_index=0,
+                step_index=quoted.step_index,
+                purchase_price=reply.price,
+            ),
+            timeout=5,
+        )
+        assert (quoted.price, quoted.audit) == (alone.price, alone.audit)
+    assert from_proto(reply.first_stage[0].price) == Decimal("14.00")  # 1.4 times the purchase
+
+
+async def test_no_first_stage_quotes_unless_asked_or_for_a_wide_stage(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
+) -> None:
+    unasked = pricing_service_pb2.QuotePurchasePriceRequest(
+        lead=lead("CA", flow="priced").to_proto()
+    )
+    wide = pricing_service_pb2.QuotePurchasePriceRequest(
+        lead=lead("CA", flow="wide").to_proto(), quote_first_stage=True
+    )
+    for request in (unasked, wide):
+        assert list((await pricing.QuotePurchasePrice(request, timeout=5)).first_stage) == []
 
 
 @pytest.mark.parametrize(("flow", "source"), [("nope", "vendor"), ("auto", "nope")])

@@ -93,6 +93,10 @@ flows:
           - {{buyer: closed}}
       - name: later
         steps: [{{buyer: capped}}]
+  - id: stateless
+    name: Stateless
+    sources: [{{source: vendor}}]
+    stages: [{{name: only, steps: [{{buyer: free}}]}}]
 """
 
 
@@ -433,6 +437,17 @@ async def test_admission_asked_to_rank_answers_the_first_stage_as_rank_stage_wou
         ("free", "Too cheap"),
         ("closed", "Outside hours of operation"),
     ]
+
+
+async def test_admission_says_whether_the_lead_needs_settling(
+    config: Config, database: Database
+) -> None:
+    async with replicas(config, database, count=1) as (stub,):
+        # `auto` checks duplicates (the key is committed when the lead settles), `priced` has a
+        # capped buyer; `stateless` keeps nothing, so its leads need no SettleLead round trip.
+        for flow, needed in (("auto", True), ("priced", True), ("stateless", False)):
+            reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=lead(flow).to_proto()), timeout=5)
+            assert (reply.admitted, reply.needs_settlement) == (True, needed)
 
 
 async def test_admission_ranks_nothing_unless_asked(config: Config, database: Database) -> None:
