@@ -380,30 +380,51 @@ def tally(answers: list[Answer], faults: list[Fault]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class FaultRun:
+    """What a run under faults produced: each submission's answer, the ledger's counts, the
+    tally by status and outcome, and the supervisor's exit code."""
+
+    answers: list[Answer]
+    counts: dict[str, Any]
+    summary: dict[str, Any]
+    exit_code: int
+    output: str
+
+
+async def run_under_faults(
+    buyer: BuyerServer, root: Path, faults: list[Fault], count: int, rate: float
+) -> FaultRun:
+    """The suite under load at `rate` while `faults` strike; the ledger checked once it drained."""
+    suite = await asyncio.to_thread(run_suite, buyer, root)
+    try:
+        answers = await run_load_with_faults(suite, count=count, rate=rate, faults=faults)
+        drained = await asyncio.to_thread(wait_outbox_drained, suite, root / "data")
+        counts = check_ledger(root / "data", answers, buyer)
+    finally:
+        code = await asyncio.to_thread(suite.stop)
+    summary = tally(answers, faults)
+    print(summary, counts, f"outbox drained in {drained:.1f}s")
+    return FaultRun(answers, counts, summary, code, "".join(suite.output))
+
+
 async def test_killing_each_service_under_load_loses_and_doubles_nothing(
     buyer: BuyerServer, tmp_path: Path
 ) -> None:
     """5,000 leads at 100/s while ledger, delivery, routing and pricing are SIGKILLed in turn,
     then the gateway itself. Leads may fail (`error`) while a service is down; none is lost or
     booked twice, and a vendor without an answer is one whose request the gateway's death cut."""
-    suite = await asyncio.to_thread(run_suite, buyer, tmp_path)
-    try:
-        faults = [
-            Fault(6, "ledger_service", signal.SIGKILL),
-            Fault(14, "delivery_service", signal.SIGKILL),
-            Fault(22, "routing_service", signal.SIGKILL),
-            Fault(30, "pricing_service", signal.SIGKILL),
-            # Late in the run, so that leads are in flight and leads follow its restart.
-            Fault(44, "gateway", signal.SIGKILL),
-        ]
-        answers = await run_load_with_faults(suite, count=5000, rate=100, faults=faults)
-        drained = await asyncio.to_thread(wait_outbox_drained, suite, tmp_path / "data")
-        counts = check_ledger(tmp_path / "data", answers, buyer)
-    finally:
-        code = await asyncio.to_thread(suite.stop)
-    summary = tally(answers, faults)
-    print(summary, counts, f"outbox drained in {drained:.1f}s")
-    assert code == 0, "".join(suite.output)
+    faults = [
+        Fault(6, "ledger_service", signal.SIGKILL),
+        Fault(14, "delivery_service", signal.SIGKILL),
+        Fault(22, "routing_service", signal.SIGKILL),
+        Fault(30, "pricing_service", signal.SIGKILL),
+        # Late in the run, so that leads are in flight and leads follow its restart.
+        Fault(44, "gateway", signal.SIGKILL),
+    ]
+    run = await run_under_faults(buyer, tmp_path, faults, count=5000, rate=100)
+    answers, counts, summary = run.answers, run.counts, run.summary
+    assert run.exit_code == 0, run.output
     # The vendor always hears 201 with an outcome: never a 5xx, whatever was down.
     assert set(summary["statuses"]) <= {201, None}, (summary, counts)
     # No answer at all only for the requests the gateway's death cut or refused.
@@ -419,22 +440,15 @@ async def test_sigterm_of_any_service_under_load_loses_no_in_flight_call(
 ) -> None:
     """50 leads/s, buyers answering after 50 ms, while pricing, routing, delivery and the ledger
     each stop gracefully (SIGTERM) and are restarted: a graceful restart costs no lead."""
-    suite = await asyncio.to_thread(run_suite, slow_buyer, tmp_path)
-    try:
-        faults = [
-            Fault(3, "pricing_service", signal.SIGTERM),
-            Fault(10, "routing_service", signal.SIGTERM),
-            Fault(17, "delivery_service", signal.SIGTERM),
-            Fault(24, "ledger_service", signal.SIGTERM),
-        ]
-        answers = await run_load_with_faults(suite, count=1600, rate=50, faults=faults)
-        drained = await asyncio.to_thread(wait_outbox_drained, suite, tmp_path / "data")
-        counts = check_ledger(tmp_path / "data", answers, slow_buyer)
-    finally:
-        code = await asyncio.to_thread(suite.stop)
-    summary = tally(answers, faults)
-    print(summary, counts, f"outbox drained in {drained:.1f}s")
-    assert code == 0, "".join(suite.output)
+    faults = [
+        Fault(3, "pricing_service", signal.SIGTERM),
+        Fault(10, "routing_service", signal.SIGTERM),
+        Fault(17, "delivery_service", signal.SIGTERM),
+        Fault(24, "ledger_service", signal.SIGTERM),
+    ]
+    run = await run_under_faults(slow_buyer, tmp_path, faults, count=1600, rate=50)
+    answers, counts, summary = run.answers, run.counts, run.summary
+    assert run.exit_code == 0, run.output
     assert summary["statuses"] == {201: len(answers)}, (summary, counts)
     # No lead failed for a restart: calls made meanwhile waited for the service (wait_for_ready).
     assert summary["outcomes"] == {"success": len(answers)}, (summary, counts)
