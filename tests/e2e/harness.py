@@ -110,8 +110,11 @@ class BuyerServer:
 
 
 def ports_free(ports: list[int]) -> bool:
+    """No socket listens on any of `ports`. SO_REUSEADDR, as the servers themselves bind: a
+    connection of a stopped server lingering in TIME_WAIT does not make its port busy."""
     for port in ports:
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
