@@ -454,3 +454,19 @@ async def test_sigterm_of_any_service_under_load_loses_no_in_flight_call(
     assert summary["outcomes"] == {"success": len(answers)}, (summary, counts)
     # Every buyer call in flight finished: each lead sold (Budget buys what Acme does not).
     assert counts["sales"] == len(answers), (summary, counts)
+
+
+async def test_sigterm_of_the_gateway_under_load_answers_every_request_it_took(
+    slow_buyer: BuyerServer, tmp_path: Path
+) -> None:
+    """The gateway stopped gracefully mid-load: every request it had taken is answered and
+    recorded; while it restarts, vendors are refused a connection (their request was never
+    sent), never cut off mid-request."""
+    faults = [Fault(4, "gateway", signal.SIGTERM)]
+    run = await run_under_faults(slow_buyer, tmp_path, faults, count=600, rate=50)
+    assert run.exit_code == 0, run.output
+    answered = [a for a in run.answers if a.status is not None]
+    assert {(a.status, a.outcome) for a in answered} == {(201, "success")}, run.summary
+    unanswered = {a.error for a in run.answers if a.status is None}
+    assert unanswered <= {"ClientConnectorError"}, run.summary
+    assert run.counts["sales"] == len(answered), (run.summary, run.counts)
