@@ -4,6 +4,7 @@ go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -331,6 +332,15 @@ async def stop_server(
     await server.stop(grace)
 
 
+def freeze_startup_heap() -> None:
+    """Move what startup built (configuration, ZIP and phone data, proto descriptors: about
+    90,000 objects in the gateway) out of the garbage collector's sight. It lives as long as the
+    process, yet every full collection walked it: ~40 ms paused on the event loop each time,
+    which under load landed on whatever leads were in flight (the p99)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_terminated(
     server: grpc.aio.Server,
     health_servicer: health.aio.HealthServicer,
@@ -338,6 +348,7 @@ async def run_until_terminated(
     grace: float = 10.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
