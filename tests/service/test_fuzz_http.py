@@ -221,6 +221,10 @@ def _check(status: int, body: bytes) -> None:
     query=query_strings,
     idempotency_key=idempotency_keys,
     method=st.sampled_from(["POST", "POST", "GET", "PUT"]),
+    # Asynchronous submission (202) takes the same bodies; odd Prefer values are no preference.
+    prefer=st.none()
+    | st.sampled_from(["respond-async", "RESPOND-ASYNC, wait=5", "wait=1", ";"])
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 )
 async def test_fuzzed_submissions_never_give_a_server_error_or_hang(
     suite: InProcessSuite,
@@ -230,10 +234,13 @@ async def test_fuzzed_submissions_never_give_a_server_error_or_hang(
     query: str,
     idempotency_key: str | None,
     method: str,
+    prefer: str | None,
 ) -> None:
     headers = {"X-Api-Key": KEY}
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
+    if prefer is not None:
+        headers["Prefer"] = prefer
     _check(*await _post(suite, SUBMIT, body, content_type, accept, query, headers, method))
 
 
