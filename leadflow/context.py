@@ -42,5 +42,6 @@ def lead_context(
         purchase_price=purchase_price,
         sale_price=sale_price,
         submission=submission_vars(lead, config.flow_time_zone(flow)),
-        extra=extra,
+        # `{{lead_id}}` everywhere (mappings, mails, files): buyers quote it in their feedback.
+        extra={"lead_id": lead.id, **(extra or {})},
     )
