@@ -142,6 +142,13 @@ async def send_file(
     return result
 
 
+# Ledger answers that a retry cannot change.
+REFUSED_FOR_GOOD = frozenset(
+    {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
+)
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 class OutcomeReporter:
     """Hands final outcomes to the ledger (RecordDeliveryOutcome), keeping each until it is
     taken: a ledger that is down, or does not implement the call yet, delays it, never drops it."""
@@ -196,6 +203,18 @@ class OutcomeReporter:
             await self._stub.RecordDeliveryOutcome(request, timeout=LEDGER_DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
+            if exc.code() in REFUSED_FOR_GOOD:
+                # Retrying cannot change the answer (the event is not queued, the request is
+                # invalid): the outcome is parked, still unreported, for an operator to see
+                # (leadflow_delivery_outcomes_unreported counts it).
+                log.error(
+                    "ledger refused the outcome of %s for good (%s: %s); not retried",
+                    report.event_id,
+                    code,
+                    exc.details(),
+                )
+                await self._store.report_failed(report.event_id, f"{code}: {exc.details()}", NEVER)
+                return False
             if code not in self._warned:
                 # One line per kind of refusal, not one per lead per second.
                 self._warned.add(code)

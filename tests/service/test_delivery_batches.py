@@ -738,3 +738,29 @@ async def test_outcome_the_ledger_cannot_take_yet_is_kept_and_retried(
 
 async def _unreported(rig: Rig) -> list[Any]:
     return await rig.store.unreported()
+
+
+async def test_an_outcome_the_ledger_refuses_for_good_is_not_retried(
+    rig: Rig, ledger: tuple[str, ledger_grpc.LedgerServiceStub]
+) -> None:
+    address, ledger_stub = ledger
+    _, stub = await rig.start(ledger_address=address)
+    request = lead_request("sftp-batch", 1)
+    # The ledger holds this recipient event as an answered sale, not `queued`: a batch outcome
+    # for it is refused (FAILED_PRECONDITION), and asking again cannot change that.
+    record = _record_request(request)
+    record.recipient_events[0].outcome = SUCCESS
+    record.source_event.revenue.CopyFrom(request.sale_price)
+    await ledger_stub.RecordLead(record)
+    await stub.DeliverLead(request)
+    await stub.DeliverPending(pb.DeliverPendingRequest(buyer_id="sftp-batch"))
+
+    async def refused() -> bool:
+        return any(r.tries >= 1 for r in await _unreported(rig))
+
+    await eventually(refused)
+    # Parked for an operator: still unreported (the gauge shows it), and never due again, where
+    # a retryable refusal is due again within seconds.
+    assert await rig.store.unreported_count() == 1
+    far_future = datetime(9000, 1, 1, tzinfo=UTC)
+    assert await rig.store.due_reports(far_future, far_future, 10) == []
