@@ -70,6 +70,8 @@ class AsyncIntake:
         self._lease = timedelta(seconds=lease_s)
         self._commits = GroupCommit(store.add_intakes)
         self._queue: asyncio.Queue[IntakeRow] = asyncio.Queue()
+        # Lead ids in the queue: a sweep during a backlog must not queue them again.
+        self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()  # workers processing a lead
         self._stopping = False
@@ -78,7 +80,7 @@ class AsyncIntake:
         """Commit the submission and queue it; its lead id, once durable."""
         row = IntakeRow(new_lead_id(), flow_id, source_id, submission.to_json())
         await self._commits.submit(row)
-        self._queue.put_nowait(row)
+        self._enqueue(row)
         return row.lead_id
 
     def start(self) -> None:
@@ -97,7 +99,7 @@ class AsyncIntake:
         """Take over unclaimed intakes and record lapsed ones as interrupted."""
         now = datetime.now(UTC)
         for row in await self._store.unclaimed_intakes(now - self._unclaimed_after, SWEEP_LIMIT):
-            self._queue.put_nowait(row)
+            self._enqueue(row)
         lapsed_before = now - self._lease
         for row in await self._store.lapsed_intakes(lapsed_before, SWEEP_LIMIT):
             if not await self._store.claim_intake(row.lead_id, lapsed_before):
@@ -108,11 +110,17 @@ class AsyncIntake:
                 row.lead_id, row.flow_id, row.source_id, submission.fields
             )
 
+    def _enqueue(self, row: IntakeRow) -> None:
+        if row.lead_id not in self._queued:
+            self._queued.add(row.lead_id)
+            self._queue.put_nowait(row)
+
     async def _work(self) -> None:
         worker = asyncio.current_task()
         assert worker is not None
         while not self._stopping:
             row = await self._queue.get()
+            self._queued.discard(row.lead_id)
             self._busy.add(worker)
             try:
                 if await self._store.claim_intake(row.lead_id):
