@@ -116,6 +116,7 @@ async def main() -> None:
     async def close() -> None:
         await gateway.close()
         await downstream.close()
+        store.close()
         await engine.dispose()
 
     await kit.run_until_terminated(gateway.server, gateway.health, on_stop=close)

@@ -5,23 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement
 
 from gateway.tables import Base, IdempotencyKey, Intake, LedgerOutbox, Ping, RejectedRecord
-from leadflow.db import create_schema
+from leadflow.db import create_schema, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 
 OUTBOX_TABLE = Table(LedgerOutbox.__tablename__, Base.metadata)
 INTAKE_TABLE = Table(Intake.__tablename__, Base.metadata)
+REJECTED_TABLE = Table(RejectedRecord.__tablename__, Base.metadata)
 
 POLL_SECONDS = 0.05
 # Longer than any submission can take (every call's deadline and the delivery retries).
@@ -60,6 +74,11 @@ class IntakeRow:
     claimed: bool = False
 
 
+def _in_transaction(engine: Engine, work: Callable[[Connection], None]) -> None:
+    with engine.begin() as conn:
+        work(conn)
+
+
 def _intake_row(row: Intake) -> IntakeRow:
     return IntakeRow(
         row.lead_id,
@@ -94,6 +113,16 @@ class GatewayStore:
         # here hands the lock over at once (outbox commits, deletes, claims and pings otherwise
         # collide under load and put 50-100 ms tails on submissions).
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # On SQLite the outbox's transactions run whole in one worker thread (_run_write).
+        self._sync_engine: Engine | None = None
+        if engine.dialect.name == "sqlite":
+            self._sync_engine = sa_create_engine(engine.url.set(drivername="sqlite"))
+            event.listen(self._sync_engine, "connect", sqlite_pragmas)
+
+    def close(self) -> None:
+        """Close what the store opened itself (the engine passed in is its creator's)."""
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -194,29 +223,39 @@ class GatewayStore:
                     )
 
     async def _put_records(self, records: list[OutboxRecord]) -> None:
-        # Core statements on a connection, not an ORM session: this runs once per burst of
-        # leads on the submission path, and the session's bookkeeping doubled its time.
         now = datetime.now(UTC)
-        async with self._write_lock or nullcontext(), self._engine.begin() as conn:
-            await conn.execute(
-                insert(OUTBOX_TABLE),
-                [
-                    {"lead_id": r.lead_id, "created_time": now, "request": r.request}
-                    for r in records
-                ],
-            )
-            finished = [
-                {"key": r.lead_id, "finished_time": now, "result": r.result}
-                for r in records
-                if r.result is not None
-            ]
+        rows = [{"lead_id": r.lead_id, "created_time": now, "request": r.request} for r in records]
+        finished = [
+            {"key": r.lead_id, "finished_time": now, "result": r.result}
+            for r in records
+            if r.result is not None
+        ]
+
+        def put(conn: Connection) -> None:
+            conn.execute(insert(OUTBOX_TABLE), rows)
             if finished:
-                await conn.execute(
+                conn.execute(
                     update(INTAKE_TABLE)
                     .where(INTAKE_TABLE.c.lead_id == bindparam("key"))
                     .values(finished_time=bindparam("finished_time"), result=bindparam("result")),
                     finished,
                 )
+
+        await self._run_write(put)
+
+    async def _run_write(self, work: Callable[[Connection], None]) -> None:
+        """A transaction of Core statements, for the outbox's writes. They run once per burst of
+        leads on the submission path: no ORM session (its bookkeeping doubled their time) and,
+        on SQLite, the whole transaction in one worker thread, where aiosqlite hands BEGIN,
+        every statement and COMMIT over to its thread separately (commit p50 3-4 ms under
+        load before, p99 at 190 leads/s 28-47 ms before and 18-27 ms after)."""
+        if self._sync_engine is None:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(work)
+            return
+        assert self._write_lock is not None
+        async with self._write_lock:
+            await asyncio.to_thread(_in_transaction, self._sync_engine, work)
 
     async def stale_records(self, before: datetime, limit: int) -> list[bytes]:
         """Outbox records committed before `before`, oldest first."""
@@ -231,25 +270,23 @@ class GatewayStore:
 
     async def settle_records(self, done: list[str], rejected: list[tuple[str, str]]) -> None:
         """Delete the records the ledger has; set aside the ones it refused, with its reason."""
-        async with self._writing() as session:
-            if rejected:
-                errors = dict(rejected)
-                rows = await session.execute(
-                    select(LedgerOutbox).where(LedgerOutbox.lead_id.in_(errors))
-                )
-                for (row,) in rows:
-                    session.add(
-                        RejectedRecord(
-                            lead_id=row.lead_id,
-                            created_time=row.created_time,
-                            request=row.request,
-                            error=errors[row.lead_id],
-                        )
+        errors = dict(rejected)
+        gone = [*done, *errors]
+
+        def settle(conn: Connection) -> None:
+            if errors:
+                kept = conn.execute(
+                    select(OUTBOX_TABLE).where(OUTBOX_TABLE.c.lead_id.in_(errors))
+                ).all()
+                if kept:
+                    conn.execute(
+                        insert(REJECTED_TABLE),
+                        [{**row._asdict(), "error": errors[row.lead_id]} for row in kept],
                     )
-                await session.flush()
-            gone = [*done, *(lead_id for lead_id, _ in rejected)]
             if gone:
-                await session.execute(delete(LedgerOutbox).where(LedgerOutbox.lead_id.in_(gone)))
+                conn.execute(delete(OUTBOX_TABLE).where(OUTBOX_TABLE.c.lead_id.in_(gone)))
+
+        await self._run_write(settle)
 
     async def rejected_records(self) -> list[tuple[str, str]]:
         """(lead id, the ledger's reason) of every record set aside."""

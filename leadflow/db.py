@@ -62,7 +62,7 @@ def create_engine(url: str, schema: str) -> AsyncEngine:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
     if backend == "postgresql":
         return create_async_engine(
@@ -77,7 +77,7 @@ def create_engine(url: str, schema: str) -> AsyncEngine:
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout waits for a lock instead of failing.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -191,6 +191,7 @@ async def in_process_suite(
         engine = db.create_engine(database.url, database.schema)
         stack.push_async_callback(engine.dispose)
         store = GatewayStore(engine, database.schema)
+        stack.callback(store.close)
         await store.create_schema()
         downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
         stack.push_async_callback(downstream.close)
