@@ -10,7 +10,7 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.clients import Downstream
-from gateway.intake import render
+from gateway.intake import error_response, render
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config
 from leadflow.delivery.v1 import delivery_service_pb2
@@ -38,10 +38,6 @@ _HTTP_STATUS = {
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(status=status, body=render(data, JSON), content_type=JSON)
-
-
-def _error(status: int, reason: str, outcome: str = "failure") -> web.Response:
-    return _json({"outcome": outcome, "reason": reason}, status)
 
 
 def _time(stamp: Timestamp, present: bool = True) -> str | None:
@@ -91,8 +87,8 @@ def queue_json(queue: delivery_service_pb2.BatchQueue) -> dict[str, Any]:
 def _rpc_error(exc: grpc.aio.AioRpcError) -> web.Response:
     status = _HTTP_STATUS.get(exc.code())
     if status is not None:
-        return _error(status, exc.details() or exc.code().name)
-    return _error(503, "Delivery unavailable", outcome="error")
+        return error_response(status, exc.details() or exc.code().name)
+    return error_response(503, "Delivery unavailable", outcome="error")
 
 
 def _request_id(request: web.Request, action: str) -> str | None:
@@ -115,13 +111,13 @@ def add_batch_routes(app: web.Application, config: Config, downstream: Downstrea
 
     async def list_batches(request: web.Request) -> web.Response:
         if not authorized(request):
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         buyer_id = request.query.get("buyer", "")
         if buyer_id and buyer_id not in config.buyers_by_id:
-            return _error(404, f"Unknown buyer {buyer_id!r}")
+            return error_response(404, f"Unknown buyer {buyer_id!r}")
         limit_text = request.query.get("limit", "50")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
-            return _error(400, f"limit must be a number from 1 to {MAX_LIMIT}")
+            return error_response(400, f"limit must be a number from 1 to {MAX_LIMIT}")
         try:
             reply = await downstream.list_batches(
                 buyer_id, int(limit_text), request.query.get("page_token", "")
@@ -138,13 +134,13 @@ def add_batch_routes(app: web.Application, config: Config, downstream: Downstrea
 
     async def deliver(request: web.Request) -> web.Response:
         if not authorized(request):
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         buyer_id = request.match_info["buyer_id"]
         if buyer_id not in config.buyers_by_id:
-            return _error(404, f"Unknown buyer {buyer_id!r}")
+            return error_response(404, f"Unknown buyer {buyer_id!r}")
         request_id = _request_id(request, "deliver")
         if request_id is None:
-            return _error(400, f"Idempotency-Key must be 1 to {MAX_REQUEST_ID} characters")
+            return error_response(400, f"Idempotency-Key must be 1 to {MAX_REQUEST_ID} characters")
         try:
             reply = await downstream.deliver_pending(buyer_id, request_id)
         except grpc.aio.AioRpcError as exc:
@@ -155,10 +151,10 @@ def add_batch_routes(app: web.Application, config: Config, downstream: Downstrea
 
     async def resend(request: web.Request) -> web.Response:
         if not authorized(request):
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         request_id = _request_id(request, "resend")
         if request_id is None:
-            return _error(400, f"Idempotency-Key must be 1 to {MAX_REQUEST_ID} characters")
+            return error_response(400, f"Idempotency-Key must be 1 to {MAX_REQUEST_ID} characters")
         try:
             reply = await downstream.resend_batch(request.match_info["batch_id"], request_id)
         except grpc.aio.AioRpcError as exc:

@@ -15,7 +15,16 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.clients import Downstream
-from gateway.intake import BODY_TYPES, BadRequest, negotiate, pairs_to_dict, parse_body, render
+from gateway.intake import (
+    BODY_TYPES,
+    NOT_ACCEPTABLE,
+    BadRequest,
+    error_response,
+    negotiate,
+    pairs_to_dict,
+    parse_body,
+    render,
+)
 from gateway.outbox import LedgerOutbox
 from leadflow.config import Buyer, Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
@@ -36,10 +45,6 @@ STATUS_NAMES = {
 
 def _respond(data: dict[str, Any], status: int, media: str = JSON) -> web.Response:
     return web.Response(status=status, body=render(data, media), content_type=media)
-
-
-def _error(status: int, reason: str, media: str = JSON, outcome: str = "failure") -> web.Response:
-    return _respond({"outcome": outcome, "reason": reason}, status, media)
 
 
 def authenticated_buyer(config: Config, request: web.Request) -> Buyer | None:
@@ -156,28 +161,28 @@ def add_feedback_routes(
     async def submit(request: web.Request) -> web.Response:
         media = negotiate(request.headers.get("Accept"))
         if media is None:
-            return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+            return error_response(406, NOT_ACCEPTABLE)
         buyer = authenticated_buyer(config, request)
         if buyer is None:
-            return _error(401, "Unauthorized buyer", media)
+            return error_response(401, "Unauthorized buyer", media)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-            return _error(
+            return error_response(
                 400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media
             )
         try:
             message = feedback_request(config, buyer, await _parameters(request), key)
         except BadRequest as exc:
-            return _error(400, str(exc), media)
+            return error_response(400, str(exc), media)
         try:
             await outbox.flushed()  # the ledger has this gateway's latest leads
             reply = await downstream.submit_feedback(message)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return _error(404, "Unknown lead or event", media)
+                return error_response(404, "Unknown lead or event", media)
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return _error(400, exc.details() or "Invalid feedback", media)
-            return _error(503, "Ledger unavailable", media, outcome="error")
+                return error_response(400, exc.details() or "Invalid feedback", media)
+            return error_response(503, "Ledger unavailable", media, outcome="error")
         return _respond(_result(reply.feedback), 201, media)
 
     def decide(approve: bool) -> Any:
@@ -185,16 +190,16 @@ def add_feedback_routes(
             from gateway.http_api import key_matches  # http_api registers these routes
 
             if not key_matches(request, config.account.admin_api_key):
-                return _error(401, "Unauthorized")
+                return error_response(401, "Unauthorized")
             try:
                 reply = await downstream.decide_return(request.match_info["feedback_id"], approve)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                    return _error(404, "Unknown return")
+                    return error_response(404, "Unknown return")
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
-                    return _error(409, exc.details() or "Return already decided")
-                return _error(503, "Ledger unavailable", outcome="error")
+                    return error_response(409, exc.details() or "Return already decided")
+                return error_response(503, "Ledger unavailable", outcome="error")
             return _respond(_result(reply.feedback), 200)
 
         return handler

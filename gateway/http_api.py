@@ -23,8 +23,10 @@ from gateway.clients import Downstream
 from gateway.feedback_api import add_feedback_routes
 from gateway.intake import (
     BODY_TYPES,
+    NOT_ACCEPTABLE,
     BadRequest,
     check_depth,
+    error_response,
     negotiate,
     override_text,
     pairs_to_dict,
@@ -55,13 +57,6 @@ INTAKE_KEY = web.AppKey("intake", AsyncIntake)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(
-    status: int, reason: str, outcome: str = "failure", media: str = "application/json"
-) -> web.Response:
-    body = render({"outcome": outcome, "reason": reason}, media)
-    return web.Response(status=status, body=body, content_type=media)
-
-
 @web.middleware
 async def errors_as_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own 404/405/413 become the same `{"outcome","reason"}` bodies as ours."""
@@ -70,14 +65,14 @@ async def errors_as_bodies(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error(exc.status, exc.reason)
+        response = error_response(exc.status, exc.reason)
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "Internal error", outcome="error")
+        return error_response(500, "Internal error", outcome="error")
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -119,27 +114,27 @@ async def read_vendor_request(request: web.Request) -> VendorRequest | web.Respo
     flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
     flow = config.flows_by_id.get(flow_id)
     if flow is None or source_id not in flow.sources_by_id:
-        return _error(404, "Unknown flow or source")
+        return error_response(404, "Unknown flow or source")
     source = config.sources_by_id[source_id]
     if not key_matches(request, source.api_key):
-        return _error(401, "Unauthorized source")
+        return error_response(401, "Unauthorized source")
     # After authentication, so nobody without the key can spend a vendor's budget.
     retry_after = request.app[RATE_LIMITER_KEY].take(source_id, source.rate_limit)
     if retry_after is not None:
-        response = _error(429, "Rate limit exceeded")
+        response = error_response(429, "Rate limit exceeded")
         response.headers["Retry-After"] = str(retry_after)
         return response
     media = negotiate(request.headers.get("Accept"))
     if media is None:
-        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+        return error_response(406, NOT_ACCEPTABLE)
     try:
         fields = await _submitted_fields(request)
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
+        return error_response(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
     except _UnsupportedMediaType as exc:
-        return _error(415, str(exc), media=media)
+        return error_response(415, str(exc), media=media)
     except BadRequest as exc:
-        return _error(400, str(exc), media=media)
+        return error_response(400, str(exc), media=media)
     return VendorRequest(flow, source_id, media, fields)
 
 
@@ -158,7 +153,7 @@ async def submit(request: web.Request) -> web.Response:
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        return _error(
+        return error_response(
             400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media=media
         )
     store = request.app[STORE_KEY]
@@ -166,7 +161,7 @@ async def submit(request: web.Request) -> web.Response:
         try:
             first = await store.claim(source_id, key)
         except KeyInProgress:
-            return _error(
+            return error_response(
                 409, "A request with this Idempotency-Key is still in progress", media=media
             )
         if first is not None:
@@ -260,7 +255,7 @@ async def get_lead(request: web.Request) -> web.Response:
     if not key_matches(request, config.account.admin_api_key):
         source = config.sources_by_id.get(intake.source_id) if intake else None
         if intake is None or source is None or not key_matches(request, source.api_key):
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         return _vendor_status(request, intake)
     if intake is not None and intake.result is None:
         return _vendor_status(request, intake)
@@ -269,8 +264,8 @@ async def get_lead(request: web.Request) -> web.Response:
         reply = await request.app[DOWNSTREAM_KEY].get_lead(lead_id)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return _error(404, "Unknown lead")
-        return _error(503, "Ledger unavailable", outcome="error")
+            return error_response(404, "Unknown lead")
+        return error_response(503, "Ledger unavailable", outcome="error")
     body = render(lead_view(reply), "application/json")
     return web.Response(body=body, content_type="application/json")
 
@@ -280,7 +275,7 @@ def _vendor_status(request: web.Request, intake: IntakeRow) -> web.Response:
     media type the vendor accepts; pending (202, Retry-After) until it is processed."""
     media = negotiate(request.headers.get("Accept"))
     if media is None:
-        return _error(406, "Acceptable types: application/json, application/xml, text/plain")
+        return error_response(406, NOT_ACCEPTABLE)
     if intake.result is None:
         body = {"outcome": "pending", "lead": {"id": intake.lead_id}}
         headers = {"Retry-After": "1"}

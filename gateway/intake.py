@@ -1,5 +1,6 @@
 """What a vendor's HTTP request says, and how to answer it: bodies (JSON, form, XML, query),
-dot-key unflattening, content negotiation and response rendering. Pure: no I/O."""
+dot-key unflattening, content negotiation, response rendering and the error answer every
+endpoint gives. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl
 from xml.etree.ElementTree import Element, ParseError
 
 import orjson
+from aiohttp import web
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml
 
@@ -151,6 +153,7 @@ def override_text(value: object) -> str:
 
 # What the gateway can answer in, in order of preference when the client does not care.
 OFFERS = ("application/json", "application/xml", "text/xml", "text/plain")
+NOT_ACCEPTABLE = "Acceptable types: application/json, application/xml, text/plain"
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -214,6 +217,14 @@ def render(data: Mapping[str, Any], media_type: str) -> bytes:
     if media_type in XML_TYPES:
         return b'<?xml version="1.0" encoding="UTF-8"?>\n' + _xml("result", data).encode()
     return "".join(f"{key}:{value}\n" for key, value in _flat(data)).encode()
+
+
+def error_response(
+    status: int, reason: str, media: str = "application/json", *, outcome: str = "failure"
+) -> web.Response:
+    """Every 4xx/5xx of the gateway: `{"outcome","reason"}` in the negotiated media type."""
+    body = render({"outcome": outcome, "reason": reason}, media)
+    return web.Response(status=status, body=body, content_type=media)
 
 
 def _json_default(value: object) -> object:

@@ -85,7 +85,9 @@ class LeadRun:
     override_price: str = ""  # the vendor's `price` parameter, as sent
     ping_id: str = ""  # the inbound ping the vendor refers to, as sent
     ping: PingQuote | None = None  # that ping, when it was honoured (unused and unexpired)
-    admitted: bool = False  # routing may hold reservations for this lead: settle them
+    # Routing may hold something for this lead (reservations, a duplicate key, counted sales):
+    # SettleLead when it is over. Unknown until admission answers, so assumed then.
+    needs_settlement: bool = False
     # Sale quotes of first-stage steps that came with the purchase price, by step index.
     first_stage_quotes: dict[int, pricing_service_pb2.StepQuote] = field(default_factory=dict)
     outcome: str = "success"
@@ -221,7 +223,7 @@ class Orchestrator:
                     return
 
         # Hours, duplicates, then flow and source caps (reserved until the lead settles).
-        run.admitted = True
+        run.needs_settlement = True
         first_stage = flow.stages[0] if flow.stages else None
         admission = await self._downstream.admit_lead(
             run.lead,
@@ -229,7 +231,7 @@ class Orchestrator:
             rank_first_stage=first_stage is not None,
             deadline_s=self._rank_deadline(first_stage) if first_stage else ROUTING_DEADLINE_S,
         )
-        run.admitted = admission.needs_settlement
+        run.needs_settlement = admission.needs_settlement
         if not admission.admitted:
             run.fail("failure", admission.reason)
             return
@@ -339,7 +341,7 @@ class Orchestrator:
     async def _settle(self, run: LeadRun) -> None:
         """The lead is over: routing commits or releases what admission and steps reserved.
         Unreachable, the reservations lapse after routing's hold time instead."""
-        if not run.admitted:
+        if not run.needs_settlement:
             return
         sales = [
             (r.stage_index, r.step_index, r.buyer_id)

@@ -8,18 +8,12 @@ import grpc
 from aiohttp import web
 
 from gateway.clients import Downstream
-from gateway.intake import render
+from gateway.intake import error_response
 from gateway.outbox import LedgerOutbox
 from leadflow import reports
 from leadflow.config import Config
 
-JSON = "application/json"
 HTTP_FORMATS = ("json", "csv")
-
-
-def _error(status: int, reason: str, outcome: str = "failure") -> web.Response:
-    body = render({"outcome": outcome, "reason": reason}, JSON)
-    return web.Response(status=status, body=body, content_type=JSON)
 
 
 def add_report_routes(
@@ -31,11 +25,11 @@ def add_report_routes(
         from gateway.http_api import key_matches  # http_api registers these routes
 
         if not key_matches(request, config.account.admin_api_key):
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         params = request.query
         fmt = params.get("format", "json")
         if fmt not in HTTP_FORMATS:
-            return _error(400, "format must be json or csv")
+            return error_response(400, "format must be json or csv")
         try:
             query = reports.parse_query(
                 request.match_info["kind"],
@@ -46,14 +40,14 @@ def add_report_routes(
                 config.account.time_zone,
             )
         except reports.ReportError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         try:
             await outbox.flushed()  # the ledger has this gateway's latest leads
             reply = await downstream.ledger_report(query.kind, reports.ledger_request(query))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return _error(400, exc.details() or "Invalid report")
-            return _error(503, "Ledger unavailable", outcome="error")
+                return error_response(400, exc.details() or "Invalid report")
+            return error_response(503, "Ledger unavailable", outcome="error")
         body, media = reports.render(reports.from_reply(query, reply, config), fmt)
         response = web.Response(body=body, content_type=media)
         if fmt == "csv":
