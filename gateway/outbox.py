@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 BATCH = 200  # records per RecordLeads call (the ledger takes at most 500)
 BATCH_BYTES = 1024 * 1024  # and well under gRPC's 4 MiB message limit (attempts carry bodies)
+# How long a record may wait for others to share its RecordLeads call. The ledger's cost is mostly
+# per call (a transaction, a commit, the round trip, and on the gateway the delete that follows),
+# so under a steady load a call every few milliseconds would spend CPU the leads in flight need.
+# The record is durable already, and a read through the gateway does not wait (flushed()).
+LINGER_S = 0.25
 ACKNOWLEDGED = frozenset(
     {ledger_service_pb2.RECORD_STATUS_CREATED, ledger_service_pb2.RECORD_STATUS_ALREADY_RECORDED}
 )
@@ -40,6 +45,7 @@ class LedgerOutbox:
         downstream: Downstream,
         sweep_interval_s: float = 1.0,
         replay_after_s: float = 5.0,
+        linger_s: float = LINGER_S,
     ) -> None:
         self._store = store
         self._downstream = downstream
@@ -51,8 +57,11 @@ class LedgerOutbox:
         self._waiting: deque[tuple[int, ledger_service_pb2.RecordLeadRequest]] = deque()
         self._committed = 0  # records committed by this gateway so far
         self._forwarded = 0  # of those, how many the forwarder has been through (sent or not)
+        self._wanted = 0  # what flushed() callers wait for: sent without lingering
         self._progress = asyncio.Condition()
-        self._wake = asyncio.Event()
+        self._linger_s = linger_s
+        self._wake = asyncio.Event()  # records are waiting
+        self._hurry = asyncio.Event()  # and should go without lingering
         self._tasks: list[asyncio.Task[None]] = []
         self._ledger_down = False
 
@@ -66,11 +75,15 @@ class LedgerOutbox:
         self._committed += 1
         self._waiting.append((self._committed, request))
         self._wake.set()
+        if len(self._waiting) >= BATCH:
+            self._hurry.set()
 
     async def flushed(self, timeout_s: float = 5.0) -> None:
         """Wait until the records committed before this call have been offered to the ledger,
         so that a read from the ledger sees them (a ledger that is down does not stall it)."""
         target = self._committed
+        self._wanted = max(self._wanted, target)
+        self._hurry.set()
         async with self._progress:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -104,18 +117,30 @@ class LedgerOutbox:
                 return sent  # the ledger is down or refusing: try again at the next sweep
 
     async def _forward(self) -> None:
+        """One RecordLeads call at a time, each with what waited for up to the linger time."""
         while True:
             await self._wake.wait()
+            if not self._due():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._linger_s)
             self._wake.clear()
-            while self._waiting:
-                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
-                try:
-                    await self._send([request for _, request in batch])
-                except Exception:  # the records stay in the table for the sweep
-                    log.exception("forwarding lead records to the ledger failed")
-                async with self._progress:
-                    self._forwarded = batch[-1][0]
-                    self._progress.notify_all()
+            self._hurry.clear()
+            batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+            if not batch:
+                continue
+            try:
+                await self._send([request for _, request in batch])
+            except Exception:  # the records stay in the table for the sweep
+                log.exception("forwarding lead records to the ledger failed")
+            async with self._progress:
+                self._forwarded = batch[-1][0]
+                self._progress.notify_all()
+            if self._waiting:
+                self._wake.set()
+
+    def _due(self) -> bool:
+        """Whether what waits should be sent now: a full batch, or a reader waits for it."""
+        return len(self._waiting) >= BATCH or self._forwarded < self._wanted
 
     async def _sweep(self) -> None:
         while True:

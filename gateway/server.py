@@ -13,7 +13,7 @@ from gateway.clients import Downstream
 from gateway.config import settings_from_env
 from gateway.http_api import create_app
 from gateway.orchestrator import Orchestrator
-from gateway.outbox import LedgerOutbox
+from gateway.outbox import LINGER_S, LedgerOutbox
 from gateway.rate_limit import RateLimiter
 from gateway.servicer import GatewayServicer
 from gateway.store import GatewayStore
@@ -48,10 +48,12 @@ class RunningGateway:
 
 @dataclass(frozen=True)
 class Background:
-    """The gateway's background work: asynchronous intake workers, and how soon records and
-    intakes left behind (by a ledger outage or a stopped gateway) are taken up again."""
+    """The gateway's background work: asynchronous intake workers, how long records wait to
+    share a call to the ledger, and how soon records and intakes left behind (by a ledger outage
+    or a stopped gateway) are taken up again."""
 
     workers: int = WORKERS
+    linger_s: float = LINGER_S
     sweep_interval_s: float = 1.0
     replay_after_s: float = 5.0
     unclaimed_after_s: float = 10.0
@@ -67,7 +69,13 @@ async def create_server(
     store: GatewayStore,
     background: Background = Background(),
 ) -> RunningGateway:
-    outbox = LedgerOutbox(store, downstream, background.sweep_interval_s, background.replay_after_s)
+    outbox = LedgerOutbox(
+        store,
+        downstream,
+        sweep_interval_s=background.sweep_interval_s,
+        replay_after_s=background.replay_after_s,
+        linger_s=background.linger_s,
+    )
     orchestrator = Orchestrator(config, downstream, outbox)
     intake = AsyncIntake(
         store,

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.async_intake import Submission
 from gateway.server import Background
@@ -199,6 +200,36 @@ async def test_a_lead_is_readable_right_after_its_201(suite: InProcessSuite) -> 
     for _ in range(5):
         _, body = await suite.submit(LEAD)
         assert (await suite.lead_view(body["lead"]["id"]))[0] == 200
+
+
+def record_leads_calls() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "grpc_client_started_total",
+            {
+                "grpc_type": "unary",
+                "grpc_service": "leadflow.ledger.v1.LedgerService",
+                "grpc_method": "RecordLeads",
+            },
+        )
+        or 0.0
+    )
+
+
+async def test_records_wait_to_share_one_ledger_call_until_a_read_needs_them(
+    database: Database,
+) -> None:
+    # The default sweep (records replayed after 5 s) stays out of the way of this test.
+    async with in_process_suite(database, background=Background(linger_s=60)) as suite:
+        before = record_leads_calls()
+        lead_ids = [(await suite.submit(LEAD))[1]["lead"]["id"] for _ in range(5)]
+        await asyncio.sleep(0.3)
+        assert record_leads_calls() == before, "records went to the ledger one by one"
+        assert await suite.store.outbox_size() == 5
+        # A read through the gateway does not wait for the linger: all five go, in one call.
+        assert [(await suite.lead_view(i))[0] for i in lead_ids] == [200] * 5
+        assert record_leads_calls() == before + 1
+        await eventually(lambda: _equals(suite.store.outbox_size(), 0), "acknowledged records stay")
 
 
 async def test_a_record_the_ledger_refuses_is_set_aside_not_replayed(
