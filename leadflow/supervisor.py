@@ -22,12 +22,17 @@ MAX_RESTART_DELAY_S = 30.0
 # A child that ran this long was healthy: its next crash is restarted without delay.
 HEALTHY_RUN_S = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The ledger's work is off the lead's path (records reach it in batches from the gateway's
+# outbox), and a batch is a burst of CPU: at a lower priority, the services a lead is waiting
+# for take the core first. Only for `leadflow up`, where all of them share one machine.
+BACKGROUND_NICE = {"ledger_service": 10}
 
 
 @dataclass(frozen=True)
 class Child:
     module: str
     env: dict[str, str]
+    nice: int = 0  # added to the supervisor's own niceness
 
 
 def plan(
@@ -64,7 +69,7 @@ def plan(
             env["LEADFLOW_LEDGER_ADDR"] = addresses["LEADFLOW_LEDGER_ADDR"]
         if module == "routing_service":  # quotes (pricing), pings (delivery), stats (ledger)
             env.update({k: v for k, v in addresses.items() if "ROUTING" not in k})
-        children.append(Child(module, env))
+        children.append(Child(module, env, BACKGROUND_NICE.get(module, 0)))
     return children
 
 
@@ -102,6 +107,10 @@ class Supervisor:
             sys.executable, "-m", child.module, env=child.env, preexec_fn=_die_with_parent
         )
         self._processes[child.module] = process
+        if child.nice:
+            with contextlib.suppress(ProcessLookupError):  # it died already: _keep_running sees
+                priority = os.getpriority(os.PRIO_PROCESS, 0) + child.nice
+                os.setpriority(os.PRIO_PROCESS, process.pid, priority)
         return process
 
     async def _keep_running(self, child: Child) -> None:

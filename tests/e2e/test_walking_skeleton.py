@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -264,6 +265,14 @@ def test_healthz_and_metrics_are_served(suite: Suite) -> None:
     status, _, raw = suite.request("GET", "/metrics")
     assert status == 200
     assert b'leadflow_leads_total{flow="auto",outcome="success",source="vendor"}' in raw
+
+
+def test_the_ledger_runs_at_a_lower_cpu_priority_than_the_lead_path(suite: Suite) -> None:
+    modules = ["gateway", "pricing_service", "routing_service", "delivery_service"]
+    lead_path = {os.getpriority(os.PRIO_PROCESS, suite.child_pid(m)) for m in modules}
+    assert lead_path == {os.getpriority(os.PRIO_PROCESS, suite.process.pid)}
+    ledger = os.getpriority(os.PRIO_PROCESS, suite.child_pid("ledger_service"))
+    assert ledger == min(lead_path) + 10
 
 
 def test_sigterm_of_the_supervisor_stops_every_service(buyer: BuyerServer, tmp_path: Path) -> None:
