@@ -153,8 +153,14 @@ class Orchestrator:
         started = perf_counter()
         lead = self._lead(flow_id, source_id, data, lead_id)
         run = LeadRun(lead, override_price=override_price, ping_id=ping_id, ping=ping)
+        flow = self._config.flows_by_id.get(flow_id)
+        if flow is None or source_id not in flow.sources_by_id:
+            # Only an asynchronous intake gets here: accepted before the gateway restarted with a
+            # configuration that no longer has its flow, or no longer takes its source there.
+            run.fail("error", "The lead's flow or source is no longer configured")
+            return await self._finish(run, started, intake=lead_id is not None)
         try:
-            await self._process(self._config.flows_by_id[flow_id], run)
+            await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
@@ -173,11 +179,13 @@ class Orchestrator:
     def _lead(
         self, flow_id: str, source_id: str, data: dict[str, Any], lead_id: str | None
     ) -> LeadData:
+        flow = self._config.flows_by_id.get(flow_id)
         return LeadData(
             id=lead_id or new_lead_id(),
             flow_id=flow_id,
             source_id=source_id,
-            fields=parse_lead(data, self._config.flows_by_id[flow_id].fields),
+            # A flow gone from the configuration (an asynchronous intake's): standard fields only.
+            fields=parse_lead(data, flow.fields if flow else {}),
             submit_time=datetime.now(UTC),
         )
 

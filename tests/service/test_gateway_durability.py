@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from gateway.async_intake import Submission
 from gateway.server import Background
 from gateway.store import KeyInProgress, StoredResponse
+from leadflow.config import parse_config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2
 from tests.conftest import Database
@@ -165,6 +166,36 @@ async def test_an_async_lead_whose_gateway_died_mid_way_is_an_error_and_never_re
     assert (result["outcome"], result["reason"]) == (
         "error",
         "Processing was interrupted; submit the lead again",
+    )
+    assert suite.buyers.received == []
+    code, view = await suite.lead_view(lead_id)
+    assert (code, view["source_event"]["outcome"]) == (200, "error")
+
+
+async def test_an_async_lead_whose_flow_left_the_configuration_is_an_error_not_retried(
+    suite: InProcessSuite,
+) -> None:
+    await suite.restart_gateway(Background(workers=0))
+    _, body = await suite.submit(LEAD, **ASYNC)
+    lead_id = body["lead"]["id"]
+    # The gateway restarts with a configuration whose only flow is another one.
+    other_flow = CONFIG.replace("  - id: auto\n", "  - id: home\n")
+    assert other_flow != CONFIG
+    suite.config = parse_config(other_flow.format(admin=ADMIN, key=KEY, url="http://x"), {})
+    await suite.restart_gateway(QUICK)
+
+    async def finished() -> bool:
+        intake = await suite.store.intake(lead_id)
+        return intake is not None and intake.result is not None
+
+    await eventually(finished, "the intake was never finished")
+    intake = await suite.store.intake(lead_id)
+    assert intake is not None and intake.result is not None
+    result = orjson.loads(intake.result)
+    assert (result["outcome"], result["reason"], result["lead"]["id"]) == (
+        "error",
+        "The lead's flow or source is no longer configured",
+        lead_id,
     )
     assert suite.buyers.received == []
     code, view = await suite.lead_view(lead_id)
