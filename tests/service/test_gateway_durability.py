@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from gateway.async_intake import Submission
 from gateway.server import Background
-from gateway.store import KeyInProgress, StoredResponse
+from gateway.store import KeyInProgress, OutboxRecord, StoredResponse
 from leadflow.config import parse_config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2
@@ -261,6 +261,19 @@ async def test_records_wait_to_share_one_ledger_call_until_a_read_needs_them(
         assert [(await suite.lead_view(i))[0] for i in lead_ids] == [200] * 5
         assert record_leads_calls() == before + 1
         await eventually(lambda: _equals(suite.store.outbox_size(), 0), "acknowledged records stay")
+
+
+async def test_a_lead_recorded_twice_keeps_its_first_record_and_its_batch_the_others(
+    database: Database,
+) -> None:
+    # Default background: no sweep replays these (unparseable) records during the test.
+    async with in_process_suite(database) as suite:
+        await suite.store.put_records([OutboxRecord("twice", b"first")])
+        await suite.store.put_records([OutboxRecord("once", b"other"), OutboxRecord("twice", b"b")])
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        assert sorted(await suite.store.stale_records(later, 10)) == [b"first", b"other"]
+        await suite.store.settle_records(["twice", "once"], [])
+        assert await suite.store.outbox_size() == 0
 
 
 async def test_a_record_the_ledger_refuses_is_set_aside_not_replayed(
