@@ -19,7 +19,6 @@ ratio of the database with the lower ratio, p50/p99 the higher of the two databa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.load import LoadResult, run_load
+from bench.load import LoadResult, drive
 from tests.e2e.harness import start_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,15 +80,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def measure(url: str, seconds: float, label: str) -> Measured:
     """Warm-up, max throughput, then an open loop at half the max for `seconds` each."""
-    asyncio.run(run_load(url, SOURCE_KEY, count=300, seconds=seconds, concurrency=8, seed=9))
-    maximum = asyncio.run(
-        run_load(url, SOURCE_KEY, count=100_000, seconds=seconds, concurrency=CONCURRENCY)
-    )
+    drive(url, SOURCE_KEY, count=300, seconds=seconds, concurrency=8, seed=9)
+    maximum = drive(url, SOURCE_KEY, count=100_000, seconds=seconds, concurrency=CONCURRENCY)
     print(f"  {label} {maximum.summary()}", flush=True)
     rate = max(maximum.per_s / 2, 1.0)
-    half = asyncio.run(
-        run_load(url, SOURCE_KEY, count=int(rate * seconds) + 1, seconds=seconds, rate=rate)
-    )
+    half = drive(url, SOURCE_KEY, count=int(rate * seconds) + 1, seconds=seconds, rate=rate)
     print(f"  {label} {half.summary()}", flush=True)
     return Measured(maximum, half)
 
@@ -152,9 +147,7 @@ def bench_database(name: str, seconds: float) -> tuple[Measured, Measured]:
             suite = bench_suite(buyer_url, database_url, seconds)
             # The buyer's own time, for reference: the same leads straight to it at the same rate.
             rate = max(suite.maximum.per_s / 2, 1.0)
-            alone = asyncio.run(
-                run_load(buyer_url, SOURCE_KEY, count=int(rate * 5) + 1, seconds=5, rate=rate)
-            )
+            alone = drive(buyer_url, SOURCE_KEY, count=int(rate * 5) + 1, seconds=5, rate=rate)
             print(f"  buyer alone {alone.summary()}", flush=True)
             baseline = bench_baseline(buyer_url, database_url, seconds)
         finally:
