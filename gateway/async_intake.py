@@ -132,17 +132,12 @@ class AsyncIntake:
 
     async def _process(self, row: IntakeRow) -> None:
         submission = Submission.from_json(row.submission)
-        store = self._store
-        ping = None
-        if submission.ping_id:
-            ping = await store.take_ping(submission.ping_id, row.flow_id, row.source_id)
         await self._orchestrator.submit(
             row.flow_id,
             row.source_id,
             submission.fields,
             submission.override_price,
             ping_id=submission.ping_id,
-            ping=ping,
             lead_id=row.lead_id,
         )
 

@@ -170,9 +170,8 @@ async def submit(request: web.Request) -> web.Response:
         if prefers_async(request):
             response = await _accept_async(request, vendor, override, ping_id)
         else:
-            ping = await store.take_ping(ping_id, flow_id, source_id) if ping_id else None
             result = await request.app[ORCHESTRATOR_KEY].submit(
-                flow_id, source_id, fields, override_text(override), ping_id=ping_id, ping=ping
+                flow_id, source_id, fields, override_text(override), ping_id=ping_id
             )
             response = StoredResponse(201, media, render(result.as_dict(), media))
     except BaseException:

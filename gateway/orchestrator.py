@@ -17,7 +17,7 @@ from gateway import metrics
 from gateway.clients import ROUTING_DEADLINE_S, Downstream, delivery_deadline, pricing_deadline
 from gateway.intake import SubmissionResult, render
 from gateway.outbox import LedgerOutbox
-from gateway.store import PingQuote
+from gateway.store import GatewayStore, PingQuote
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, Flow, Stage
 from leadflow.context import lead_context
@@ -130,10 +130,13 @@ class LeadRun:
 
 
 class Orchestrator:
-    def __init__(self, config: Config, downstream: Downstream, outbox: LedgerOutbox) -> None:
+    def __init__(
+        self, config: Config, downstream: Downstream, outbox: LedgerOutbox, store: GatewayStore
+    ) -> None:
         self._config = config
         self._downstream = downstream
         self._outbox = outbox
+        self._store = store  # inbound pings
         self._pricing_deadline = pricing_deadline(config)
 
     async def submit(
@@ -144,7 +147,6 @@ class Orchestrator:
         override_price: str = "",
         *,
         ping_id: str = "",
-        ping: PingQuote | None = None,
         lead_id: str | None = None,
     ) -> SubmissionResult:
         """Process one authenticated submission; never raises for anything the vendor sent.
@@ -152,19 +154,24 @@ class Orchestrator:
         result is stored with the record."""
         started = perf_counter()
         lead = self._lead(flow_id, source_id, data, lead_id)
-        run = LeadRun(lead, override_price=override_price, ping_id=ping_id, ping=ping)
+        run = LeadRun(lead, override_price=override_price, ping_id=ping_id)
         flow = self._config.flows_by_id.get(flow_id)
         if flow is None or source_id not in flow.sources_by_id:
             # Only an asynchronous intake gets here: accepted before the gateway restarted with a
             # configuration that no longer has its flow, or no longer takes its source there.
             run.fail("error", "The lead's flow or source is no longer configured")
             return await self._finish(run, started, intake=lead_id is not None)
+        if ping_id:
+            run.ping = await self._store.take_ping(ping_id, flow_id, source_id)
         try:
             await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
         await self._settle(run)
+        if run.ping is not None and run.outcome == "error":
+            # The vendor is not paid for it and may submit the lead again: with its ping.
+            await self._store.return_ping(run.ping.ping_id)
         return await self._finish(run, started, intake=lead_id is not None)
 
     async def interrupted(

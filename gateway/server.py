@@ -76,7 +76,7 @@ async def create_server(
         replay_after_s=background.replay_after_s,
         linger_s=background.linger_s,
     )
-    orchestrator = Orchestrator(config, downstream, outbox)
+    orchestrator = Orchestrator(config, downstream, outbox, store)
     intake = AsyncIntake(
         store,
         orchestrator,

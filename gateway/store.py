@@ -403,6 +403,13 @@ class GatewayStore:
                 )
             )
 
+    async def return_ping(self, ping_id: str) -> None:
+        """Make a used ping usable again (its lead ended in error, unpaid)."""
+        async with self._writing() as session:
+            await session.execute(
+                update(Ping).where(Ping.ping_id == ping_id).values(used_time=None)
+            )
+
     async def take_ping(self, ping_id: str, flow_id: str, source_id: str) -> PingQuote | None:
         """Use a ping once: one conditional UPDATE, so of two submits carrying it only one
         gets its price. None when unknown, expired, used, or for another flow or source."""

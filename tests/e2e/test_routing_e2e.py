@@ -4,6 +4,8 @@ territory, duplicates and the inbound ping."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -393,6 +395,21 @@ def test_inbound_ping_quotes_a_price_that_a_later_submit_is_paid_once(suite: Sui
     assert (again["outcome"], again["price"]) == ("success", 7)
     no_bid = submit(suite, "pinged", {"state": "NY"}, verb="ping")
     assert (no_bid["outcome"], no_bid["reason"], no_bid["price"]) == ("failure", "no bid", 0)
+
+
+def test_a_ping_whose_lead_ended_in_error_is_honoured_when_the_lead_comes_again(
+    suite: Suite,
+) -> None:
+    quote = submit(suite, "pinged", {"state": "CA"}, verb="ping")
+    routing = suite.child_pid("routing_service")
+    os.kill(routing, signal.SIGSTOP)  # admission times out: the lead ends in error, unpaid
+    try:
+        failed = submit(suite, "pinged", {**LEAD, "ping_id": quote["ping_id"]})
+    finally:
+        os.kill(routing, signal.SIGCONT)
+    assert (failed["outcome"], failed["price"]) == ("error", 0)
+    retried = submit(suite, "pinged", {**LEAD, "ping_id": quote["ping_id"]})
+    assert (retried["outcome"], retried["price"]) == ("success", 12)
 
 
 def test_the_ping_endpoint_authenticates_like_submit(suite: Suite) -> None:
