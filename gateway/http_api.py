@@ -3,6 +3,7 @@ metrics. Every client mistake gets a 4xx with a reason; nothing a client sends y
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -53,6 +54,8 @@ STORE_KEY = web.AppKey("store", GatewayStore)
 RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
 OUTBOX_KEY = web.AppKey("outbox", LedgerOutbox)
 INTAKE_KEY = web.AppKey("intake", AsyncIntake)
+# Set while a stopping gateway drains its open connections (gateway.server).
+DRAINING_KEY = web.AppKey("draining", asyncio.Event)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -299,6 +302,14 @@ async def metrics(_request: web.Request) -> web.Response:
     return response
 
 
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    if request.app[DRAINING_KEY].is_set():
+        # The client opens its next connection elsewhere. (Headers are computed before this
+        # hook runs, hence the header as well as the close.)
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 def create_app(
     config: Config,
     orchestrator: Orchestrator,
@@ -316,6 +327,8 @@ def create_app(
     app[RATE_LIMITER_KEY] = rate_limiter
     app[OUTBOX_KEY] = outbox
     app[INTAKE_KEY] = intake
+    app[DRAINING_KEY] = asyncio.Event()
+    app.on_response_prepare.append(_close_when_draining)
     submit_path = "/flows/{flow_id}/sources/{source_id}/submit"
     app.router.add_route("POST", submit_path, submit)
     app.router.add_route("GET", submit_path, submit)

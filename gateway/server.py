@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -11,7 +12,7 @@ from grpc_health.v1 import health
 from gateway.async_intake import WORKERS, AsyncIntake
 from gateway.clients import Downstream
 from gateway.config import settings_from_env
-from gateway.http_api import create_app
+from gateway.http_api import DRAINING_KEY, create_app
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LINGER_S, LedgerOutbox
 from gateway.rate_limit import RateLimiter
@@ -21,6 +22,8 @@ from leadflow import db, kit
 from leadflow.config import Config, load_config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
+# How long a stopping gateway keeps answering on its open HTTP connections (_drain_http).
+HTTP_DRAIN_S = 1.0
 SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
@@ -36,14 +39,31 @@ class RunningGateway:
 
     async def stop(self, grace: float = 10.0) -> None:
         await kit.stop_server(self.server, self.health, grace)
-        await self.close()
+        await self.close(drain_s=min(grace, HTTP_DRAIN_S))
 
-    async def close(self) -> None:
-        """After the servers stopped: HTTP requests in flight finish, then the asynchronous
-        leads being processed, then the records waiting for the ledger are offered to it."""
+    async def close(self, drain_s: float = HTTP_DRAIN_S) -> None:
+        """After the gRPC server stopped: the HTTP connections drain, requests in flight finish,
+        then the asynchronous leads being processed, then the records waiting for the ledger
+        are offered to it."""
+        await self._drain_http(drain_s)
         await self.http.cleanup()
         await self.intake.stop()
         await self.outbox.stop()
+
+    async def _drain_http(self, seconds: float) -> None:
+        """Take no new connections, and for up to `seconds` go on answering on the open ones,
+        each answer with `Connection: close`. A keep-alive client then drops its connection
+        after an answer instead of sending its next lead on it just as the server closes it
+        (the lead never processed, the vendor left unsure: ServerDisconnectedError)."""
+        for site in list(self.http.sites):
+            await site.stop()
+        self.http.app[DRAINING_KEY].set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.http.server is not None and self.http.server.connections:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True)

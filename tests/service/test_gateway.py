@@ -219,6 +219,23 @@ async def in_process_suite(
 LEAD = {"first_name": "Ada", "phone_1": "512 555 0142", "state": "CA"}
 
 
+async def test_a_stopping_gateway_answers_on_open_connections_and_has_them_closed(
+    suite: InProcessSuite,
+) -> None:
+    assert (await suite.submit(LEAD))[0] == 201  # the session keeps this connection alive
+    closing = asyncio.create_task(suite.gateway.close(drain_s=10))
+    await asyncio.sleep(0.2)  # it takes no new connections now
+    started = asyncio.get_running_loop().time()
+    async with suite.http.post(
+        suite.base_url + SUBMIT, json=LEAD, headers={"X-Api-Key": KEY}
+    ) as response:
+        assert response.status == 201
+        assert response.headers["Connection"] == "close"
+    await closing
+    # The drain ended as soon as the client dropped its connection, not after 10 s.
+    assert asyncio.get_running_loop().time() - started < 5
+
+
 async def test_first_buyer_buys_and_the_lead_is_recorded(suite: InProcessSuite) -> None:
     status, body = await suite.submit(LEAD)
     assert (status, body["outcome"], body["price"]) == (201, "success", 9.99)
