@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter
 
+from leadflow.config import Config
 from leadflow.money import from_micros
 from ledger_service import journal
 from ledger_service.journal import Posting
@@ -32,6 +33,23 @@ SALE_REVENUE = Counter(
     "Sale prices of successful deliveries.",
     ["flow", "buyer"],
 )
+
+
+def start_at_zero(config: Config) -> None:
+    """Export every money series the configuration can produce, at 0, before anything is booked.
+    A counter whose first scrape already holds its first amount shows no increase to rate() and
+    increase(): a flow whose first sales reach the ledger in one batch would show no revenue."""
+    for flow in config.flows:
+        buyer_ids = sorted({step.buyer for stage in flow.stages for step in stage.steps})
+        for buyer_id in buyer_ids:
+            SALE_REVENUE.labels(flow.id, buyer_id)
+        for entry in flow.sources:
+            PURCHASE_COST.labels(flow.id, entry.source)
+            for buyer_id in buyer_ids:
+                for kind in ("credit", "chargeback"):
+                    RETURNS.labels(flow.id, entry.source, buyer_id, kind)
+    for buyer in config.buyers:
+        RETURN_CREDITS.labels(buyer.id)
 
 
 def observe_postings(postings: Iterable[Posting]) -> None:

@@ -8,7 +8,9 @@ import grpc
 from grpc_health.v1 import health
 
 from leadflow import db, kit
+from leadflow.config import load_config
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from ledger_service import metrics
 from ledger_service.config import Settings
 from ledger_service.servicer import LedgerServicer
 from ledger_service.store import LedgerStore
@@ -36,6 +38,7 @@ async def main() -> None:
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "ledger")
     store = await LedgerStore.open(url, settings.schema)
     try:
+        metrics.start_at_zero(load_config(settings.service.config_path))
         kit.serve_metrics(settings.service.metrics_port)
         server, port, health_servicer = await create_server(settings, store)
         log.info("ledger_service listening on port %d", port)

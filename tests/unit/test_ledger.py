@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
+from leadflow.config import parse_config
 from leadflow.wire import PriceAudit
+from ledger_service import metrics
 from ledger_service.ledger import (
     InvalidRecord,
     Lead,
@@ -144,3 +147,35 @@ def test_record_breaking_a_rule_is_refused_naming_the_field(
 
 def test_lead_id_may_be_any_printable_ascii_up_to_128_characters() -> None:
     check_id("lead_id", "01HZX-lead_id.~" + "x" * 113)
+
+
+def test_money_counters_start_at_zero_for_every_series_the_configuration_can_produce() -> None:
+    config = parse_config(
+        """
+account: {name: Zero, admin_api_key: admin-key-0}
+sources: [{id: zs1, name: S, api_key: source-key-0}]
+buyers:
+  - {id: zb1, name: B1, delivery: {type: http, url: "https://b1.example/leads"}}
+  - {id: zb2, name: B2, delivery: {type: http, url: "https://b2.example/leads"}}
+flows:
+  - id: zf1
+    name: F
+    sources: [{source: zs1}]
+    stages: [{name: only, steps: [{buyer: zb1}]}]
+""",
+        {},
+    )
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert value("leadflow_sale_revenue_dollars_total", flow="zf1", buyer="zb1") is None
+    metrics.start_at_zero(config)
+    assert value("leadflow_sale_revenue_dollars_total", flow="zf1", buyer="zb1") == 0
+    assert value("leadflow_purchase_cost_dollars_total", flow="zf1", source="zs1") == 0
+    for kind in ("credit", "chargeback"):
+        labels = {"flow": "zf1", "source": "zs1", "buyer": "zb1", "kind": kind}
+        assert value("leadflow_returns_dollars_total", **labels) == 0
+    assert value("leadflow_return_credits_dollars_total", buyer="zb2") == 0
+    # Only what the flows can produce: zb2 is in no flow, so it sells nothing in zf1.
+    assert value("leadflow_sale_revenue_dollars_total", flow="zf1", buyer="zb2") is None
