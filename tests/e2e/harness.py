@@ -208,7 +208,8 @@ class Suite:
             connection.close()
 
 
-def start_suite(config_path: Path, data_dir: Path) -> Suite:
+def start_suite(config_path: Path, data_dir: Path, database_url: str | None = None) -> Suite:
+    """`leadflow up` on SQLite files in `data_dir`, or on PostgreSQL at `database_url`."""
     base, http_port = free_port_base()
     process = subprocess.Popen(
         [
@@ -228,7 +229,11 @@ def start_suite(config_path: Path, data_dir: Path) -> Suite:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "LEADFLOW_LOG_LEVEL": "WARNING"},
+        env={
+            **os.environ,
+            "LEADFLOW_LOG_LEVEL": "WARNING",
+            **({"LEADFLOW_DATABASE_URL": database_url} if database_url else {}),
+        },
     )
     output: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -1,5 +1,5 @@
 """Faults under load (issue 8): services killed or stopped while leads stream in, the suite as
-processes (`leadflow up` restarts whatever exits).
+processes (`leadflow up` restarts whatever exits); the SIGKILL test on SQLite and on PostgreSQL.
 
 Whatever dies, a lead whose outcome the vendor was told is in the ledger exactly once with that
 outcome, no sale or purchase is booked twice, the journal balances, and no buyer gets a lead
@@ -16,8 +16,10 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 
+from tests.conftest import TEST_DATABASE_URL
 from tests.e2e.harness import BuyerServer, Suite, start_suite
 
 pytestmark = pytest.mark.timeout(300)
@@ -148,12 +152,54 @@ def slow_buyer() -> Iterator[BuyerServer]:
     server.stop()
 
 
-def run_suite(buyer: BuyerServer, root: Path) -> Suite:
-    config = root / "leadflow.yaml"
+@dataclass(frozen=True)
+class Storage:
+    """Where the suite under test keeps its data: SQLite files in `data_dir`, or PostgreSQL at
+    `url` (a database of the test's own, one schema per service)."""
+
+    data_dir: Path
+    url: str | None = None
+
+    def rows(self, service: str, query: str) -> list[tuple[Any, ...]]:
+        """`query` on the service's storage, read beside the running suite."""
+        if self.url is None:
+            with read_only(self.data_dir / f"{service}.db") as db:
+                return db.execute(query).fetchall()
+        # Called from the test's event loop as well as from threads: a loop of its own.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, _postgres_rows(self.url, service, query)).result()
+
+
+async def _postgres_rows(url: str, schema: str, query: str) -> list[tuple[Any, ...]]:
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        return [tuple(row) for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    if request.param == "sqlite":
+        yield Storage(tmp_path / "data")
+        return
+    name = f"faults_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(TEST_DATABASE_URL.replace("postgresql+asyncpg", "postgresql"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield Storage(tmp_path / "data", TEST_DATABASE_URL.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def run_suite(buyer: BuyerServer, storage: Storage) -> Suite:
+    config = storage.data_dir.parent / "leadflow.yaml"
     config.write_text(
         CONFIG.format(admin=ADMIN_KEY, key=SOURCE_KEY, url=f"http://127.0.0.1:{buyer.port}")
     )
-    return start_suite(config, root / "data")
+    return start_suite(config, storage.data_dir, storage.url)
 
 
 @dataclass
@@ -264,14 +310,13 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def wait_outbox_drained(suite: Suite, data_dir: Path) -> float:
+def wait_outbox_drained(suite: Suite, storage: Storage) -> float:
     """Until the gateway's outbox is empty (every record forwarded to the ledger); how long."""
     suite.wait_healthy(60)
     started = time.monotonic()
     while time.monotonic() - started < DRAIN_TIMEOUT_S:
-        with read_only(data_dir / "gateway.db") as db:
-            (waiting,) = db.execute("SELECT count(*) FROM ledger_outbox").fetchone()
-            (rejected,) = db.execute("SELECT count(*) FROM ledger_outbox_rejected").fetchone()
+        [(waiting,)] = storage.rows("gateway", "SELECT count(*) FROM ledger_outbox")
+        [(rejected,)] = storage.rows("gateway", "SELECT count(*) FROM ledger_outbox_rejected")
         assert rejected == 0, "the ledger refused lead records"
         if waiting == 0:
             return time.monotonic() - started
@@ -279,24 +324,26 @@ def wait_outbox_drained(suite: Suite, data_dir: Path) -> float:
     raise AssertionError(f"{waiting} lead records still in the outbox after {DRAIN_TIMEOUT_S}s")
 
 
-def check_ledger(data_dir: Path, answers: list[Answer], buyer: BuyerServer) -> dict[str, Any]:
+def check_ledger(storage: Storage, answers: list[Answer], buyer: BuyerServer) -> dict[str, Any]:
     """Every 201 answer's lead is in the ledger once with that outcome and price; no sale or
     purchase twice; the journal balances; no buyer got a lead twice. Returns counts to report."""
-    with read_only(data_dir / "ledger.db") as db:
-        sources = {
-            lead_id: (outcome, price_paid)
-            for lead_id, outcome, price_paid in db.execute(
-                "SELECT l.id, s.outcome, s.price_paid_micros"
-                " FROM leads l LEFT JOIN source_events s ON s.lead_id = l.id"
-            )
-        }
-        recipients = db.execute(
-            "SELECT lead_id, id, buyer_id, sale_price_micros, outcome, reason FROM recipient_events"
-        ).fetchall()
-        postings = db.execute(
-            "SELECT kind, lead_id, recipient_event_id, debit_account, credit_account,"
-            " amount_micros FROM postings"
-        ).fetchall()
+    sources = {
+        lead_id: (outcome, price_paid)
+        for lead_id, outcome, price_paid in storage.rows(
+            "ledger",
+            "SELECT l.id, s.outcome, s.price_paid_micros"
+            " FROM leads l LEFT JOIN source_events s ON s.lead_id = l.id",
+        )
+    }
+    recipients = storage.rows(
+        "ledger",
+        "SELECT lead_id, id, buyer_id, sale_price_micros, outcome, reason FROM recipient_events",
+    )
+    postings = storage.rows(
+        "ledger",
+        "SELECT kind, lead_id, recipient_event_id, debit_account, credit_account, amount_micros"
+        " FROM postings",
+    )
 
     told = [a for a in answers if a.status == 201]
     missing = [a.lead_id for a in told if a.lead_id not in sources]
@@ -393,14 +440,14 @@ class FaultRun:
 
 
 async def run_under_faults(
-    buyer: BuyerServer, root: Path, faults: list[Fault], count: int, rate: float
+    buyer: BuyerServer, storage: Storage, faults: list[Fault], count: int, rate: float
 ) -> FaultRun:
     """The suite under load at `rate` while `faults` strike; the ledger checked once it drained."""
-    suite = await asyncio.to_thread(run_suite, buyer, root)
+    suite = await asyncio.to_thread(run_suite, buyer, storage)
     try:
         answers = await run_load_with_faults(suite, count=count, rate=rate, faults=faults)
-        drained = await asyncio.to_thread(wait_outbox_drained, suite, root / "data")
-        counts = check_ledger(root / "data", answers, buyer)
+        drained = await asyncio.to_thread(wait_outbox_drained, suite, storage)
+        counts = check_ledger(storage, answers, buyer)
     finally:
         code = await asyncio.to_thread(suite.stop)
     summary = tally(answers, faults)
@@ -409,7 +456,7 @@ async def run_under_faults(
 
 
 async def test_killing_each_service_under_load_loses_and_doubles_nothing(
-    buyer: BuyerServer, tmp_path: Path
+    buyer: BuyerServer, storage: Storage
 ) -> None:
     """5,000 leads at 100/s while ledger, delivery, routing and pricing are SIGKILLed in turn,
     then the gateway itself. Leads may fail (`error`) while a service is down; none is lost or
@@ -422,7 +469,7 @@ async def test_killing_each_service_under_load_loses_and_doubles_nothing(
         # Late in the run, so that leads are in flight and leads follow its restart.
         Fault(44, "gateway", signal.SIGKILL),
     ]
-    run = await run_under_faults(buyer, tmp_path, faults, count=5000, rate=100)
+    run = await run_under_faults(buyer, storage, faults, count=5000, rate=100)
     answers, counts, summary = run.answers, run.counts, run.summary
     assert run.exit_code == 0, run.output
     # The vendor always hears 201 with an outcome: never a 5xx, whatever was down.
@@ -446,7 +493,7 @@ async def test_sigterm_of_any_service_under_load_loses_no_in_flight_call(
         Fault(17, "delivery_service", signal.SIGTERM),
         Fault(24, "ledger_service", signal.SIGTERM),
     ]
-    run = await run_under_faults(slow_buyer, tmp_path, faults, count=1600, rate=50)
+    run = await run_under_faults(slow_buyer, Storage(tmp_path / "data"), faults, 1600, rate=50)
     answers, counts, summary = run.answers, run.counts, run.summary
     assert run.exit_code == 0, run.output
     assert summary["statuses"] == {201: len(answers)}, (summary, counts)
@@ -463,7 +510,7 @@ async def test_sigterm_of_the_gateway_under_load_answers_every_request_it_took(
     recorded; while it restarts, vendors are refused a connection (their request was never
     sent), never cut off mid-request."""
     faults = [Fault(4, "gateway", signal.SIGTERM)]
-    run = await run_under_faults(slow_buyer, tmp_path, faults, count=600, rate=50)
+    run = await run_under_faults(slow_buyer, Storage(tmp_path / "data"), faults, 600, rate=50)
     assert run.exit_code == 0, run.output
     answered = [a for a in run.answers if a.status is not None]
     assert {(a.status, a.outcome) for a in answered} == {(201, "success")}, run.summary
