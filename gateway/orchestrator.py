@@ -169,10 +169,18 @@ class Orchestrator:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
         await self._settle(run)
+        result = await self._finish(run, started, intake=lead_id is not None)
         if run.ping is not None and run.outcome == "error":
-            # The vendor is not paid for it and may submit the lead again: with its ping.
-            await self._store.return_ping(run.ping.ping_id)
-        return await self._finish(run, started, intake=lead_id is not None)
+            await self._give_back(run.ping)
+        return result
+
+    async def _give_back(self, ping: PingQuote) -> None:
+        """The lead ended in error, unpaid: the vendor may submit it again, with its ping. After
+        the lead is recorded, so that failing here costs the ping, never the record."""
+        try:
+            await self._store.return_ping(ping.ping_id)
+        except Exception:
+            log.exception("ping %s could not be given back", ping.ping_id)
 
     async def interrupted(
         self, lead_id: str, flow_id: str, source_id: str, data: dict[str, Any]
