@@ -315,8 +315,11 @@ def wait_outbox_drained(suite: Suite, storage: Storage) -> float:
     suite.wait_healthy(60)
     started = time.monotonic()
     while time.monotonic() - started < DRAIN_TIMEOUT_S:
-        [(waiting,)] = storage.rows("gateway", "SELECT count(*) FROM ledger_outbox")
-        [(rejected,)] = storage.rows("gateway", "SELECT count(*) FROM ledger_outbox_rejected")
+        [(waiting, rejected)] = storage.rows(
+            "gateway",
+            "SELECT (SELECT count(*) FROM ledger_outbox),"
+            " (SELECT count(*) FROM ledger_outbox_rejected)",
+        )
         assert rejected == 0, "the ledger refused lead records"
         if waiting == 0:
             return time.monotonic() - started
