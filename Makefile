@@ -15,6 +15,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
+	@tools/system-deps install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -43,10 +44,12 @@ lint: install validate-deploy ## ruff, mypy --strict, buf lint and format, deplo
 DEPLOY_LINT := deploy/lint/node_modules/.installed
 
 $(DEPLOY_LINT): deploy/lint/package.json deploy/lint/package-lock.json
+	@tools/system-deps lint
 	npm ci --prefix deploy/lint --no-audit --no-fund --loglevel=error
 	@touch $@
 
 validate-deploy: install $(DEPLOY_LINT) ## promtool (config, rules, alert tests), k8s, compose, dashboards
+	@tools/system-deps lint
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/tests/*.yml
 	set -o pipefail; $(VENV)/bin/kubectl kustomize deploy/k8s \
@@ -59,16 +62,19 @@ format: install ## apply ruff and buf formatting
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/buf format -w protos
 
-test: install ## run the unit, service and end-to-end tiers
+test: install ## install what the tests need (Prometheus, PostgreSQL, ...), then run every tier
+	@tools/system-deps test
 	$(PY) -m pytest tests
 
 test-unit: install
 	$(PY) -m pytest tests/unit
 
 test-service: install
+	@tools/system-deps test
 	$(PY) -m pytest tests/service
 
 test-e2e: install
+	@tools/system-deps test
 	$(PY) -m pytest tests/e2e
 
 run: install ## start the whole suite on the example config with its demo buyer (gateway on :8080)
