@@ -309,13 +309,24 @@ def describe(method: str, url: str, headers: Mapping[str, str], body: bytes) -> 
 
 
 def webhook_key(secret: str) -> bytes:
-    """A Standard Webhooks secret: `whsec_<base64>`, else the text itself."""
-    if not secret.startswith("whsec_"):
-        return secret.encode()
+    """The HMAC key of a signing secret, derived as the Standard Webhooks libraries derive it.
+
+    Their verifiers take the secret as text, drop a `whsec_` prefix and base64-decode the rest
+    (padding added, stray characters skipped), so a plain secret is decoded too: signing with the
+    text's own bytes would fail every buyer's verification. A plain secret that does not decode to
+    any bytes cannot be used that way; its text is the key (a buyer passes it to the verifier as
+    bytes).
+    """
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("signing_secret starts with whsec_ but is not base64") from None
     try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(secret + "==")
     except binascii.Error:
-        raise ValueError("signing_secret starts with whsec_ but is not base64") from None
+        key = b""
+    return key or secret.encode()
 
 
 def signature_headers(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -12,6 +13,7 @@ from xml.etree import ElementTree
 
 import orjson
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from delivery_service.http_adapter import (
     MASK,
@@ -205,10 +207,32 @@ def test_signing_adds_standard_webhooks_headers_and_masks_the_signature() -> Non
     assert expected not in signed.described and secret not in signed.described
 
 
-def test_signing_secret_without_prefix_is_used_as_text() -> None:
-    headers = signature_headers("plain-secret", "id", 1, b"{}")
-    digest = hmac.new(b"plain-secret", b"id.1.{}", hashlib.sha256).digest()
-    assert headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode()
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_" + base64.b64encode(b"0123456789abcdef").decode(),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "plain-secret",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ],
+)
+def test_standard_webhooks_library_verifies_our_signature(secret: str) -> None:
+    body = b'{"first_name":"Ada"}'
+    headers = signature_headers(secret, "evt_1", int(time.time()), body)
+    assert Webhook(secret).verify(body, headers) == {"first_name": "Ada"}
+
+
+@pytest.mark.parametrize("secret", ["!!!", "s3cr3t value with spaces!"])
+def test_a_plain_secret_that_is_not_base64_signs_with_its_text(secret: str) -> None:
+    body = b"{}"
+    headers = signature_headers(secret, "evt_1", int(time.time()), body)
+    assert Webhook(secret.encode()).verify(body, headers) == {}
+
+
+def test_a_tampered_body_fails_standard_webhooks_verification() -> None:
+    headers = signature_headers("plain-secret", "evt_1", int(time.time()), b"{}")
+    with pytest.raises(WebhookVerificationError):
+        Webhook("plain-secret").verify(b'{"x":1}', headers)
 
 
 def test_unflatten_keeps_a_clashing_key_flat() -> None:
