@@ -48,14 +48,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
+from disposable_email_domains import blocklist as disposable_domains
 from email_validator import EmailNotValidError, validate_email
+from publicsuffixlist import PublicSuffixList
 
 __all__ = [
     "FIELD_TYPES",
@@ -69,14 +71,14 @@ __all__ = [
 ]
 
 STANDARD_FIELDS: Final[dict[str, str]] = {
-    "first_name": "string",
-    "last_name": "string",
+    "first_name": "first_name",
+    "last_name": "last_name",
     "email": "email",
     "phone_1": "phone",
     "phone_2": "phone",
-    "address_1": "string",
+    "address_1": "street",
     "address_2": "string",
-    "city": "string",
+    "city": "city",
     "state": "state",
     "postal_code": "postal_code",
     "country": "string",
@@ -103,8 +105,17 @@ FIELD_TYPES: Final[frozenset[str]] = frozenset(
         "ip",
         "url",
         "trustedform_url",
+        "city",
+        "first_name",
+        "last_name",
+        "street",
+        "ssn",
+        "time",
+        "credential",
     }
 )
+# Types that read as plain text, with LeadConduit's names (their operator lists differ).
+_TEXT_TYPES: Final = frozenset({"string", "city", "first_name", "last_name"})
 
 Field = dict[str, object]
 
@@ -375,8 +386,17 @@ def _parse_date(type_name: str, raw: str, original: object, today: date | None) 
         age = now.year - day.year - ((now.month, now.day) < (day.month, day.day))
         if day > now or age > 130:
             return _invalid(type_name, raw)
-        field["age"] = age
+        field["age"] = _fractional_age(day, now, age)
     return field
+
+
+def _fractional_age(born: date, today: date, years: int) -> float:
+    """Age in years rounded down to a tenth, at most x.9 (LeadConduit's dob.age: 17.5 > 17)."""
+    birthday = _make_date(today.year, born.month, born.day) or date(today.year, 3, 1)
+    if birthday > today:
+        birthday = _make_date(today.year - 1, born.month, born.day) or date(today.year - 1, 3, 1)
+    fraction = min((today - birthday).days / 365.2425, 0.9)
+    return years + int(fraction * 10) / 10
 
 
 # --- phones ---------------------------------------------------------------------------------
@@ -387,7 +407,8 @@ _PHONE_EXT = re.compile(r"\s*[,;]?\s*(?:ext(?:ension)?\.?|ex\.?|x|#)\s*:?\s*(\d{
 _PHONE_NANP = re.compile(
     r"\s*(?:\+?\s*1[\s.-]*)?\(?([2-9]\d{2})\)?[\s.-]*([2-9]\d{2})[\s.-]*(\d{4})\s*"
 )
-_TOLLFREE_AREAS: Final = frozenset({"800", "833", "844", "855", "866", "877", "888"})
+# LeadConduit's toll-free list (833 is toll-free too, but its rules would not say so).
+_TOLLFREE_AREAS: Final = frozenset({"800", "844", "855", "866", "877", "888"})
 
 
 @lru_cache(maxsize=65536)
@@ -399,6 +420,11 @@ def _nanp_region(npa_nxx: str) -> str | None:
     return phonenumbers.region_code_for_number(number)
 
 
+def _phone_normal(digits: str, extension: str | None) -> str:
+    # LeadConduit keeps the extension in the normal value: 5127891111x44.
+    return f"{digits}x{extension}" if extension else digits
+
+
 def _nanp_field(
     raw: str, region: str, digits: str, extension: str | None, hint: str | None
 ) -> Field:
@@ -406,14 +432,18 @@ def _nanp_field(
     return {
         "kind": "phone",
         "raw": raw,
-        "normal": digits,
+        "normal": _phone_normal(digits, extension),
         "valid": True,
         "area": area,
         "exchange": digits[3:6],
         "line": digits[6:],
         "number": digits[3:],
         "extension": extension,
-        "country_code": region,
+        # LeadConduit names the region of the calling code (US for every +1 number); the
+        # number's own region (CA for 416, PR for 787) is ``region``.
+        "country_code": "US",
+        "country_calling_code": 1,
+        "region": region,
         "type": hint,
         "is_tollfree": area in _TOLLFREE_AREAS,
     }
@@ -454,14 +484,16 @@ def _parse_phone(raw: str) -> Field:
     return {
         "kind": "phone",
         "raw": raw,
-        "normal": nsn,
+        "normal": _phone_normal(nsn, extension),
         "valid": True,
         "area": nsn[:area_length] or None,
         "exchange": None,
         "line": None,
         "number": nsn[area_length:],
         "extension": extension,
-        "country_code": region,
+        "country_code": phonenumbers.region_code_for_country_code(number.country_code or 0),
+        "country_calling_code": number.country_code,
+        "region": region,
         "type": hint,
         "is_tollfree": False,
     }
@@ -474,25 +506,6 @@ _EMAIL_FAST = re.compile(
     r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}))"
 )
 _SPECIAL_USE_TLDS: Final = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
-_SECOND_LEVEL_TLDS: Final = frozenset(
-    {
-        "co.uk",
-        "org.uk",
-        "ac.uk",
-        "gov.uk",
-        "me.uk",
-        "com.au",
-        "net.au",
-        "org.au",
-        "co.nz",
-        "com.br",
-        "com.mx",
-        "co.jp",
-        "co.in",
-        "co.za",
-        "com.cn",
-    }
-)
 _FREE_EMAIL_DOMAINS: Final = frozenset(
     {
         "gmail.com",
@@ -537,54 +550,37 @@ _FREE_EMAIL_DOMAINS: Final = frozenset(
         "inbox.com",
     }
 )
-_DISPOSABLE_EMAIL_DOMAINS: Final = frozenset(
-    {
-        "mailinator.com",
-        "guerrillamail.com",
-        "guerrillamail.net",
-        "sharklasers.com",
-        "10minutemail.com",
-        "tempmail.com",
-        "temp-mail.org",
-        "throwawaymail.com",
-        "yopmail.com",
-        "trashmail.com",
-        "getnada.com",
-        "dispostable.com",
-        "maildrop.cc",
-        "mailnesia.com",
-        "fakeinbox.com",
-        "tempinbox.com",
-        "mintemail.com",
-        "spamgourmet.com",
-        "mytemp.email",
-        "emailondeck.com",
-        "burnermail.io",
-        "discard.email",
-        "mohmal.com",
-        "tempr.email",
-        "moakt.com",
-        "mailcatch.com",
-    }
-)
+
+
+@lru_cache(maxsize=1)
+def _public_suffixes() -> PublicSuffixList:
+    # The list bundled with the package: no download, read once per process.
+    return PublicSuffixList(only_icann=True)
+
+
+@lru_cache(maxsize=4096)
+def _email_tld(domain: str) -> str:
+    """The domain's public suffix (``co.uk``), else its last label."""
+    return _public_suffixes().publicsuffix(domain) or domain.rsplit(".", 1)[-1]
 
 
 def _email_field(raw: str, user: str, domain: str) -> Field:
-    last_two = domain.rsplit(".", 2)
-    tld = last_two[-1]
-    if len(last_two) == 3 and f"{last_two[1]}.{last_two[2]}" in _SECOND_LEVEL_TLDS:
-        tld = f"{last_two[1]}.{last_two[2]}"
+    """``normal`` is lower case; ``user``, ``domain`` and ``host`` keep the case sent (as LC)."""
+    normal_domain = domain.lower()
+    tld = _email_tld(normal_domain)
+    disposable = normal_domain in disposable_domains
     return {
         "kind": "email",
         "raw": raw,
-        "normal": f"{user}@{domain}",
+        "normal": f"{user}@{domain}".lower(),
         "valid": True,
         "user": user,
         "domain": domain,
-        "host": domain[: -len(tld) - 1] if domain != tld else "",
+        "host": domain[: -len(tld) - 1] if normal_domain != tld else "",
         "tld": tld,
-        "is_free": domain in _FREE_EMAIL_DOMAINS,
-        "is_disposable": domain in _DISPOSABLE_EMAIL_DOMAINS,
+        # As LeadConduit: a disposable address is free too.
+        "is_free": disposable or normal_domain in _FREE_EMAIL_DOMAINS,
+        "is_disposable": disposable,
     }
 
 
@@ -594,7 +590,10 @@ def _parse_email(raw: str) -> Field:
         return _invalid("email", raw)
     m = _EMAIL_FAST.fullmatch(text)
     if m and len(m.group(1)) <= 64 and len(text) <= 254 and m.group(3) not in _SPECIAL_USE_TLDS:
-        return _email_field(raw, m.group(1), m.group(2))
+        sent = raw.strip()
+        if len(sent) != len(text):  # lower-casing changed the length: no case to keep
+            sent = text
+        return _email_field(raw, sent[: m.end(1)], sent[m.start(2) : m.end(2)])
     # Unusual addresses (international, quoted) go to email-validator; DNS stays off.
     try:
         result = validate_email(text, check_deliverability=False)
@@ -607,6 +606,8 @@ def _parse_email(raw: str) -> Field:
 
 _ZIP_US = re.compile(r"(\d{5})(?:\s*-?\s*(\d{4}))?")
 _ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*-?\s*(\d[a-z]\d)", re.IGNORECASE)
+# UK: outward code (A9, A99, AA9, AA99, A9A, AA9A) and inward code (9AA), as LeadConduit reads it.
+_POSTCODE_GB = re.compile(r"([a-z]{1,2}\d{1,2}[a-z\d]?)\s*(\d[a-z]{2})", re.IGNORECASE)
 
 
 def _parse_postal_code(raw: str, original: object) -> Field:
@@ -616,11 +617,13 @@ def _parse_postal_code(raw: str, original: object) -> Field:
     m = _ZIP_US.fullmatch(text)
     if m:
         zip5, four = m.group(1), m.group(2)
+        normal = f"{zip5}-{four}" if four else zip5
         return {
             "kind": "postal_code",
             "raw": raw,
-            "normal": f"{zip5}-{four}" if four else zip5,
+            "normal": normal,
             "valid": True,
+            "code": normal,
             "zip": zip5,
             "four": four,
             "country_code": "US",
@@ -633,11 +636,28 @@ def _parse_postal_code(raw: str, original: object) -> Field:
             "raw": raw,
             "normal": f"{fsa} {ldu}",
             "valid": True,
+            "code": f"{fsa} {ldu}",
             "zip": None,
             "four": None,
             "country_code": "CA",
             "fsa": fsa,
             "ldu": ldu,
+            "district": fsa[0],
+        }
+    m = _POSTCODE_GB.fullmatch(text)
+    if m:
+        outcode, incode = m.group(1).upper(), m.group(2).upper()
+        return {
+            "kind": "postal_code",
+            "raw": raw,
+            "normal": f"{outcode} {incode}",
+            "valid": True,
+            "code": f"{outcode} {incode}",
+            "zip": None,
+            "four": None,
+            "country_code": "GB",
+            "outcode": outcode,
+            "incode": incode,
         }
     return _invalid("postal_code", raw)
 
@@ -871,21 +891,121 @@ _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 
 def _parse_trustedform_url(raw: str) -> Field:
     url = _parse_url(raw, "trustedform_url")
-    if not url["valid"] or url["host"] not in _TRUSTEDFORM_HOSTS:
+    # LeadConduit refuses a certificate URL that is not https.
+    if not url["valid"] or url["protocol"] != "https" or url["host"] not in _TRUSTEDFORM_HOSTS:
         return _invalid("trustedform_url", raw)
     cert_id = str(url["path"]).strip("/")
     if not _CERT_ID.fullmatch(cert_id):
         return _invalid("trustedform_url", raw)
+    # A 40-hex id is a web certificate. Newer ids are encrypted with TrustedForm's key: their
+    # type and age come from TrustedForm's API (the trustedform enhancement), not from the URL.
+    cert_type = None
     if _HEX40.fullmatch(cert_id):
         cert_id = cert_id.lower()
+        cert_type = "web"
     return {
         "kind": "trustedform_url",
         "raw": raw,
         "normal": f"https://{url['host']}/{cert_id}",
         "valid": True,
         "host": url["host"],
+        "path": url["path"],
         "cert_id": cert_id,
+        "type": cert_type,
+        "is_web": cert_type == "web",
+        "is_mobile": False,
+        "is_facebook": False,
+        "is_masked": False,
+        "age": None,
     }
+
+
+# --- names, streets, SSNs, times, credentials -----------------------------------------------
+
+
+def _parse_street(raw: str) -> Field:
+    # LeadConduit: a street is a number (any first word) then a name.
+    parts = raw.strip().split(None, 1)
+    if len(parts) < 2:
+        return _invalid("street", raw)
+    return {
+        "kind": "street",
+        "raw": raw,
+        "normal": raw.strip(),
+        "valid": True,
+        "number": parts[0],
+        "name": parts[1],
+    }
+
+
+def _parse_ssn(raw: str) -> Field:
+    digits = "".join(ch for ch in raw if "0" <= ch <= "9")
+    if len(digits) != 9:
+        return {**_invalid("ssn", raw), "masked": False}
+    return {
+        "kind": "ssn",
+        "raw": raw,
+        "normal": digits,
+        "valid": True,
+        "first_three": digits[:3],
+        "middle_two": digits[3:5],
+        "last_four": digits[5:],
+        "masked": False,
+    }
+
+
+_TIME_FORMATS: Final = (
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %I:%M %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%a %b %d %Y %H:%M:%S",
+)
+
+
+def _strptime_any(text: str) -> datetime | None:
+    for pattern in _TIME_FORMATS:
+        try:
+            return datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_time(text: str) -> datetime | None:
+    """A moment from ISO 8601 or common US text; naive times are UTC. None when unreadable."""
+    text = text.strip()
+    if len(text) > 64:
+        return None
+    iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+    moment: datetime | None
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        # "Sat Jun 14 2015 13:27:33 GMT-0500 (CDT)": the JavaScript Date form.
+        head, _, zone = text.partition(" GMT")
+        moment = _strptime_any(head.strip())
+        if moment is None:
+            return None
+        offset = zone.strip().split(" ", 1)[0]
+        if offset:
+            try:
+                moment = moment.replace(tzinfo=datetime.strptime(offset, "%z").tzinfo)
+            except ValueError:
+                return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _parse_time(raw: str) -> Field:
+    moment = parse_time(raw)
+    if moment is None:
+        return _invalid("time", raw)
+    normal = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return {"kind": "time", "raw": raw, "normal": normal, "valid": True}
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -901,8 +1021,16 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
         type_name = "string"
     if not text.strip():
         return {"kind": type_name, "raw": text, "normal": "", "valid": False}
-    if type_name == "string":
-        return {"kind": "string", "raw": text, "normal": text.strip(), "valid": True}
+    if type_name in _TEXT_TYPES:
+        return {"kind": type_name, "raw": text, "normal": text.strip(), "valid": True}
+    if type_name == "credential":
+        return {"kind": "credential", "raw": text, "normal": text, "valid": True, "masked": False}
+    if type_name == "street":
+        return _parse_street(text)
+    if type_name == "ssn":
+        return _parse_ssn(text)
+    if type_name == "time":
+        return _parse_time(text)
     if type_name == "phone":
         return _parse_phone(text)
     if type_name == "email":

@@ -126,7 +126,14 @@ ALLOWED_OPERATORS: Final[dict[str, frozenset[str]]] = {
     "ip": _EQUALITY | _INCLUDED_IN | _INCLUDES | _BLANK | _FORMAT,
     "url": _EQUALITY | _INCLUDED_IN | _INCLUDES | _MATCHES | _BLANK | _FORMAT,
     "trustedform_url": _BLANK | _FORMAT,
+    "street": _EQUALITY | _INCLUDED_IN | _INCLUDES | _MATCHES | _BLANK | _FORMAT | _OBSCENE_OPS,
+    "ssn": _EQUALITY | _INCLUDED_IN | _INCLUDES | _BLANK | _FORMAT,
+    "time": _EQUALITY | _ORDERING | _BETWEEN | _BLANK | _FORMAT,
+    "credential": _EQUALITY | _INCLUDED_IN | _INCLUDES | _BLANK | _FORMAT,
 }
+# City and names are text: they allow what `string` allows (a superset of LeadConduit's lists).
+for _text_type in ("city", "first_name", "last_name"):
+    ALLOWED_OPERATORS[_text_type] = ALLOWED_OPERATORS["string"]
 
 
 def operator_allowed(op: str, field_type: str) -> bool:
@@ -174,7 +181,9 @@ _TYPED_TEXT: Final = frozenset(
     {"phone", "email", "postal_code", "state", "gender", "ip", "url", "trustedform_url"}
 )
 # Field types that compare as numbers when the rhv is one.
-_NUMERIC_KINDS: Final = frozenset({"number", "range", "string"})
+_NUMERIC_KINDS: Final = frozenset({"number", "range", "string", "city", "first_name", "last_name"})
+# Field types that read as plain text (LeadConduit's name types are strings with their own name).
+_TEXT_KINDS: Final = frozenset({"string", "city", "first_name", "last_name"})
 
 
 def _is_field(value: object) -> TypeGuard[dict[str, Any]]:
@@ -227,7 +236,7 @@ def _field_number(field: Mapping[str, object]) -> Num | None:
         return _num(average if average is not None else field.get("min"))
     if kind == "dob":
         return _num(field.get("age"))
-    if kind == "string":
+    if kind in _TEXT_KINDS:
         return _num(field["normal"])
     return None
 

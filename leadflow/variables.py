@@ -183,23 +183,43 @@ def _plain(value: object) -> object:
 
 
 _COMPONENT_TYPES: Final[dict[str, dict[str, str]]] = {
-    "phone": {"is_tollfree": "boolean"},
+    "phone": {"is_tollfree": "boolean", "country_calling_code": "number"},
     "email": {"is_free": "boolean", "is_disposable": "boolean"},
     "number": {"number": "number"},
     "range": {"min": "number", "max": "number", "avg": "number", "mid": "number"},
     "date": {"year": "number"},
     "dob": {"year": "number", "age": "number"},
     "ip": {"is_ipv4": "boolean", "is_private": "boolean", "version": "number"},
+    "trustedform_url": {
+        "is_web": "boolean",
+        "is_mobile": "boolean",
+        "is_facebook": "boolean",
+        "is_masked": "boolean",
+        "age": "number",
+    },
+    "ssn": {"masked": "boolean"},
+    "credential": {"masked": "boolean"},
 }
 _STRING_COMPONENTS: Final[dict[str, frozenset[str]]] = {
     "string": frozenset(),
-    "phone": frozenset({"area", "exchange", "line", "number", "extension", "country_code", "type"}),
+    "phone": frozenset(
+        {"area", "exchange", "line", "number", "extension", "country_code", "region", "type"}
+    ),
     "email": frozenset({"user", "domain", "host", "tld"}),
-    "postal_code": frozenset({"zip", "four", "country_code", "fsa", "ldu"}),
+    "postal_code": frozenset(
+        {"code", "zip", "four", "country_code", "fsa", "ldu", "district", "outcode", "incode"}
+    ),
     "state": frozenset({"name"}),
     "gender": frozenset({"abbr"}),
     "url": frozenset({"protocol", "host", "port", "path", "query", "hash"}),
-    "trustedform_url": frozenset({"host", "cert_id"}),
+    "trustedform_url": frozenset({"host", "cert_id", "path", "type"}),
+    "city": frozenset(),
+    "first_name": frozenset(),
+    "last_name": frozenset(),
+    "street": frozenset({"number", "name"}),
+    "ssn": frozenset({"first_three", "middle_two", "last_four"}),
+    "time": frozenset(),
+    "credential": frozenset(),
 }
 _CONTEXT_TYPES: Final[dict[str, str]] = {
     "purchase_price": "number",

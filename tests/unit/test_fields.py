@@ -35,7 +35,7 @@ def test_standard_fields_have_leadconduit_names_and_known_types() -> None:
     assert STANDARD_FIELDS["trustedform_cert_url"] == "trustedform_url"
     assert STANDARD_FIELDS["ip_address"] == "ip"
     assert set(STANDARD_FIELDS.values()) <= FIELD_TYPES
-    assert len(FIELD_TYPES) == 14
+    assert len(FIELD_TYPES) == 21
 
 
 @pytest.mark.parametrize(
@@ -43,14 +43,14 @@ def test_standard_fields_have_leadconduit_names_and_known_types() -> None:
     [
         ("(512) 555-1234", "5125551234", {"area": "512", "exchange": "555", "line": "1234"}),
         ("5125551234", "5125551234", {"number": "5551234", "country_code": "US"}),
-        ("+1 512-555-1234 x12", "5125551234", {"extension": "12"}),
-        ("512.555.1234 ext. 7", "5125551234", {"extension": "7"}),
+        ("+1 512-555-1234 x12", "5125551234x12", {"extension": "12", "number": "5551234"}),
+        ("512.555.1234 ext. 7", "5125551234x7", {"extension": "7"}),
         ("1 (512) 555-1234", "5125551234", {"extension": None}),
         ("512-555-1234 (m)", "5125551234", {"type": "mobile"}),
         ("512 555 1234 h", "5125551234", {"type": "home"}),
         ("800-555-1212", "8005551212", {"is_tollfree": True}),
         ("512-555-1234", "5125551234", {"is_tollfree": False}),
-        ("613-555-1234", "6135551234", {"country_code": "CA"}),
+        ("613-555-1234", "6135551234", {"country_code": "US", "region": "CA"}),
         ("1-800-FLOWERS", "8003569377", {"is_tollfree": True}),
         (5125551234, "5125551234", {"area": "512"}),
         ("+44 20 7946 0958", "2079460958", {"country_code": "GB", "area": "20"}),
@@ -80,7 +80,7 @@ def test_invalid_phones_stay_data(raw: str) -> None:
         (
             " John.Doe@Gmail.COM ",
             "john.doe@gmail.com",
-            {"user": "john.doe", "domain": "gmail.com", "host": "gmail", "tld": "com"},
+            {"user": "John.Doe", "domain": "Gmail.COM", "host": "Gmail", "tld": "com"},
         ),
         ("a@b.co.uk", "a@b.co.uk", {"host": "b", "tld": "co.uk", "is_free": False}),
         ("x@yahoo.com", "x@yahoo.com", {"is_free": True, "is_disposable": False}),
@@ -264,12 +264,14 @@ def test_impossible_dates_are_invalid(raw: str) -> None:
     ("raw", "age"),
     [
         ("1990-05-15", 34),  # birthday today
-        ("1990-05-16", 33),  # birthday tomorrow
+        ("1990-05-16", 33.9),  # birthday tomorrow: rounded down to a tenth, at most .9
         ("05/14/2006", 18),
-        ("5/16/90", 33),
+        ("5/16/90", 33.9),
+        ("1989-11-15", 34.4),  # half a year less a month past the birthday
+        ("1996-11-15", 27.4),
     ],
 )
-def test_dob_age_is_completed_years_on_the_given_day(raw: str, age: int) -> None:
+def test_dob_age_is_fractional_years_rounded_down_to_a_tenth(raw: str, age: float) -> None:
     field = parsed("dob", raw)
     assert (field["age"], field["valid"]) == (age, True)
 

@@ -40,7 +40,7 @@ CONTEXT = build_context(
         ("lead.phone_1.area", "512"),
         ("phone_1.area", "512"),
         ("lead.phone_1.valid", True),
-        ("lead.email.domain", "example.com"),
+        ("lead.email.domain", "Example.com"),  # the case sent, as LeadConduit
         ("state.name", "Texas"),
         ("source.id", "acme-leads"),
         ("flow.name", "Auto"),
