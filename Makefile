@@ -9,17 +9,26 @@ CONFIG ?= examples/demo.yaml
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos lint validate-deploy format test test-unit test-service test-e2e run clean bench
+.PHONY: help install lock protos release-protos lint validate-deploy format test test-unit test-service test-e2e run clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Dependencies come from the lock files (exact versions with hashes); pyproject.toml holds ranges.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@tools/system-deps install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
+
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes \
+  --python-version 3.11 --python-platform x86_64-manylinux_2_28
+
+lock: ## re-resolve the lock files after a change to pyproject.toml (keeps locked versions)
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
 
 gen/.stamp: $(VENV)/.installed $(PROTOS)
 	rm -rf gen && mkdir -p gen/include/google/type
@@ -40,6 +49,12 @@ lint: install validate-deploy ## ruff, mypy --strict, buf lint and format, deplo
 	$(VENV)/bin/mypy leadflow gateway pricing_service routing_service delivery_service ledger_service
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
+	@# Wire compatibility with the last release: protos/released.binpb is its image (make release-protos).
+	$(VENV)/bin/buf build -o $(VENV)/current-protos.binpb
+	$(VENV)/bin/buf breaking $(VENV)/current-protos.binpb --against protos/released.binpb
+
+release-protos: install ## record today's protos as the released wire contract `make lint` checks against
+	$(VENV)/bin/buf build -o protos/released.binpb
 
 DEPLOY_LINT := deploy/lint/node_modules/.installed
 
