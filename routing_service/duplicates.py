@@ -1,9 +1,9 @@
 """Duplicate keys (flow `duplicates`): the lead's normalised identifying fields, hashed.
 
 Only a SHA-256 of the values is stored, never the email or phone itself. Values are the parsed
-`normal` forms (an email lower-cased, a phone as its ten digits), trimmed and case-folded, so
-`ADA@Example.com` and `ada@example.com ` are the same lead. A lead with every listed field
-blank has no key and is never a duplicate.
+`normal` forms (an email lower-cased, a phone as its digits without an extension), trimmed and
+case-folded, so `ADA@Example.com` and `ada@example.com ` are the same lead. A lead with every
+listed field blank has no key and is never a duplicate.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from leadflow.fields import is_field
 
 def _normal(value: Any) -> str:
     if is_field(value):
+        if value.get("kind") == "phone" and value.get("valid"):
+            # The same line with another extension is the same person: the key (as before
+            # extensions joined the normal value) is the number alone.
+            return str(value.get("normal", "")).split("x", 1)[0]
         value = value.get("normal")
     if value is None:
         return ""

@@ -1,5 +1,6 @@
 """Routing's pure rules: cap windows, hours, duplicate keys, strategies and ping privacy."""
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -87,6 +88,15 @@ def test_duplicate_keys_compare_normalised_values() -> None:
     assert duplicate_key(a, fields) != duplicate_key(c, fields)
     assert duplicate_key(parse_lead({"state": "CA"}), fields) is None
     assert "ada" not in (duplicate_key(a, fields) or "")  # only a digest is kept
+
+
+def test_a_phone_with_another_extension_is_the_same_duplicate_key() -> None:
+    plain = parse_lead({"phone_1": "512-555-0142"})
+    extended = parse_lead({"phone_1": "512-555-0142 x 44"})
+    assert extended["phone_1"]["normal"] == "5125550142x44"  # type: ignore[index]
+    assert duplicate_key(plain, ["phone_1"]) == duplicate_key(extended, ["phone_1"])
+    # the key of a plain number is what it was before extensions joined the normal value
+    assert duplicate_key(plain, ["phone_1"]) == hashlib.sha256(b"phone_1\x1e5125550142").hexdigest()
 
 
 @dataclass(frozen=True)
