@@ -213,7 +213,8 @@ def _parse_number(raw: str, original: object) -> Field:
     return {
         "kind": "number",
         "raw": raw,
-        "normal": _decimal_text(value),
+        # As LeadConduit: no trailing zeros after the point ("$1,000.50" -> "1000.5").
+        "normal": _decimal_text(value.normalize()),
         "valid": True,
         "number": number,
     }
@@ -387,6 +388,7 @@ def _parse_date(type_name: str, raw: str, original: object, today: date | None) 
         if day > now or age > 130:
             return _invalid(type_name, raw)
         field["age"] = _fractional_age(day, now, age)
+        field["masked"] = False
     return field
 
 
@@ -526,6 +528,35 @@ _FREE_EMAIL_DOMAINS: Final = frozenset(
         "mail.com",
         "gmx.com",
         "gmx.net",
+        "gmx.de",
+        "gmx.at",
+        "t-online.de",
+        "orange.fr",
+        "free.fr",
+        "laposte.net",
+        "libero.it",
+        "hotmail.fr",
+        "hotmail.de",
+        "hotmail.it",
+        "hotmail.es",
+        "live.co.uk",
+        "yahoo.fr",
+        "yahoo.de",
+        "yahoo.ca",
+        "yahoo.com.au",
+        "rediffmail.com",
+        "bigpond.com",
+        "shaw.ca",
+        "rogers.com",
+        "sympatico.ca",
+        "optonline.net",
+        "frontier.com",
+        "windstream.net",
+        "roadrunner.com",
+        "rr.com",
+        "mindspring.com",
+        "netzero.net",
+        "aim.com",
         "zoho.com",
         "protonmail.com",
         "proton.me",
@@ -559,15 +590,21 @@ def _public_suffixes() -> PublicSuffixList:
 
 
 @lru_cache(maxsize=4096)
-def _email_tld(domain: str) -> str:
+def _public_suffix(domain: str) -> str:
     """The domain's public suffix (``co.uk``), else its last label."""
     return _public_suffixes().publicsuffix(domain) or domain.rsplit(".", 1)[-1]
 
 
 def _email_field(raw: str, user: str, domain: str) -> Field:
-    """``normal`` is lower case; ``user``, ``domain`` and ``host`` keep the case sent (as LC)."""
+    """``normal`` is lower case; the other parts keep the case sent, as LeadConduit's do.
+
+    ``tld`` and ``host`` split at the last dot, as LeadConduit's (``co.uk`` gives tld ``uk``,
+    host ``b.co``); ``public_suffix`` (``co.uk``) and ``registered_domain`` (``b.co.uk``) are ours.
+    """
     normal_domain = domain.lower()
-    tld = _email_tld(normal_domain)
+    host, _, tld = domain.rpartition(".")
+    suffix = _public_suffix(normal_domain)
+    labels = normal_domain[: -len(suffix) - 1].rsplit(".", 1) if normal_domain != suffix else [""]
     disposable = normal_domain in disposable_domains
     return {
         "kind": "email",
@@ -576,8 +613,10 @@ def _email_field(raw: str, user: str, domain: str) -> Field:
         "valid": True,
         "user": user,
         "domain": domain,
-        "host": domain[: -len(tld) - 1] if normal_domain != tld else "",
+        "host": host,
         "tld": tld,
+        "public_suffix": suffix,
+        "registered_domain": f"{labels[-1]}.{suffix}" if labels[-1] else suffix,
         # As LeadConduit: a disposable address is free too.
         "is_free": disposable or normal_domain in _FREE_EMAIL_DOMAINS,
         "is_disposable": disposable,
@@ -623,7 +662,7 @@ def _parse_postal_code(raw: str, original: object) -> Field:
             "raw": raw,
             "normal": normal,
             "valid": True,
-            "code": normal,
+            "code": text.upper(),
             "zip": zip5,
             "four": four,
             "country_code": "US",
@@ -636,7 +675,7 @@ def _parse_postal_code(raw: str, original: object) -> Field:
             "raw": raw,
             "normal": f"{fsa} {ldu}",
             "valid": True,
-            "code": f"{fsa} {ldu}",
+            "code": text.upper(),
             "zip": None,
             "four": None,
             "country_code": "CA",
@@ -652,7 +691,7 @@ def _parse_postal_code(raw: str, original: object) -> Field:
             "raw": raw,
             "normal": f"{outcode} {incode}",
             "valid": True,
-            "code": f"{outcode} {incode}",
+            "code": text.upper(),
             "zip": None,
             "four": None,
             "country_code": "GB",
@@ -841,6 +880,12 @@ def _parse_ip(raw: str) -> Field:
         "is_ipv4": address.version == 4,
         "version": address.version,
         "is_private": address.is_private,
+        # LeadConduit's IPv6 form of an IPv4 address is ffff::<v4>, not ::ffff:<v4>.
+        "ipv6_format": (
+            ipaddress.IPv6Address(f"ffff::{address}").compressed
+            if address.version == 4
+            else address.compressed
+        ),
     }
 
 
@@ -870,23 +915,27 @@ def _parse_url(raw: str, type_name: str = "url") -> Field:
             return _invalid(type_name, raw)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     netloc = f"{userinfo}{at}{hostport.lower()}"
+    path = parts.path or "/"  # as a browser (and LeadConduit) writes it: http://a.com/
+    # Components as LeadConduit's (WHATWG URL): host with its port, empty strings when absent,
+    # the hash with its "#".
     return {
         "kind": type_name,
         "raw": raw,
-        "normal": urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment)),
+        "normal": urlunsplit((scheme, netloc, path, parts.query, parts.fragment)),
         "valid": True,
         "protocol": scheme,
-        "host": host,
-        "port": str(port) if port is not None else None,
-        "path": parts.path,
-        "query": parts.query or None,
-        "hash": parts.fragment or None,
+        "host": f"{host}:{port}" if port is not None else host,
+        "port": str(port) if port is not None else "",
+        "path": path,
+        "query": parts.query,
+        "hash": f"#{parts.fragment}" if parts.fragment else "",
     }
 
 
 _TRUSTEDFORM_HOSTS: Final = frozenset({"cert.trustedform.com", "ping.trustedform.com"})
 _CERT_ID = re.compile(r"[A-Za-z0-9._~-]{1,255}")
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+_MIN_ENCRYPTED_ID: Final = 50
 
 
 def _parse_trustedform_url(raw: str) -> Field:
@@ -897,12 +946,14 @@ def _parse_trustedform_url(raw: str) -> Field:
     cert_id = str(url["path"]).strip("/")
     if not _CERT_ID.fullmatch(cert_id):
         return _invalid("trustedform_url", raw)
-    # A 40-hex id is a web certificate. Newer ids are encrypted with TrustedForm's key: their
-    # type and age come from TrustedForm's API (the trustedform enhancement), not from the URL.
+    # A legacy id is 40 hex digits; newer ids are encrypted with TrustedForm's key (longer).
+    # Their type and age come from TrustedForm's API (the trustedform enhancement), not from
+    # the URL; LeadConduit reports no type for a legacy id either.
     cert_type = None
     if _HEX40.fullmatch(cert_id):
         cert_id = cert_id.lower()
-        cert_type = "web"
+    elif len(cert_id) < _MIN_ENCRYPTED_ID:
+        return _invalid("trustedform_url", raw)
     return {
         "kind": "trustedform_url",
         "raw": raw,

@@ -205,7 +205,7 @@ _STRING_COMPONENTS: Final[dict[str, frozenset[str]]] = {
     "phone": frozenset(
         {"area", "exchange", "line", "number", "extension", "country_code", "region", "type"}
     ),
-    "email": frozenset({"user", "domain", "host", "tld"}),
+    "email": frozenset({"user", "domain", "host", "tld", "public_suffix", "registered_domain"}),
     "postal_code": frozenset(
         {"code", "zip", "four", "country_code", "fsa", "ldu", "district", "outcode", "incode"}
     ),

@@ -35,8 +35,16 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
         ("email", "x@mailinator.com", {"is_free": True, "is_disposable": True}),
         ("email", "x@gmail.com", {"is_free": True, "is_disposable": False}),
         ("email", "x@acme-insurance.com", {"is_free": False, "is_disposable": False}),
-        ("email", "Ada@Example.CO.UK", {"normal": "ada@example.co.uk", "tld": "co.uk"}),
-        ("email", "Ada@Example.CO.UK", {"user": "Ada", "host": "Example"}),
+        ("email", "Ada@Example.CO.UK", {"normal": "ada@example.co.uk", "tld": "UK"}),
+        ("email", "Ada@Example.CO.UK", {"user": "Ada", "host": "Example.CO"}),
+        ("email", "a@mail.b.co.uk", {"public_suffix": "co.uk", "registered_domain": "b.co.uk"}),
+        # numbers and URLs as LeadConduit writes them
+        ("number", "$1,000.50", {"normal": "1000.5", "number": 1000.5}),
+        ("url", "example.com", {"normal": "http://example.com/", "path": "/", "port": ""}),
+        ("url", "https://a.com:8080/p?q=1#f", {"host": "a.com:8080", "query": "q=1", "hash": "#f"}),
+        ("ip", "8.8.8.8", {"ipv6_format": "ffff::808:808"}),
+        ("dob", "2008-12-03", {"masked": False}),
+        ("postal_code", "78751 4224", {"code": "78751 4224"}),
         # postal codes: US, Canadian and UK with their components
         ("postal_code", "78751 4224", {"normal": "78751-4224", "zip": "78751", "four": "4224"}),
         ("postal_code", "q2e4u7", {"normal": "Q2E 4U7", "fsa": "Q2E", "ldu": "4U7"}),
@@ -77,8 +85,8 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
             "https://CERT.trustedform.com/EB9fC4DD9bED9AD451A5648946CF4BF09B5BB947",
             {
                 "normal": "https://cert.trustedform.com/eb9fc4dd9bed9ad451a5648946cf4bf09b5bb947",
-                "type": "web",
-                "is_web": True,
+                "type": None,  # LeadConduit has no type for a legacy (hex) id
+                "is_web": False,
                 "is_mobile": False,
                 "is_facebook": False,
                 "is_masked": False,
@@ -89,6 +97,12 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
             "trustedform_url",
             "http://cert.trustedform.com/eb9fc4dd9bed9ad451a5648946cf4bf09b5bb947",
             {"valid": False},  # LeadConduit refuses http
+        ),
+        ("trustedform_url", "https://cert.trustedform.com/asdfasdfasdf", {"valid": False}),
+        (
+            "trustedform_url",
+            "https://cert.trustedform.com/11NgkzK_mroUbOD1-x66NigDliU1kdvbaCtLGvyja1K80vU1sKh9grlwP78vzKSp4ncwAfJAlNPNVY8f",
+            {"valid": True, "type": None},  # encrypted: its type needs TrustedForm's key
         ),
     ],
 )
