@@ -138,9 +138,12 @@ def _head(service: Service) -> str | None:
     return _script(service.name).get_current_head()
 
 
-def _upgrade(connection: Connection, service: Service) -> None:
+def _upgrade(connection: Connection, service: Service) -> str:
+    """Upgrade to head; returns where it started: a revision, `empty` or `unversioned` (made by
+    create_all before revisions existed)."""
     script = _script(service.name)
     current = _current(connection, service)
+    start = current or "empty"
     baseline = script.get_revision(BASELINE) if script.get_heads() else None
     if current is None and baseline is not None:
         names = set(inspect(connection).get_table_names())
@@ -150,6 +153,7 @@ def _upgrade(connection: Connection, service: Service) -> None:
             MigrationContext.configure(
                 connection, opts={"version_table": service.version_table}
             ).stamp(script, BASELINE)
+            start = "unversioned"
         elif existing:
             raise MigrationError(
                 f"{service.name}: some of its tables exist ({', '.join(sorted(existing))}) but "
@@ -165,15 +169,18 @@ def _upgrade(connection: Connection, service: Service) -> None:
         configure(context, service, connection)
         with context.begin_transaction():
             context.run_migrations()
+    return start
 
 
-async def upgrade(engine: AsyncEngine, schema: str, service: str) -> None:
-    """Bring `service`'s schema on `engine` to its newest revision; nothing is run, and nothing
-    is needed but SELECT on the version table, when it already is there."""
+async def upgrade(engine: AsyncEngine, schema: str, service: str) -> str:
+    """Bring `service`'s schema on `engine` to its newest revision and say where it started;
+    nothing is run, and nothing is needed but SELECT on the version table, when it already is
+    there."""
     spec = SERVICES[service]
     async with engine.connect() as conn:
-        if await _is_current(conn, spec):
-            return
+        current = await conn.run_sync(_current, spec)
+        if current is not None and current == _head(spec):
+            return current
     try:
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -183,7 +190,7 @@ async def upgrade(engine: AsyncEngine, schema: str, service: str) -> None:
                 )
                 if not await _schema_exists(conn, schema):
                     await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            await conn.run_sync(_upgrade, spec)
+            start: str = await conn.run_sync(_upgrade, spec)
     except DBAPIError as exc:
         if _sqlstate(exc) != _INSUFFICIENT_PRIVILEGE:
             raise
@@ -192,10 +199,7 @@ async def upgrade(engine: AsyncEngine, schema: str, service: str) -> None:
             "database role may not upgrade it: run `leadflow migrate` as the schema owner "
             "(LEADFLOW_MIGRATE_DATABASE_URL)"
         ) from exc
-
-
-async def _is_current(conn: AsyncConnection, service: Service) -> bool:
-    return await conn.run_sync(_current, service) == _head(service)
+    return start
 
 
 async def _schema_exists(conn: AsyncConnection, schema: str) -> bool:
@@ -230,10 +234,8 @@ async def migrate(
         schema = schemas[name]
         engine = db.create_engine(db.database_url(database_url, data_dir, name), schema)
         try:
-            async with engine.connect() as conn:
-                before = await conn.run_sync(_current, service)
-            await upgrade(engine, schema, name)
-            done.append(f"{name}: {before or 'empty'} -> {_head(service)}")
+            start = await upgrade(engine, schema, name)
+            done.append(f"{name}: {start} -> {_head(service)}")
         finally:
             await engine.dispose()
     if database_url and make_url(database_url).get_backend_name() == "postgresql":

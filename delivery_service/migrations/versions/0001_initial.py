@@ -45,10 +45,10 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("attempts", sa.JSON(), nullable=False),
         sa.CheckConstraint(
-            "kind IN ('scheduled', 'manual', 'retry', 'resend')", name=op.f("ck_batches_kind")
+            "status IN ('sending', 'delivered', 'failed')", name=op.f("ck_batches_status")
         ),
         sa.CheckConstraint(
-            "status IN ('sending', 'delivered', 'failed')", name=op.f("ck_batches_status")
+            "kind IN ('scheduled', 'manual', 'retry', 'resend')", name=op.f("ck_batches_kind")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batches")),
         sa.UniqueConstraint("request_id", name=op.f("uq_batches_request_id")),

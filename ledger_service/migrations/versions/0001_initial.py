@@ -28,6 +28,7 @@ TABLES = (
 
 
 def upgrade() -> None:
+    # Constraints in the order create_all wrote them: SQLite keeps the CREATE TABLE text verbatim.
     op.create_table(
         "leads",
         sa.Column("id", sa.String(length=128), nullable=False),
@@ -109,6 +110,7 @@ def upgrade() -> None:
         sa.Column("reference", sa.Text(), nullable=False),
         sa.Column("attempts", sa.JSON(), nullable=False),
         sa.Column("duration_ms", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("lead_id", "position", name=op.f("uq_recipient_events_lead_id")),
         sa.CheckConstraint(
             "outcome IN ('success', 'failure', 'error', 'skip', 'queued')",
             name=op.f("ck_recipient_events_outcome"),
@@ -118,7 +120,6 @@ def upgrade() -> None:
             ["lead_id"], ["leads.id"], name=op.f("fk_recipient_events_lead_id_leads")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_recipient_events")),
-        sa.UniqueConstraint("lead_id", "position", name=op.f("uq_recipient_events_lead_id")),
     )
     with op.batch_alter_table("recipient_events", schema=None) as batch_op:
         batch_op.create_index(
@@ -167,12 +168,12 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("sale_price_micros >= 0", name=op.f("ck_delivery_results_money")),
         sa.ForeignKeyConstraint(
-            ["lead_id"], ["leads.id"], name=op.f("fk_delivery_results_lead_id_leads")
-        ),
-        sa.ForeignKeyConstraint(
             ["recipient_event_id"],
             ["recipient_events.id"],
             name=op.f("fk_delivery_results_recipient_event_id_recipient_events"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["lead_id"], ["leads.id"], name=op.f("fk_delivery_results_lead_id_leads")
         ),
         sa.PrimaryKeyConstraint("recipient_event_id", name=op.f("pk_delivery_results")),
     )
@@ -204,11 +205,11 @@ def upgrade() -> None:
         sa.Column("return_to_source", sa.Boolean(), nullable=False),
         sa.Column("sale_time", sa.DateTime(timezone=True), nullable=True),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("type IN ('return', 'conversion')", name=op.f("ck_feedback_type")),
+        sa.CheckConstraint("outcome IN ('success', 'failure')", name=op.f("ck_feedback_outcome")),
         sa.CheckConstraint(
             "initial_status IN ('approved', 'pending', 'denied')", name=op.f("ck_feedback_status")
         ),
-        sa.CheckConstraint("outcome IN ('success', 'failure')", name=op.f("ck_feedback_outcome")),
-        sa.CheckConstraint("type IN ('return', 'conversion')", name=op.f("ck_feedback_type")),
         sa.CheckConstraint("amount_micros >= 0", name=op.f("ck_feedback_money")),
         sa.ForeignKeyConstraint(["lead_id"], ["leads.id"], name=op.f("fk_feedback_lead_id_leads")),
         sa.ForeignKeyConstraint(
