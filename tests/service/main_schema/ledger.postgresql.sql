@@ -1,3 +1,6 @@
+-- Frozen: the DDL create_all ran on main (110f4b2), before there were Alembic revisions.
+-- test_migrate.py replays it to prove leadflow migrate upgrades such a database. Never edit.
+
 CREATE TABLE leads (
 	id VARCHAR(128) NOT NULL, 
 	flow_id VARCHAR(128) NOT NULL, 
