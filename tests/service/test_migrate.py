@@ -4,6 +4,7 @@ main_schema/), with nothing lost, and a second run changes nothing; on SQLite an
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import uuid
@@ -15,8 +16,10 @@ import aiosqlite
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from leadflow import db
+from leadflow.cli import parser
 from leadflow.migrate import BASELINE, SERVICES, differences, migrate
 from tests.conftest import TEST_DATABASE_URL
 
@@ -259,3 +262,90 @@ async def _tables(path: Path) -> set[str]:
     async with aiosqlite.connect(path) as conn:
         rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
     return {row[0] for row in rows}
+
+
+# --- The command, as operators run it: owner and services' URLs from the environment -----------
+
+
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(TEST_DATABASE_URL.replace("+asyncpg", ""), timeout=10)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+def test_leadflow_migrate_takes_the_owner_url_and_sets_up_the_services_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A database of its own: the command uses the default schema names. Roles belong to the
+    # whole server: named for this test, dropped after it.
+    tag = uuid.uuid4().hex[:10]
+    database, login, group = f"t_{tag}", f"t_{tag}_svc", f"t_{tag}_app"
+    owner_url = str(make_url(TEST_DATABASE_URL).set(database=database))
+    app_url = make_url(owner_url).set(username=login, password="pw").render_as_string(False)
+
+    async def as_services() -> tuple[int, str]:
+        conn = await asyncpg.connect(app_url.replace("+asyncpg", ""), timeout=10)
+        try:
+            count = await conn.fetchval("SELECT count(*) FROM ledger.postings")
+            try:
+                await conn.execute("DELETE FROM ledger.postings")
+            except asyncpg.PostgresError as exc:
+                return count, exc.sqlstate
+            return count, "deleted"
+        finally:
+            await conn.close()
+
+    asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    try:
+        monkeypatch.setenv("LEADFLOW_MIGRATE_DATABASE_URL", owner_url)
+        monkeypatch.setenv("LEADFLOW_DATABASE_URL", app_url)
+        args = parser().parse_args(["migrate", "--data-dir", str(tmp_path), "--app-role", group])
+
+        assert args.run(args) == 0
+        first = capsys.readouterr().out
+        assert args.run(args) == 0  # again: nothing to create
+
+        assert f"roles: created {group}" in first and f"roles: created {login}" in first
+        assert "created" not in capsys.readouterr().out
+        assert "ledger: empty -> 0001" in first
+        assert asyncio.run(as_services()) == (0, "42501")
+        assert not list(tmp_path.iterdir())  # PostgreSQL, not SQLite files
+    finally:
+        asyncio.run(
+            _admin(
+                f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                f'DROP ROLE IF EXISTS "{login}"',
+                f'DROP ROLE IF EXISTS "{group}"',
+            )
+        )
+
+
+@pytest.mark.postgres
+def test_leadflow_migrate_refuses_a_services_role_that_could_disable_triggers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    database, login, group = f"t_{tag}", f"t_{tag}_svc", f"t_{tag}_app"
+    owner_url = str(make_url(TEST_DATABASE_URL).set(database=database))
+    app_url = make_url(owner_url).set(username=login).render_as_string(False)
+
+    asyncio.run(_admin(f'CREATE DATABASE "{database}"', f'CREATE ROLE "{login}" LOGIN SUPERUSER'))
+    try:
+        monkeypatch.setenv("LEADFLOW_MIGRATE_DATABASE_URL", owner_url)
+        monkeypatch.setenv("LEADFLOW_DATABASE_URL", app_url)
+        args = parser().parse_args(["migrate", "--data-dir", str(tmp_path), "--app-role", group])
+
+        assert args.run(args) == 1
+        assert "is a superuser or owns the ledger's tables" in capsys.readouterr().err
+    finally:
+        asyncio.run(
+            _admin(
+                f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                f'DROP ROLE IF EXISTS "{login}"',
+                f'DROP ROLE IF EXISTS "{group}"',
+            )
+        )
