@@ -98,7 +98,7 @@ def _config(service: Service, **attributes: Any) -> Config:
 
 
 def configure(context: Any, service: Service, connection: Connection) -> None:
-    """The one configuration every run uses: upgrades, `--check` and new revisions alike.
+    """The one configuration of every run: upgrades and new revisions alike.
     `context` is an EnvironmentContext, or the `alembic.context` module proxying one (env.py)."""
     context.configure(
         connection=connection,
@@ -177,11 +177,11 @@ async def upgrade(engine: AsyncEngine, schema: str, service: str) -> str:
     nothing is run, and nothing is needed but SELECT on the version table, when it already is
     there."""
     spec = SERVICES[service]
-    async with engine.connect() as conn:
-        current = await conn.run_sync(_current, spec)
-        if current is not None and current == _head(spec):
-            return current
     try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(_current, spec)
+            if current is not None and current == _head(spec):
+                return current
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas starting at once (and `leadflow migrate`) upgrade one at a time.
@@ -275,7 +275,7 @@ async def _set_roles(
         return [
             "roles: the services connect as the schema owner, so they could bypass the "
             "ledger's append-only triggers: set LEADFLOW_MIGRATE_DATABASE_URL to the owner "
-            "and LEADFLOW_DATABASE_URL to another role (README: Database roles)"
+            "and LEADFLOW_DATABASE_URL to another role (README: Database schema and roles)"
         ]
     done: list[str] = []
     engine = db.create_engine(owner_url, "public")
@@ -298,8 +298,8 @@ async def _set_roles(
                 if not member:
                     await _ddl(conn, f"GRANT {_quote(app_role)} TO {_quote(user)}", user)
                     done.append(f"roles: granted {app_role} to {user}")
-            if user:
-                await _refuse_powerful(conn, user, schemas)
+            for role in {app_role, user or app_role}:
+                await _refuse_powerful(conn, role, schemas)
             for name, service in SERVICES.items():
                 for statement in grants(service, schemas[name], app_role):
                     await conn.execute(text(statement))
@@ -322,13 +322,14 @@ async def _ddl(conn: AsyncConnection, statement: str, role: str) -> None:
             raise
         raise MigrationError(
             f"the owner role may not create or grant role {role!r}: create the roles yourself "
-            "(README: Database roles) and run `leadflow migrate` again"
+            "(README: Database schema and roles) and run `leadflow migrate` again"
         ) from exc
 
 
 async def _refuse_powerful(conn: AsyncConnection, user: str, schemas: Mapping[str, str]) -> None:
     """A services' role that is a superuser or owns the tables can disable the ledger's
-    triggers: refuse it rather than pretend the ledger is protected."""
+    triggers: refuse it rather than pretend the ledger is protected (and, for the owner, rather
+    than revoke its own privileges)."""
     superuser = await conn.scalar(
         text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = :u"), {"u": user}
     )
@@ -341,9 +342,9 @@ async def _refuse_powerful(conn: AsyncConnection, user: str, schemas: Mapping[st
     )
     if superuser or owns:
         raise MigrationError(
-            f"LEADFLOW_DATABASE_URL's role {user!r} is a superuser or owns the ledger's tables: "
+            f"the services' role {user!r} is a superuser or owns the ledger's tables: "
             "it could bypass the ledger's append-only triggers; give the services a role of "
-            "their own (README: Database roles)"
+            "their own (README: Database schema and roles)"
         )
 
 

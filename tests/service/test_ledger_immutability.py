@@ -24,6 +24,7 @@ from leadflow import db
 from leadflow.migrate import SERVICES, MigrationError, migrate
 from ledger_service.feedback import ReturnPolicy
 from ledger_service.store import LedgerStore
+from ledger_service.tables import Base as LedgerBase
 from routing_service.store import RoutingStore
 from tests.conftest import TEST_DATABASE_URL
 from tests.service.test_ledger_journal import T0, completion, feedback, queued_lead, sold_lead
@@ -318,3 +319,40 @@ async def test_migrating_again_keeps_the_roles_and_grants(roles: Roles, tmp_path
     finally:
         await engine.dispose()
     assert _sqlstate(error) == "42501"
+
+
+async def test_every_ledger_table_at_the_newest_revision_has_its_triggers(
+    database: Database,
+) -> None:
+    # A revision that adds a ledger table, or recreates one (SQLite's batch mode copies a table
+    # to alter it, and the copy has no triggers), must make its triggers again: checked here for
+    # whatever the revisions make, not only the tables above.
+    store = await LedgerStore.open(database.url, database.schema)
+    await store.close()
+    engine = db.create_engine(database.url, database.schema)
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                rows = await conn.execute(
+                    text(
+                        "SELECT c.relname, t.tgname FROM pg_trigger t "
+                        "JOIN pg_class c ON c.oid = t.tgrelid "
+                        "WHERE c.relnamespace = current_schema()::regnamespace "
+                        "AND NOT t.tgisinternal"
+                    )
+                )
+                names = ("append_only", "append_only_truncate")
+            else:
+                rows = await conn.execute(
+                    text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'")
+                )
+                names = ("{table}_no_update", "{table}_no_delete")
+            found = {tuple(row) for row in rows}
+    finally:
+        await engine.dispose()
+    expected = {
+        (table.name, name.format(table=table.name))
+        for table in LedgerBase.metadata.sorted_tables
+        for name in names
+    }
+    assert expected <= found
