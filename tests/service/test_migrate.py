@@ -9,18 +9,20 @@ import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, MetaData, String, text
 from sqlalchemy.engine import make_url
 
 from leadflow import db
 from leadflow.cli import parser
-from leadflow.migrate import BASELINE, SERVICES, differences, migrate
+from leadflow.migrate import BASELINE, SERVICES, Service, differences, migrate
+from leadflow.migrate import main as migrate_main
 from tests.conftest import TEST_DATABASE_URL
 
 MAIN_SCHEMA = Path(__file__).with_name("main_schema")
@@ -349,3 +351,37 @@ def test_leadflow_migrate_refuses_a_services_role_that_could_disable_triggers(
                 f'DROP ROLE IF EXISTS "{group}"',
             )
         )
+
+
+# --- make lint: python -m leadflow.migrate --check ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Drifted(Service):
+    """The gateway with a column its revisions do not make: a model changed without a revision."""
+
+    @property
+    def metadata(self) -> MetaData:
+        drifted = MetaData(naming_convention=db.NAMING_CONVENTION)
+        for table in super().metadata.sorted_tables:
+            table.to_metadata(drifted)
+        drifted.tables["pings"].append_column(Column("channel", String(16), nullable=True))
+        return drifted
+
+
+def test_the_lint_check_passes_when_tables_and_revisions_agree(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert migrate_main(["--check"]) == 0
+    assert "gateway: tables match revision" in capsys.readouterr().out
+
+
+def test_the_lint_check_fails_when_a_table_changed_without_a_revision(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(SERVICES, "gateway", _Drifted("gateway", "gateway"))
+
+    assert migrate_main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "gateway: its tables and its migrations disagree" in err
+    assert "channel" in err
