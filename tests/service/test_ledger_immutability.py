@@ -215,12 +215,18 @@ def _sqlstate(error: DBAPIError) -> str:
 
 
 # Each is refused by the role's privileges (42501), before any trigger is consulted: UPDATE,
-# DELETE and TRUNCATE are not granted, ALTER TABLE needs the owner, replica mode a superuser.
+# DELETE and TRUNCATE are not granted, ALTER TABLE and DROP TRIGGER need the table's owner,
+# replacing the trigger function its owner, replica mode a superuser.
 BYPASSES = {
     "update": "UPDATE {table} SET {change} WHERE {where}",
     "delete": "DELETE FROM {table} WHERE {where}",
     "truncate": "TRUNCATE {table}",
     "disable_trigger": "ALTER TABLE {table} DISABLE TRIGGER ALL",
+    "drop_trigger": "DROP TRIGGER append_only ON {table}",
+    "replace_trigger_function": (
+        "CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    ),
     "replica_role_local": "SET LOCAL session_replication_role = replica",
     "replica_role": "SET session_replication_role = replica",
 }
