@@ -47,6 +47,8 @@ lint: install validate-deploy ## ruff, mypy --strict, buf lint and format, deplo
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy leadflow gateway pricing_service routing_service delivery_service ledger_service
+	@# Every service's tables must match its Alembic revisions (a model change needs a revision).
+	$(PY) -m leadflow.migrate --check
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code protos
 	@# Wire compatibility with the last release: protos/released.binpb is its image (make release-protos).

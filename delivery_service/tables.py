@@ -23,7 +23,7 @@ _ID = String(128)
 
 
 class Base(MappedAsDataclass, DeclarativeBase):
-    metadata = db.metadata()
+    metadata = db.metadata("delivery")
 
 
 class QueuedLeadRow(Base):

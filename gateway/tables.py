@@ -11,7 +11,7 @@ from leadflow.db import UtcDateTime, metadata
 
 
 class Base(DeclarativeBase):
-    metadata = metadata()
+    metadata = metadata("gateway")
 
 
 class IdempotencyKey(Base):

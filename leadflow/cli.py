@@ -36,11 +36,25 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from leadflow.migrate import migrate
+    from leadflow.migrate import MigrationError, migrate
 
-    url = os.environ.get("LEADFLOW_DATABASE_URL") or None
-    asyncio.run(migrate(url, Path(args.data_dir)))
-    print("migrated: " + ("LEADFLOW_DATABASE_URL" if url else f"SQLite files in {args.data_dir}"))
+    # The schema owner migrates; the services' own URL names the role that gets their privileges.
+    app_url = os.environ.get("LEADFLOW_DATABASE_URL") or None
+    owner_url = os.environ.get("LEADFLOW_MIGRATE_DATABASE_URL") or None
+    url = owner_url or app_url
+    try:
+        done = asyncio.run(
+            migrate(url, Path(args.data_dir), app_url=app_url, app_role=args.app_role)
+        )
+    except MigrationError as exc:
+        print(f"leadflow migrate: {exc}", file=sys.stderr)
+        return 1
+    for line in done:
+        print(line)
+    if url is None:
+        print(f"migrated: SQLite files in {args.data_dir}")
+    else:
+        print("migrated: " + ("LEADFLOW_MIGRATE" if owner_url else "LEADFLOW") + "_DATABASE_URL")
     return 0
 
 
@@ -67,8 +81,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(run=_check)
 
-    migrate = commands.add_parser("migrate", help="create or upgrade every service's tables")
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade every service's tables to the current revision (as the schema owner)",
+    )
     migrate.add_argument("--data-dir", default=env_data)
+    migrate.add_argument(
+        "--app-role",
+        default=os.environ.get("LEADFLOW_APP_ROLE", "leadflow_app"),
+        help="PostgreSQL: the role granted the services' privileges (default leadflow_app)",
+    )
     migrate.set_defaults(run=_migrate)
 
     report = commands.add_parser("report", help="vendor, buyer and margin reports")

@@ -23,8 +23,11 @@ NAMING_CONVENTION = {
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def metadata() -> MetaData:
-    return MetaData(naming_convention=NAMING_CONVENTION)
+def metadata(service: str | None = None) -> MetaData:
+    """A service's tables; `service` names its Alembic revisions (leadflow.migrate.SERVICES),
+    which then make and upgrade them instead of `create_all`."""
+    info = {"service": service} if service else {}
+    return MetaData(naming_convention=NAMING_CONVENTION, info=info)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -88,7 +91,15 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 async def create_schema(engine: AsyncEngine, schema: str, meta: MetaData) -> None:
-    """Create the service's schema and tables if they are missing (what `leadflow migrate` runs)."""
+    """Bring the service's schema and tables to their newest revision (what `leadflow migrate`
+    runs); once they are there, only reads the version. Tables outside the services (benches)
+    are created if missing."""
+    service = meta.info.get("service")
+    if service is not None:
+        from leadflow.migrate import upgrade  # migrate imports this module
+
+        await upgrade(engine, schema, service)
+        return
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two replicas starting at once both try: serialize on an advisory lock.
@@ -98,7 +109,7 @@ async def create_schema(engine: AsyncEngine, schema: str, meta: MetaData) -> Non
 
 
 async def open_engine(url: str, schema: str, meta: MetaData) -> AsyncEngine:
-    """An engine on `url` whose schema and tables exist (created if missing); disposed again
+    """An engine on `url` whose schema and tables are current (upgraded if not); disposed again
     when that fails, so a store that cannot start leaks no connections."""
     engine = create_engine(url, schema)
     try:

@@ -1,6 +1,7 @@
 """The ledger's tables: leads with their events, delivery outcomes, feedback and the journal.
-Every row is posted once and never changed: triggers make the database itself refuse UPDATE and
-DELETE (and TRUNCATE on PostgreSQL), so a correction is always a new row."""
+Every row is posted once and never changed: triggers (made by the migrations) make the database
+itself refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL), so a correction is always a new row;
+the services' PostgreSQL role may only read and add rows."""
 
 from __future__ import annotations
 
@@ -15,14 +16,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
-    event,
     text,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 from leadflow import db
@@ -37,7 +35,7 @@ _ID = String(128)
 
 
 class Base(MappedAsDataclass, DeclarativeBase):
-    metadata = db.metadata()
+    metadata = db.metadata("ledger")
 
 
 class LeadRow(Base):
@@ -262,46 +260,5 @@ class FeedbackDecisionRow(Base):
     decide_time: Mapped[datetime] = mapped_column(db.UtcDateTime())
 
 
-_PG_FUNCTION = """
-CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION 'ledger rows are append-only: % on % refused', TG_OP, TG_TABLE_NAME
-    USING ERRCODE = 'restrict_violation';
-END
-$$
-"""
-
-
-def _append_only(target: MetaData, connection: Connection, **_: Any) -> None:
-    """Triggers refusing UPDATE and DELETE on every ledger table (created idempotently on each
-    create_all, so tables made before the triggers existed get them too)."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(text(_PG_FUNCTION))
-    for table in target.sorted_tables:
-        name = table.name
-        if dialect == "postgresql":
-            connection.execute(
-                text(
-                    f'CREATE OR REPLACE TRIGGER append_only BEFORE UPDATE OR DELETE ON "{name}" '
-                    "FOR EACH ROW EXECUTE FUNCTION ledger_append_only()"
-                )
-            )
-            connection.execute(
-                text(
-                    f'CREATE OR REPLACE TRIGGER append_only_truncate BEFORE TRUNCATE ON "{name}" '
-                    "FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()"
-                )
-            )
-        elif dialect == "sqlite":
-            for operation in ("UPDATE", "DELETE"):
-                connection.execute(
-                    text(
-                        f'CREATE TRIGGER IF NOT EXISTS "{name}_no_{operation.lower()}" '
-                        f'BEFORE {operation} ON "{name}" BEGIN SELECT RAISE(ABORT, '
-                        f"'ledger rows are append-only: {operation} on {name} refused'); END"
-                    )
-                )
-
-
-event.listen(Base.metadata, "after_create", _append_only)
+# The append-only triggers (UPDATE, DELETE and TRUNCATE refused) are made by revision 0001 in
+# migrations/versions: revisions, not create_all, make the ledger's tables.

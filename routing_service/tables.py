@@ -12,7 +12,7 @@ from leadflow.db import UtcDateTime, metadata
 
 
 class Base(DeclarativeBase):
-    metadata = metadata()
+    metadata = metadata("routing")
 
 
 class CapCounter(Base):

@@ -369,6 +369,34 @@ def test_the_migration_job_runs_leadflow_migrate_against_the_secret_database() -
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "leadflow-database"
 
 
+def test_only_the_migration_job_holds_the_schema_owners_database_url() -> None:
+    # SPEC 10: the owner migrates; the services' role cannot change or unprotect ledger rows.
+    def secrets(spec: dict[str, Any]) -> dict[str, str]:
+        (container,) = spec["template"]["spec"]["containers"]
+        return {
+            item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
+            for item in container["env"]
+            if "secretKeyRef" in item.get("valueFrom", {})
+        }
+
+    (job,) = _k8s("Job").values()
+    assert secrets(job["spec"])["LEADFLOW_MIGRATE_DATABASE_URL"] == "leadflow-database-owner"
+    assert secrets(job["spec"])["LEADFLOW_DATABASE_URL"] == "leadflow-database"
+    for name, deployment in _k8s("Deployment").items():
+        assert "leadflow-database-owner" not in secrets(deployment["spec"]).values(), name
+
+
+def test_compose_services_connect_as_another_role_than_the_migration() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    migrate = services["migrate"]["environment"]
+    owner = migrate["LEADFLOW_MIGRATE_DATABASE_URL"].split("://")[1].split(":")[0]
+    app = migrate["LEADFLOW_DATABASE_URL"].split("://")[1].split(":")[0]
+    assert owner != app
+    for name in SERVICES:
+        url = services[name]["environment"]["LEADFLOW_DATABASE_URL"]
+        assert url == migrate["LEADFLOW_DATABASE_URL"], name
+
+
 def test_gateway_and_delivery_scale_horizontally() -> None:
     autoscalers = _k8s("HorizontalPodAutoscaler")
     assert set(autoscalers) == {"gateway", "delivery"}

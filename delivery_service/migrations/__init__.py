@@ -1,0 +1,1 @@
+"""Alembic revisions of the delivery service's tables (see leadflow.migrate)."""

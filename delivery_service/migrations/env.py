@@ -1,0 +1,5 @@
+"""Alembic entry point of the delivery revisions: leadflow.migrate configures every run."""
+
+from leadflow.migrate import run_env
+
+run_env()

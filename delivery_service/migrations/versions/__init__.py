@@ -1,0 +1,1 @@
+"""The delivery revisions, oldest first; 0001 is the schema create_all made before them."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of the gateway service's tables (see leadflow.migrate)."""

@@ -1,0 +1,1 @@
+"""The gateway revisions, oldest first; 0001 is the schema create_all made before them."""

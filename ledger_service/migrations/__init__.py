@@ -1,0 +1,1 @@
+"""Alembic revisions of the ledger service's tables (see leadflow.migrate)."""

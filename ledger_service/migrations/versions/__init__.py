@@ -1,0 +1,1 @@
+"""The ledger revisions, oldest first; 0001 is the schema create_all made before them."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of the routing service's tables (see leadflow.migrate)."""
