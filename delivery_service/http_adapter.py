@@ -637,6 +637,7 @@ class HttpAdapter:
                     # The unread rest would poison a pooled connection: drop this one.
                     response.close()
                 content_type = response.headers.get("Content-Type", "")
+                set_cookies = response.headers.getall("Set-Cookie", [])
                 retry_after = retry_after_ms(response.headers.get("Retry-After"))
                 shown = describe_response(response, body)
                 status = response.status
@@ -651,7 +652,7 @@ class HttpAdapter:
                 and isinstance(exc.os_error, AddressRefusedError)
             )
             return self._failed(number, request, reason, elapsed_ms(), retryable=not final)
-        verdict = interpret(self.spec.response, status, content_type, body)
+        verdict = interpret(self.spec.response, status, content_type, body, set_cookies)
         attempt = DeliveryAttempt(
             number=number,
             request=request.described,
@@ -659,6 +660,7 @@ class HttpAdapter:
             status_code=status,
             duration_ms=elapsed_ms(),
             error=verdict.reason if verdict.outcome == "error" else "",
+            captured=verdict.captured,
         )
         result = DeliveryResult(verdict.outcome, verdict.reason, verdict.price, verdict.reference)
         # Only transport errors and 5xx are retried; a buyer that says "error" in a 2xx
