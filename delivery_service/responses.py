@@ -33,7 +33,7 @@ from lxml.cssselect import CSSSelector
 
 from leadflow.config import ResponseRules
 from leadflow.money import cents, is_price, parse_amount
-from leadflow.patterns import PatternError, compile_pattern, first_group
+from leadflow.patterns import PatternError, compile_pattern, first_group, found_in
 
 # What a search term that did not match means, by what a match would mean.
 OPPOSITE = {"success": "failure", "failure": "success", "error": "success"}
@@ -86,17 +86,21 @@ def media_kind(content_type: str) -> str:
 
 def _xml_parser() -> etree.XMLParser:
     # No entity expansion (billion laughs), no DTD loading, no network (XXE), no huge trees.
+    # A parser per answer: lxml parsers must not be shared between threads.
     return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 
-_XML_PARSER = _xml_parser()
-_HTML_PARSER = lxml.html.HTMLParser(no_network=True, huge_tree=False, remove_comments=True)
+def _html_parser() -> lxml.html.HTMLParser:
+    # The body was decoded as UTF-8 for matching; the tree reads it the same way.
+    return lxml.html.HTMLParser(
+        encoding="utf-8", no_network=True, huge_tree=False, remove_comments=True
+    )
 
 
 def parse_xml(body: bytes) -> etree._Element | None:
     """The root element, parsed safely; None if it is not XML or declares entities."""
     try:
-        root = etree.fromstring(body, _XML_PARSER)
+        root = etree.fromstring(body, _xml_parser())
     except (etree.XMLSyntaxError, ValueError):
         return None
     if root is None:
@@ -113,11 +117,11 @@ def parse_xml(body: bytes) -> etree._Element | None:
     return root
 
 
-def parse_html(text: str) -> lxml.html.HtmlElement | None:
-    if not text.strip():
+def parse_html(body: bytes) -> lxml.html.HtmlElement | None:
+    if not body.strip():
         return None
     try:
-        return lxml.html.document_fromstring(text, parser=_HTML_PARSER)
+        return lxml.html.document_fromstring(body, parser=_html_parser())
     except (etree.ParserError, etree.XMLSyntaxError, ValueError):
         return None
 
@@ -148,7 +152,7 @@ def parse_document(content_type: str, body: bytes, override: str | None = None) 
     elif kind == "xml":
         declared = _xml_document(text, body, sniffed=False)
     elif kind == "html":
-        root = parse_html(text)
+        root = parse_html(body)
         declared = Document(text=text, html=root) if root is not None else None
     if declared is not None:
         return declared
@@ -383,7 +387,7 @@ def search_matches(rules: ResponseRules, document: Document) -> bool:
         # Refused when the configuration is checked; a term that slipped through matches nothing.
         return False
     candidates = search_candidates(document, rules.outcome_search_path)
-    return any(pattern.search(candidate) for candidate in candidates)
+    return any(found_in(pattern, candidate) for candidate in candidates)
 
 
 def find_price(document: Document, path: str | None) -> Decimal | None:
@@ -405,7 +409,7 @@ def find_cookie(term: str, set_cookies: Sequence[str]) -> str | None:
     except PatternError:
         return None
     for header in sorted(set_cookies):
-        if pattern.search(header):
+        if found_in(pattern, header):
             return buyer_text(header, MAX_COOKIE) or None
     return None
 

@@ -235,6 +235,12 @@ class ResponseRules(Model):
     # name -> expression with one group: the first group's text is kept on the event.
     capture: dict[str, str] = {}
 
+    @field_validator("outcome_on_match", mode="before")
+    @classmethod
+    def _outcome(cls, value: Any) -> Any:
+        # LeadConduit settings may say `Success` or ` failure `.
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("outcome_search_term", "cookie_search_term")
     @classmethod
     def _regex(cls, term: str | None) -> str | None:

@@ -75,6 +75,17 @@ def check_pattern(text: str, *, groups: int = 0) -> str:
     return text
 
 
+def _utf8(text: str) -> bytes:
+    # Searching bytes skips the wrapper's mapping of byte offsets back to characters (half the
+    # cost of a search); RE2 matches UTF-8 by code point either way.
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+def found_in(pattern: Any, subject: str) -> bool:
+    """Whether a compiled pattern occurs anywhere in the text."""
+    return pattern.search(_utf8(subject)) is not None
+
+
 def first_group(text: str, subject: str) -> str | None:
     """The first group of the first match, trimmed; None without a match, a group or a valid
     pattern (a path that is not a regular expression finds nothing on plain text)."""
@@ -84,8 +95,8 @@ def first_group(text: str, subject: str) -> str | None:
         return None
     if pattern.groups < 1:
         return None
-    match = pattern.search(subject)
+    match = pattern.search(_utf8(subject))
     if match is None:
         return None
     value = match.group(1)
-    return None if value is None else str(value).strip()
+    return None if value is None else value.decode("utf-8", errors="replace").strip()

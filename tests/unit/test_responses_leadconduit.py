@@ -344,6 +344,18 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         None,
         "",
     ),
+    (
+        "XHTML with an XML declaration and UTF-8 text",
+        {"outcome_search_term": "^accepted$", "outcome_search_path": "p.s", "reason_path": "p.r"},
+        200,
+        "text/html",
+        '<?xml version="1.0" encoding="utf-8"?><html><body><p class="s">accepted</p>'
+        '<p class="r">Grüße</p></body></html>',
+        "success",
+        "Grüße",
+        None,
+        "",
+    ),
     # regular expressions on plain text
     (
         "text reason is the first group",
@@ -641,6 +653,7 @@ def test_check_accepts_leadconduit_response_settings(
         _config(
             {
                 "outcome_search_term": "/^(accepted|success)$/i",
+                "outcome_on_match": " Success ",
                 "outcome_search_path": "//*[local-name()='Accepted']",
                 "response_content_type_override": "text/xml; charset=utf-8",
                 "cookie_search_term": "session_id",
