@@ -402,6 +402,13 @@ def find_price(document: Document, path: str | None) -> Decimal | None:
     return None
 
 
+def _price(rules: ResponseRules, document: Document) -> Decimal | None:
+    price = find_price(document, rules.price_path)
+    if price is None and rules.fallback_price is not None:
+        return cents(rules.fallback_price)
+    return price
+
+
 def find_cookie(term: str, set_cookies: Sequence[str]) -> str | None:
     """The first Set-Cookie header, in sorted order, that the term matches (LeadConduit)."""
     try:
@@ -466,7 +473,7 @@ def interpret(
     return Verdict(
         outcome=outcome,
         reason=reason,
-        price=find_price(document, rules.price_path),
+        price=_price(rules, document),
         reference=references[0] if references else "",
         captured=captured_values(rules, document, set_cookies),
     )

@@ -226,6 +226,8 @@ class ResponseRules(Model):
     outcome_on_match: Literal["success", "failure", "error"] = "success"
     reason_path: str | None = None
     price_path: str | None = None
+    # The buyer's price when `price_path` finds none (LeadConduit's setting of that name).
+    fallback_price: Money | None = None
     reference_path: str | None = None
     default_reason: str | None = None
     # Parse the answer as this media type whatever its Content-Type says.

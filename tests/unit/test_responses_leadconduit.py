@@ -178,6 +178,40 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         "1.50",
         "",
     ),
+    # fallback_price
+    (
+        "fallback_price when price_path finds nothing",
+        {"price_path": "invalid_path", "fallback_price": "12.50"},
+        200,
+        JSON,
+        '{"baz": {"foo": {"cost": 1.5}}}',
+        "success",
+        "",
+        "12.50",
+        "",
+    ),
+    (
+        "no fallback_price when price_path finds a price",
+        {"price_path": "baz.foo.cost", "fallback_price": "12.50"},
+        200,
+        JSON,
+        '{"baz": {"foo": {"cost": 1.5}}}',
+        "success",
+        "",
+        "1.50",
+        "",
+    ),
+    (
+        "a price of 0 from the buyer is its price (LeadConduit: the fallback)",
+        {"price_path": "price", "fallback_price": "12.50"},
+        200,
+        JSON,
+        '{"price": 0}',
+        "success",
+        "",
+        "0",
+        "",
+    ),
     # XPath 1.0 on XML
     (
         "string(//status)",
@@ -627,6 +661,7 @@ def test_xml_entities_are_never_expanded() -> None:
         ({"capture": {"9lives": "(x)"}}, "capture name '9lives'"),
         ({"capture": {"cookie": "(x)"}}, "capture name 'cookie' is kept"),
         ({"response_content_type_override": "json"}, "is not a media type"),
+        ({"fallback_price": "-1"}, "fallback_price"),
         ({"capture_values": {"a": "(b)"}}, "Extra inputs are not permitted"),
     ],
 )
