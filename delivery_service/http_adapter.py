@@ -343,23 +343,34 @@ def _path_quote(text: str) -> str:
     return quote(text, safe="").replace(".", "%2E")
 
 
-def split_url_template(text: str) -> tuple[str, str]:
-    """A URL template's path part (through the path) and the rest (`?query#fragment`)."""
+def _outside_templates(text: str) -> list[int]:
+    """Indexes of the characters that are not inside a `{{ … }}` expression."""
+    outside: list[int] = []
     depth = 0
     index = 0
     while index < len(text):
         if text.startswith("{{", index):
             depth += 1
             index += 2
-            continue
-        if text.startswith("}}", index) and depth:
+        elif text.startswith("}}", index) and depth:
             depth -= 1
             index += 2
-            continue
-        if depth == 0 and text[index] in "?#":
-            return text[:index], text[index:]
-        index += 1
-    return text, ""
+        else:
+            if depth == 0:
+                outside.append(index)
+            index += 1
+    return outside
+
+
+def split_url_template(text: str) -> tuple[str, str, str]:
+    """A URL template as (scheme and host, path, `?query#fragment`), cut outside `{{ }}`."""
+    outside = _outside_templates(text)
+    end = next((i for i in outside if text[i] in "?#"), len(text))
+    start = 0
+    scheme = text.find("://")
+    if scheme >= 0 and scheme in outside:
+        start = next((i for i in outside if scheme + 3 <= i < end and text[i] == "/"), end)
+    return text[:start], text[start:end], text[end:]
 
 
 # What may stay as it is in a path or query when the URL goes out: RFC 3986 pchar and `%`
@@ -395,7 +406,8 @@ class RequestBuilder:
 
     def __init__(self, spec: HttpDelivery) -> None:
         self.spec = spec
-        path, rest = split_url_template(spec.url)
+        host, path, rest = split_url_template(spec.url)
+        self._url_host = compile_template(host)
         self._url_path = compile_template(path)
         self._url_rest = compile_template(rest)
         self._headers: dict[str, Template] = {
@@ -437,7 +449,8 @@ class RequestBuilder:
         spec = self.spec
         # Lead values inside the URL are data, never path or query syntax (nor dot segments).
         base_url = (
-            self._url_path.render(context, escape=_path_quote)
+            self._url_host.render(context, escape=_url_quote)
+            + self._url_path.render(context, escape=_path_quote)
             + self._url_rest.render(context, escape=_url_quote)
         ).strip()
         payload = self.payload(fields, context)

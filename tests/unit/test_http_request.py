@@ -165,8 +165,24 @@ def test_wire_url_keeps_escapes_and_quotes_only_what_must_be() -> None:
 
 
 def test_a_question_mark_inside_a_template_expression_does_not_end_the_path() -> None:
-    assert split_url_template("https://x/{{a}}/b?c={{d}}#e") == ("https://x/{{a}}/b", "?c={{d}}#e")
-    assert split_url_template("https://x/{{a}}") == ("https://x/{{a}}", "")
+    assert split_url_template("https://x/{{a}}/b?c={{d}}#e") == (
+        "https://x",
+        "/{{a}}/b",
+        "?c={{d}}#e",
+    )
+    assert split_url_template("https://x/{{a}}") == ("https://x", "/{{a}}", "")
+    assert split_url_template("https://{{h}}.x?q=1") == ("https://{{h}}.x", "", "?q=1")
+    assert split_url_template("{{base}}/leads") == ("", "{{base}}/leads", "")
+
+
+def test_a_value_in_the_host_keeps_its_dots() -> None:
+    fields = parse_lead({"region": "us.east"})
+    context = build_context(fields, flow={}, source={}, buyer={})
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "url": "https://{{region}}.buyer.example/{{region}}"}
+    )
+    request = RequestBuilder(spec).build(fields, context)
+    assert request.url == "https://us.east.buyer.example/us%2Eeast"
 
 
 def test_header_templates_are_rendered() -> None:
