@@ -171,11 +171,16 @@ def parse_document(content_type: str, body: bytes, override: str | None = None) 
 # --- paths ----------------------------------------------------------------------------------
 
 
+_BRACKET = re.compile(r"\[\s*(\d+|\*)\s*\]")
+
+
 def json_values(value: Any, path: str) -> list[Any]:
     """Values at a dot path: `result.errors.0.message`, `errors.*.message` (`*` is every key or
     item), `array.0.status` for an answer that is an array; a list without an index maps over
     its items."""
-    parts = [part for part in path.strip().removeprefix("$").lstrip(".").split(".") if part]
+    # `errors[0].message` (lodash's bracket form) is `errors.0.message`.
+    dotted = _BRACKET.sub(r".\1", path.strip().removeprefix("$"))
+    parts = [part for part in dotted.lstrip(".").split(".") if part]
     if isinstance(value, list) and parts[:1] == ["array"]:
         # LeadConduit names an answer that is an array `array`.
         parts = parts[1:]

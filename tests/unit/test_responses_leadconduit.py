@@ -157,6 +157,17 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         "",
     ),
     (
+        "lodash's bracket form",
+        {"outcome_search_term": "^ok$", "outcome_search_path": "array[0].status"},
+        200,
+        JSON,
+        '[{"status": "ok"}]',
+        "success",
+        "",
+        None,
+        "",
+    ),
+    (
         "* over an object's keys, twice",
         {"outcome_search_term": "bar", "reason_path": "baz.*.details.*.more"},
         200,
