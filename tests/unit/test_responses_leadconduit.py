@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from delivery_service.responses import interpret, parse_document
 from leadflow.cli import main
@@ -731,3 +733,78 @@ def _config(response: dict[str, Any]) -> str:
             ],
         }
     )
+
+
+PATHS = st.sampled_from(
+    [
+        "status",
+        "array.0.status",
+        "errors.*.message",
+        "a[0].b",
+        "string(//status)",
+        "//*[local-name()='Accepted']",
+        "/r/x/@id",
+        "count(//x)",
+        "div.msg",
+        "#m @code",
+        "p:hover",
+        "a::text",
+        "[[[",
+        "(",
+        "id=(\\d+)",
+        "/(.*)/m",
+        "",
+    ]
+)
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    st.sampled_from(
+        [
+            b"<r><status>ok</status></r>",
+            b"<html><body><div class='msg'>ok</div></body></html>",
+            b'[{"status": "ok"}]',
+            b'{"errors": [{"message": "x"}], "status": 3}',
+            b"<!-- only a comment -->",
+            b"<?xml version='1.0' encoding='latin-1'?><r>\xe9</r>",
+            b"\x00\x00<r>",
+            b"   ",
+            b"null",
+        ]
+    ),
+)
+TYPES = st.sampled_from(
+    [JSON, XML, HTML, TEXT, "", "application/xhtml+xml", "text/html; charset=latin-1", ";;"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=BODIES,
+    content_type=TYPES,
+    search_path=PATHS,
+    reason_path=PATHS,
+    price_path=PATHS,
+    override=st.sampled_from([None, "application/json", "text/xml", "text/html", "text/plain"]),
+)
+def test_any_answer_gets_a_verdict_and_never_an_exception(
+    body: bytes,
+    content_type: str,
+    search_path: str,
+    reason_path: str,
+    price_path: str,
+    override: str | None,
+) -> None:
+    spec = rules(
+        outcome_search_term="ok",
+        outcome_search_path=search_path,
+        reason_path=reason_path,
+        price_path=price_path,
+        reference_path=reason_path,
+        response_content_type_override=override,
+        cookie_search_term="sid",
+        capture={"x": "(.)"},
+    )
+    verdict = interpret(spec, 200, content_type, body, ["sid=1"])
+    assert verdict.outcome in ("success", "failure")
+    assert "\x00" not in verdict.reason
