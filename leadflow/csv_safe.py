@@ -34,11 +34,14 @@ LINE_END = "\r\n"
 
 def safe_cell(value: str) -> str:
     """The cell text as a spreadsheet must show it: formulas neutralised, NULs dropped."""
-    text = value.replace("\x00", "")
+    text = value.replace("\x00", "") if "\x00" in value else value
     if not text:
         return text
-    if text[0] in CONTROL_START:
+    first = text[0]
+    if first in CONTROL_START:
         return "'" + text
+    if first not in FORMULA_START and not first.isspace():
+        return text  # most cells: a letter or digit first
     # Excel and Sheets skip leading whitespace (Unicode spaces too) before reading `=`.
     start = text.lstrip()
     if start[:1] in FORMULA_START and not _PLAIN_NUMBER.fullmatch(start):
@@ -58,7 +61,7 @@ def csv_line(cells: Iterable[object]) -> str:
     if texts == [""]:
         # A lone empty cell must not read back as a blank line (which readers skip).
         return '""' + LINE_END
-    return ",".join(_field(text) for text in texts) + LINE_END
+    return ",".join(map(_field, texts)) + LINE_END
 
 
 def csv_text(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
