@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 import zipfile
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 from delivery_service.http_adapter import flatten, lead_payload
 from leadflow.config import Buyer, Config, EmailDelivery, SftpDelivery
 from leadflow.context import lead_context, submission_vars
+from leadflow.csv_safe import csv_text
 from leadflow.templates import Template, compile_template
 from leadflow.variables import build_context, display
 from leadflow.wire import LeadData
@@ -216,12 +216,8 @@ class FileBuilder:
 
 
 def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
-    """RFC 4180 CSV (CRLF line ends, quoted where needed), UTF-8."""
-    out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue().encode("utf-8")
+    """RFC 4180 CSV (CRLF line ends, quoted where needed), UTF-8, formulas neutralised."""
+    return csv_text(header, rows).encode("utf-8")
 
 
 def zip_bytes(member: str, content: bytes, when: datetime) -> bytes:

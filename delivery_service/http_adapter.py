@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from delivery_service import metrics
 from delivery_service.responses import interpret
@@ -347,6 +348,65 @@ def _url_quote(text: str) -> str:
     return quote(text, safe="")
 
 
+def _path_quote(text: str) -> str:
+    # In a path, `.` and `..` are segments that clients and servers collapse (`/leads/../admin`
+    # is `/admin`); a value's dots are escaped so that `..` stays data (`%2E%2E`).
+    return quote(text, safe="").replace(".", "%2E")
+
+
+def _outside_templates(text: str) -> list[int]:
+    """Indexes of the characters that are not inside a `{{ … }}` expression."""
+    outside: list[int] = []
+    depth = 0
+    index = 0
+    while index < len(text):
+        if text.startswith("{{", index):
+            depth += 1
+            index += 2
+        elif text.startswith("}}", index) and depth:
+            depth -= 1
+            index += 2
+        else:
+            if depth == 0:
+                outside.append(index)
+            index += 1
+    return outside
+
+
+def split_url_template(text: str) -> tuple[str, str, str]:
+    """A URL template as (scheme and host, path, `?query#fragment`), cut outside `{{ }}`."""
+    outside = _outside_templates(text)
+    end = next((i for i in outside if text[i] in "?#"), len(text))
+    start = 0
+    scheme = text.find("://")
+    if scheme >= 0 and scheme in outside:
+        start = next((i for i in outside if scheme + 3 <= i < end and text[i] == "/"), end)
+    return text[:start], text[start:end], text[end:]
+
+
+# What may stay as it is in a path or query when the URL goes out: RFC 3986 pchar and `%`
+# (existing escapes are kept, never decoded); anything else (spaces, non-ASCII) is escaped.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def wire_url(url: str) -> URL:
+    """The URL as it goes on the wire, path and query byte for byte as built.
+
+    Handed a string, aiohttp (yarl) decodes `%2E` and removes dot segments, so `/a/%2E%2E/b`
+    would be sent as `/b`; an already-encoded URL is sent as it is. The host part still goes
+    through yarl (IDNA, user info for basic auth).
+    """
+    parts = urlsplit(url)
+    try:
+        head = str(URL(urlunsplit((parts.scheme, parts.netloc, "", "", "")))).rstrip("/")
+        path = quote(parts.path, safe=_PATH_SAFE) or "/"
+        query = quote(parts.query, safe=_QUERY_SAFE)
+        return URL(head + path + (f"?{query}" if query else ""), encoded=True)
+    except ValueError:
+        raise aiohttp.InvalidURL(url) from None
+
+
 def _header_value(text: str) -> str:
     # A lead value inside a header template must not be able to start a new header.
     return _HEADER_BREAK.sub(" ", text).strip()
@@ -357,7 +417,10 @@ class RequestBuilder:
 
     def __init__(self, spec: HttpDelivery) -> None:
         self.spec = spec
-        self._url = compile_template(spec.url)
+        host, path, rest = split_url_template(spec.url)
+        self._url_host = compile_template(host)
+        self._url_path = compile_template(path)
+        self._url_rest = compile_template(rest)
         self._headers: dict[str, Template] = {
             name: compile_template(value) for name, value in spec.headers.items()
         }
@@ -395,8 +458,12 @@ class RequestBuilder:
 
     def build(self, fields: Mapping[str, Any], context: Mapping[str, Any]) -> PreparedRequest:
         spec = self.spec
-        # Lead values inside the URL are data, never path or query syntax.
-        base_url = self._url.render(context, escape=_url_quote).strip()
+        # Lead values inside the URL are data, never path or query syntax (nor dot segments).
+        base_url = (
+            self._url_host.render(context, escape=_url_quote)
+            + self._url_path.render(context, escape=_path_quote)
+            + self._url_rest.render(context, escape=_url_quote)
+        ).strip()
         payload = self.payload(fields, context)
         url, body, content_type = encode(spec.method, spec.format, base_url, payload)
         headers: dict[str, str] = {"User-Agent": USER_AGENT}
@@ -583,7 +650,7 @@ class HttpAdapter:
         try:
             async with self._session.request(
                 request.method,
-                request.url,
+                wire_url(request.url),
                 headers=request.headers,
                 data=request.body or None,
                 allow_redirects=False,
@@ -594,6 +661,7 @@ class HttpAdapter:
                     # The unread rest would poison a pooled connection: drop this one.
                     response.close()
                 content_type = response.headers.get("Content-Type", "")
+                set_cookies = response.headers.getall("Set-Cookie", [])
                 retry_after = retry_after_ms(response.headers.get("Retry-After"))
                 shown = describe_response(response, body)
                 status = response.status
@@ -608,7 +676,7 @@ class HttpAdapter:
                 and isinstance(exc.os_error, AddressRefusedError)
             )
             return self._failed(number, request, reason, elapsed_ms(), retryable=not final)
-        verdict = interpret(self.spec.response, status, content_type, body)
+        verdict = interpret(self.spec.response, status, content_type, body, set_cookies)
         attempt = DeliveryAttempt(
             number=number,
             request=request.described,
@@ -616,6 +684,7 @@ class HttpAdapter:
             status_code=status,
             duration_ms=elapsed_ms(),
             error=verdict.reason if verdict.outcome == "error" else "",
+            captured=verdict.captured,
         )
         result = DeliveryResult(verdict.outcome, verdict.reason, verdict.price, verdict.reference)
         # Only transport errors and 5xx are retried; a buyer that says "error" in a 2xx

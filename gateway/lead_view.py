@@ -25,6 +25,8 @@ def _attempt(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
         "status_code": attempt.status_code or None,
         "ms": attempt.duration_ms,
         "error": attempt.error or None,
+        # cookie_search_term and capture values kept from this answer (SPEC 8.1).
+        "captured": dict(attempt.captured) or None,
     }
 
 

@@ -31,6 +31,7 @@ from pydantic import (
 
 from leadflow.fields import FIELD_TYPES
 from leadflow.money import MAX_PRICE, parse_amount
+from leadflow.patterns import PatternError, check_pattern
 
 if TYPE_CHECKING:
     from leadflow.expressions import Expression
@@ -212,24 +213,74 @@ class BearerAuth(Model):
     token: str
 
 
+# A `capture` name: kept on the recipient event under it, so it is a plain identifier.
+_CAPTURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_CAPTURES = 32
+
+
 class ResponseRules(Model):
+    """How a buyer's answer is read (SPEC 8.1), LeadConduit's custom integration settings."""
+
     outcome_search_term: str | None = None
     outcome_search_path: str | None = None
     outcome_on_match: Literal["success", "failure", "error"] = "success"
     reason_path: str | None = None
     price_path: str | None = None
+    # The buyer's price when `price_path` finds none (LeadConduit's setting of that name).
+    fallback_price: Money | None = None
     reference_path: str | None = None
     default_reason: str | None = None
+    # Parse the answer as this media type whatever its Content-Type says.
+    response_content_type_override: str | None = None
+    # The first Set-Cookie header (sorted) matching this is kept on the event as `cookie`.
+    cookie_search_term: str | None = None
+    # name -> expression with one group: the first group's text is kept on the event.
+    capture: dict[str, str] = {}
 
-    @field_validator("outcome_search_term")
+    @field_validator("outcome_on_match", mode="before")
+    @classmethod
+    def _outcome(cls, value: Any) -> Any:
+        # LeadConduit settings may say `Success` or ` failure `.
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("outcome_search_term", "cookie_search_term")
     @classmethod
     def _regex(cls, term: str | None) -> str | None:
         if term is not None:
             try:
-                re.compile(term)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+                check_pattern(term)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
         return term
+
+    @field_validator("response_content_type_override")
+    @classmethod
+    def _media_type(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\s*[\w.+-]+/[\w.+-]+\s*(;.*)?", value):
+            raise ValueError(
+                f"{value!r} is not a media type such as application/json, text/xml, "
+                "text/html or text/plain"
+            )
+        return value
+
+    @field_validator("capture")
+    @classmethod
+    def _captures(cls, capture: dict[str, str]) -> dict[str, str]:
+        if len(capture) > MAX_CAPTURES:
+            raise ValueError(f"at most {MAX_CAPTURES} captures")
+        for name, expression in capture.items():
+            if not _CAPTURE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"capture name {name!r} must be letters, digits and _ (not first a digit), "
+                    "at most 64 characters"
+                )
+            if name == "cookie":
+                raise ValueError("capture name 'cookie' is kept for cookie_search_term")
+            try:
+                check_pattern(expression, groups=1)
+            except PatternError as exc:
+                raise ValueError(f"capture {name}: {exc}") from None
+        return capture
 
 
 class CircuitBreakerSpec(Model):

@@ -5,8 +5,6 @@ gateway's `/reports/*` and `leadflow report`, so both print the same numbers the
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import os
 import re
 import sys
@@ -21,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from leadflow.config import Config, ConfigError, parse_config
+from leadflow.csv_safe import csv_text
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.money import ZERO, format_money, from_micros, from_proto, to_micros, to_proto
 
@@ -454,12 +453,9 @@ def _cell(value: Any) -> str:
 
 def to_csv(report: Report) -> str:
     """A header line and one line per row (no totals line: every line is a row to sum)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(report.columns)
-    for row in report.rows:
-        writer.writerow([_cell(row.get(column)) for column in report.columns])
-    return out.getvalue()
+    # Source, buyer and flow names come from configuration and are shown as text.
+    rows = ([_cell(row.get(column)) for column in report.columns] for row in report.rows)
+    return csv_text(report.columns, rows)
 
 
 def to_table(report: Report) -> str:

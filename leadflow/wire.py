@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
@@ -132,6 +133,8 @@ class DeliveryAttempt:
     status_code: int = 0
     duration_ms: int = 0
     error: str = ""
+    # Values kept from the answer: `cookie` and each `capture` name (SPEC 8.1).
+    captured: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     # Field by field: dataclasses.asdict deep-copies each value and costs several times more,
     # and every delivery and ledger write converts its attempts.
@@ -143,6 +146,7 @@ class DeliveryAttempt:
             status_code=self.status_code,
             duration_ms=self.duration_ms,
             error=self.error,
+            captured=self.captured or None,
         )
 
     @classmethod
@@ -154,10 +158,11 @@ class DeliveryAttempt:
             status_code=message.status_code,
             duration_ms=message.duration_ms,
             error=message.error,
+            captured=dict(message.captured) if message.captured else {},
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "number": self.number,
             "request": self.request,
             "response": self.response,
@@ -165,9 +170,14 @@ class DeliveryAttempt:
             "duration_ms": self.duration_ms,
             "error": self.error,
         }
+        if self.captured:
+            # Only when there is something: attempts stored before captures read back the same.
+            data["captured"] = dict(self.captured)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeliveryAttempt:
+        captured = data.get("captured") or {}
         return cls(
             number=int(data["number"]),
             request=str(data["request"]),
@@ -175,4 +185,5 @@ class DeliveryAttempt:
             status_code=int(data.get("status_code", 0)),
             duration_ms=int(data.get("duration_ms", 0)),
             error=str(data.get("error", "")),
+            captured={str(k): str(v) for k, v in captured.items()},
         )

@@ -79,6 +79,16 @@ class Buyers:
         await self._record(request)
         return web.json_response({"status": "accepted", "payout": "17.25"})
 
+    async def html_buyer(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response = web.Response(
+            text='<html><body><p class="msg"> Thank you </p><p>Lead id: H-42</p></body></html>',
+            content_type="text/html",
+        )
+        response.headers.add("Set-Cookie", "tracking=1; path=/")
+        response.headers.add("Set-Cookie", "Session_id=678; path=/; secure")
+        return response
+
     async def start(self) -> None:
         app = web.Application()
         for path, handler in {
@@ -88,6 +98,7 @@ class Buyers:
             "/flaky": self.flaky_buyer,
             "/hang": self.hanging_buyer,
             "/priced": self.priced_buyer,
+            "/html": self.html_buyer,
         }.items():
             app.router.add_route("*", path, handler)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -175,6 +186,21 @@ def config_text(port: int, *, guard: bool = False) -> str:
             },
         },
         {
+            "id": "html-buyer",
+            "name": "Html",
+            "delivery": {
+                "type": "http",
+                "url": f"{url}/html",
+                "response": {
+                    "outcome_search_term": "/^thank you$/",
+                    "outcome_search_path": "p.msg",
+                    "reason_path": "p.msg",
+                    "cookie_search_term": "session_id",
+                    "capture": {"lead_id": "Lead id: ([\\w-]+)"},
+                },
+            },
+        },
+        {
             "id": "named-buyer",
             "name": "Named",
             "delivery": {"type": "http", "url": f"http://localhost:{port}/json"},
@@ -216,6 +242,7 @@ def config_text(port: int, *, guard: bool = False) -> str:
             flow("hang", "hanging-buyer", "json-buyer"),
             flow("priced", "priced-buyer"),
             flow("named", "named-buyer"),
+            flow("html", "html-buyer"),
         ],
     }
     return yaml.safe_dump(tree, sort_keys=False)
@@ -349,6 +376,14 @@ def test_price_in_the_buyers_answer_is_the_sale_price(suite: Suite) -> None:
     (event,) = recipients(suite, body["lead"]["id"])
     assert (event["outcome"], event["sale_price"]) == ("success", 17.25)
     assert event["pricing"]["layer"] == "response"
+
+
+def test_html_answer_keeps_its_reason_cookie_and_captures_on_the_event(suite: Suite) -> None:
+    body = submit(suite, "html", LEAD)
+    (event,) = recipients(suite, body["lead"]["id"])
+    assert (event["outcome"], event["reason"]) == ("success", "Thank you")
+    (attempt,) = event["attempts"]
+    assert attempt["captured"] == {"cookie": "Session_id=678; path=/; secure", "lead_id": "H-42"}
 
 
 def test_guard_refuses_a_buyer_whose_name_resolves_to_loopback(

@@ -204,3 +204,27 @@ def test_a_cron_schedule_makes_a_batch_buyer_and_realtime_does_not() -> None:
     assert is_batch_buyer(_builder().buyer)
     realtime = _config(f'{{type: sftp, host: h, password: p, host_key: "{HOST_KEY}"}}')
     assert not is_batch_buyer(realtime.buyers_by_id["files"])
+
+
+@pytest.mark.parametrize("columns", [None, '{"Name": "{{lead.first_name}}", "Notes": "{{notes}}"}'])
+def test_batch_files_neutralise_formulas_and_keep_numbers(columns: str | None) -> None:
+    builder = _builder("" if columns is None else f", columns: {columns}")
+    lead = _queued(
+        1,
+        first_name='=HYPERLINK("http://evil.example/","x")',
+        notes="\t@SUM(1+1)*cmd|' /C calc'!A0",
+        phone_1="+15125550142",
+        when="2024-01-05",
+        amount="-3.5",
+    )
+    content = builder.build("b1", WHEN, [lead]).content
+    [row] = read_csv(content)
+    name = row.get("first_name", row.get("Name"))
+    notes = row.get("notes", row.get("Notes"))
+    assert name == '\'=HYPERLINK("http://evil.example/","x")'
+    assert (
+        notes is not None and notes.startswith("'") and notes.lstrip("'").lstrip().startswith("@")
+    )
+    if columns is None:
+        assert (row["when"], row["amount"]) == ("2024-01-05", "-3.5")
+        assert b",2024-01-05," in content and b",-3.5" in content

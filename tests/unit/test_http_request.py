@@ -24,7 +24,9 @@ from delivery_service.http_adapter import (
     literal_host_refusal,
     retry_after_ms,
     signature_headers,
+    split_url_template,
     unflatten,
+    wire_url,
 )
 from leadflow.config import HttpDelivery, Retry
 from leadflow.fields import parse_lead
@@ -130,8 +132,59 @@ def test_get_always_sends_fields_as_query() -> None:
 
 
 def test_url_template_values_are_url_quoted() -> None:
-    request = build(url="https://buyer.example/leads/{{email}}?n={{first_name}}")
-    assert request.url == "https://buyer.example/leads/ada%40example.com?n=Ada"
+    request = build(url="https://buyer.example/leads/{{email}}?n={{first_name}}&e={{email}}")
+    assert request.url == (
+        "https://buyer.example/leads/ada%40example%2Ecom?n=Ada&e=ada%40example.com"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("..", "/v1/%2E%2E/leads"),
+        (".", "/v1/%2E/leads"),
+        ("../../admin", "/v1/%2E%2E%2F%2E%2E%2Fadmin/leads"),
+        ("a?b=1#c", "/v1/a%3Fb%3D1%23c/leads"),
+        ("%2e%2e", "/v1/%252e%252e/leads"),
+    ],
+)
+def test_lead_values_in_a_url_path_stay_one_segment_of_data(value: str, path: str) -> None:
+    fields = parse_lead({"campaign": value})
+    context = build_context(fields, flow={}, source={}, buyer={})
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "url": "https://buyer.example/v1/{{campaign}}/leads?k=1"}
+    )
+    request = RequestBuilder(spec).build(fields, context)
+    assert urlsplit(request.url).path == path
+    # What aiohttp is handed: no dot segment removed, no escape decoded.
+    assert wire_url(request.url).raw_path_qs == f"{path}?k=1"
+
+
+def test_wire_url_keeps_escapes_and_quotes_only_what_must_be() -> None:
+    url = wire_url("https://u:p@Bücher.example:8443/a b/%2E%2E/ü?q=a b&r=%2E")
+    assert str(url) == "https://u:p@xn--bcher-kva.example:8443/a%20b/%2E%2E/%C3%BC?q=a%20b&r=%2E"
+    assert (url.user, url.password) == ("u", "p")
+
+
+def test_a_question_mark_inside_a_template_expression_does_not_end_the_path() -> None:
+    assert split_url_template("https://x/{{a}}/b?c={{d}}#e") == (
+        "https://x",
+        "/{{a}}/b",
+        "?c={{d}}#e",
+    )
+    assert split_url_template("https://x/{{a}}") == ("https://x", "/{{a}}", "")
+    assert split_url_template("https://{{h}}.x?q=1") == ("https://{{h}}.x", "", "?q=1")
+    assert split_url_template("{{base}}/leads") == ("", "{{base}}/leads", "")
+
+
+def test_a_value_in_the_host_keeps_its_dots() -> None:
+    fields = parse_lead({"region": "us.east"})
+    context = build_context(fields, flow={}, source={}, buyer={})
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "url": "https://{{region}}.buyer.example/{{region}}"}
+    )
+    request = RequestBuilder(spec).build(fields, context)
+    assert request.url == "https://us.east.buyer.example/us%2Eeast"
 
 
 def test_header_templates_are_rendered() -> None:

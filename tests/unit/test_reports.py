@@ -216,3 +216,29 @@ def test_report_config_reads_unset_secrets_as_placeholders(
 
     assert config.account.time_zone == "Europe/Paris"
     assert config.sources[0].name == "S"
+
+
+def test_csv_shows_formula_like_names_as_text_and_keeps_negative_money() -> None:
+    # A vendor's name comes from configuration, a source id from the ledger's records; both are
+    # shown to whoever opens the report in a spreadsheet.
+    config = parse_config(
+        """
+account: {name: R, time_zone: America/Chicago, currency: USD}
+sources: [{id: quality, name: "=HYPERLINK(\\"http://evil.example\\",\\"x\\")", api_key: k1}]
+buyers: [{id: acme, name: Acme, delivery: {type: http, url: "http://127.0.0.1:9/"}}]
+flows:
+  - {id: auto, name: Auto, sources: [{source: quality}], stages: [{name: s, steps: [{buyer: acme}]}]}
+"""
+    )
+    lines = [VendorLine("quality", 1, 1, 1_000_000), VendorLine("-2+3+cmd|' /C calc'!A0", 1, 1)]
+    text = reports.to_csv(reports.vendor_report(query(), lines, config))
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    names = {row["source_name"] for row in rows}
+    assert names == {'\'=HYPERLINK("http://evil.example","x")', "'-2+3+cmd|' /C calc'!A0"}
+
+    margin = reports.margin_report(
+        reports.parse_query("margin", "2026-03-01", "2026-04-01", None, None, "America/Chicago"),
+        MarginTotals([MarginLine(leads=1, revenue_micros=1_000_000, cost_micros=4_500_000)], 1),
+        "USD",
+    )
+    assert "\r\n,1,1.00,4.50,0.00,-3.50,-350.00\r\n" in reports.to_csv(margin)

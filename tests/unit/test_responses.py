@@ -200,12 +200,14 @@ def test_xpath_reasons_from_several_matches_are_sorted_and_joined() -> None:
     assert interpret(spec, 200, XML, body).reason == "Dup, Out of area"
 
 
-def test_reason_path_is_ignored_on_success() -> None:
-    body = b'{"status": "accepted", "message": "Thanks"}'
+def test_a_success_keeps_its_reason_and_default_reason() -> None:
+    body = b'{"status": "accepted", "message": " Thank you "}'
     spec = rules(
         outcome_search_term="accepted", outcome_search_path="status", reason_path="message"
     )
-    assert interpret(spec, 200, JSON, body).reason == ""
+    assert interpret(spec, 200, JSON, body).reason == "Thank you"
+    verdict = interpret(rules(default_reason="  Bought  "), 200, JSON, b"{}")
+    assert (verdict.outcome, verdict.reason) == ("success", "Bought")
 
 
 def test_default_reason_applies_when_no_reason_is_found() -> None:
