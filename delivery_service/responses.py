@@ -181,8 +181,10 @@ def json_values(value: Any, path: str) -> list[Any]:
     # `errors[0].message` (lodash's bracket form) is `errors.0.message`.
     dotted = _BRACKET.sub(r".\1", path.strip().removeprefix("$"))
     parts = [part for part in dotted.lstrip(".").split(".") if part]
-    if isinstance(value, list) and parts[:1] == ["array"]:
-        # LeadConduit names an answer that is an array `array`.
+    if isinstance(value, list):
+        # LeadConduit names an answer that is an array `array`; other paths find nothing in it.
+        if parts[:1] != ["array"]:
+            return []
         parts = parts[1:]
     current = [value]
     for key in parts:
@@ -462,18 +464,18 @@ def interpret(
     else:
         outcome = "success" if ok else "failure"
     # Reasons are kept whatever the outcome: a buyer's "Thank you" on a sale is its reason.
-    reasons = sorted(set(texts_at(document, rules.reason_path)))
+    reasons = sorted(texts_at(document, rules.reason_path))  # duplicates kept, as LeadConduit
     default_reason = (rules.default_reason or "").strip()
     if reasons:
         reason = ", ".join(reasons)
     elif default_reason:
         reason = default_reason
-    elif outcome == "success":
-        reason = ""
-    elif not ok:
+    elif not ok and outcome != "success":
         reason = f"HTTP {status}"
     else:
-        reason = "Rejected by buyer" if outcome == "failure" else "Error reported by buyer"
+        # As LeadConduit: no reason of our own when the buyer gave none (`default_reason` is
+        # the buyer's setting for that).
+        reason = ""
     references = texts_at(document, rules.reference_path)
     return Verdict(
         outcome=outcome,

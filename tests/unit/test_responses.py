@@ -43,13 +43,13 @@ OUTCOME_CASES = [
         "",
     ),
     (
-        "JSON path no match is failure with the default reason",
+        "JSON path no match is failure without a reason",
         {"outcome_search_term": "accepted", "outcome_search_path": "status"},
         200,
         JSON,
         '{"status": "rejected"}',
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
     ),
     (
         "JSON nested path is searched, not the whole body",
@@ -58,7 +58,7 @@ OUTCOME_CASES = [
         JSON,
         '{"result": {"status": "rejected"}, "note": "accepted elsewhere"}',
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
     ),
     (
         "whole body is searched without a path",
@@ -107,7 +107,7 @@ OUTCOME_CASES = [
         TEXT,
         "Please try later",
         "error",
-        "Error reported by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
     ),
     (
         "outcome_on_match error: no match is success",
@@ -152,7 +152,7 @@ OUTCOME_CASES = [
         XML,
         "<result><outcome>rejected</outcome></result>",
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
     ),
     (
         "a path on a plain-text body finds nothing",
@@ -161,7 +161,7 @@ OUTCOME_CASES = [
         TEXT,
         "ok",
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
     ),
 ]
 

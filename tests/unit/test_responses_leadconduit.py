@@ -65,7 +65,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         TEXT,
         "id: 7\nstatus: OK\n",
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
         None,
         "",
     ),
@@ -274,7 +274,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         XML,
         "<r><error>Dup</error></r>",
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
         None,
         "",
     ),
@@ -365,7 +365,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         HTML,
         page('<div id="one">bar</div><div id="other">foo</div>'),
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
         None,
         "",
     ),
@@ -433,7 +433,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str, str, str | None, str]
         TEXT,
         "bad:the reason text!",
         "failure",
-        "Rejected by buyer",
+        "",  # no reason given, none made up (as LeadConduit)
         None,
         "",
     ),
