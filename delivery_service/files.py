@@ -13,10 +13,10 @@ from pathlib import PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from delivery_service.http_adapter import flatten, lead_payload
 from leadflow.config import Buyer, Config, EmailDelivery, SftpDelivery
 from leadflow.context import lead_context, submission_vars
 from leadflow.csv_safe import csv_text
+from leadflow.payload import flatten, plain_values
 from leadflow.templates import Template, compile_template
 from leadflow.variables import build_context, display
 from leadflow.wire import LeadData
@@ -165,7 +165,7 @@ class FileBuilder:
                 for context in contexts
             ]
             return header, rows
-        flat = [dict(flatten(lead_payload(q.lead.fields))) for q in leads]
+        flat = [dict(flatten(plain_values(q.lead.fields))) for q in leads]
         names: dict[str, None] = {}
         for record in flat:
             names.update(dict.fromkeys(record))

@@ -30,9 +30,8 @@ from yarl import URL
 from delivery_service import metrics
 from delivery_service.responses import interpret
 from leadflow.config import BasicAuth, HttpDelivery, Retry
-from leadflow.fields import is_field
+from leadflow.payload import flatten, plain_values
 from leadflow.templates import Template, compile_template, render_mapping
-from leadflow.variables import display
 from leadflow.wire import DeliveryAttempt
 
 log = logging.getLogger(__name__)
@@ -169,26 +168,6 @@ class PreparedRequest:
     described: str
 
 
-def lead_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Every lead field's normal value; nested groups stay nested, lists stay lists."""
-    payload: dict[str, Any] = {}
-    for name, value in fields.items():
-        if is_field(value):
-            payload[name] = display(value)
-        elif isinstance(value, Mapping):
-            payload[name] = lead_payload(value)
-        elif isinstance(value, list):
-            payload[name] = [
-                lead_payload(item)
-                if isinstance(item, Mapping) and not is_field(item)
-                else display(item)
-                for item in value
-            ]
-        else:
-            payload[name] = display(value)
-    return payload
-
-
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """`{"a.b": 1}` -> `{"a": {"b": 1}}`; a key that would clash with a value stays flat."""
     out: dict[str, Any] = {}
@@ -212,20 +191,6 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
         else:
             node[parts[-1]] = value
     return out
-
-
-def flatten(payload: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested groups as dot keys for forms and query strings; a list repeats its key."""
-    pairs: list[tuple[str, Any]] = []
-    for key, value in payload.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            pairs.extend(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            pairs.extend((name, item) for item in value)
-        else:
-            pairs.append((name, value))
-    return pairs
 
 
 def _xml_name(name: str) -> str:
@@ -450,7 +415,7 @@ class RequestBuilder:
 
     def payload(self, fields: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         if self._mapping is None:
-            return lead_payload(fields)
+            return plain_values(fields)
         rendered = render_mapping(self._mapping, context)
         if self.spec.format in ("json", "xml") and self.spec.method != "GET":
             return unflatten(rendered)

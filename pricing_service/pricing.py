@@ -8,19 +8,41 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from leadflow.config import Buyer, Config, Flow, Pricing, Source, Step
+from leadflow.config import Buyer, Config, Flow, Pricing, PricingServiceSpec, Source, Step
 from leadflow.context import lead_context
 from leadflow.expressions import ExpressionError
 from leadflow.money import ZERO, cents, is_price, parse_amount
-from leadflow.variables import display
+from leadflow.payload import plain_values
 from leadflow.wire import LeadData, PriceAudit
 from pricing_service import metrics
-from pricing_service.services import PricingServiceClient
 
 # A first stage with more steps gets no quotes up front: most of them would never be offered.
 MAX_EAGER_STEPS = 8
+
+
+@dataclass(frozen=True)
+class ServiceAnswer:
+    """A pricing service's price, or the fallback and why."""
+
+    price: Decimal
+    status: int
+    latency_ms: int
+    error: str = ""
+    reason: str = ""
+
+    @property
+    def fallback_used(self) -> bool:
+        return bool(self.error)
+
+
+class QuoteService(Protocol):
+    """Asks an external pricing service (the HTTP client lives in `services`, not here)."""
+
+    async def quote(self, spec: PricingServiceSpec, payload: dict[str, Any]) -> ServiceAnswer:
+        """The service's answer within its timeout, or its fallback price and why."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -79,20 +101,10 @@ def rules_price(
     return None, "; ".join(notes)
 
 
-def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The lead as a pricing service reads it: each field's normal value, nested as sent."""
-    return {
-        name: display(value)
-        if not isinstance(value, Mapping) or "kind" in value
-        else plain_fields(value)
-        for name, value in fields.items()
-    }
-
-
 class Pricer:
     """The pricing domain: configuration, the lead, and calls to external pricing services."""
 
-    def __init__(self, config: Config, services: PricingServiceClient) -> None:
+    def __init__(self, config: Config, services: QuoteService) -> None:
         self._config = config
         self._services = services
         # Each call's layers follow from the configuration alone: listed once, here.
@@ -221,7 +233,7 @@ class Pricer:
     ) -> dict[str, Any]:
         """SPEC 6.1's request body for a pricing service."""
         payload: dict[str, Any] = {
-            "lead": plain_fields(lead.fields),
+            "lead": plain_values(lead.fields),
             "flow": {"id": flow.id, "name": flow.name},
             "source": {"id": source.id, "name": source.name},
             "submission": {"timestamp": lead.submit_time.isoformat()},

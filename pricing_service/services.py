@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from decimal import Decimal
 from time import perf_counter
 from typing import Any
@@ -19,29 +18,15 @@ import orjson
 
 from leadflow.config import PricingServiceSpec
 from leadflow.money import cents, is_price, parse_amount
+from pricing_service.pricing import ServiceAnswer
 
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class ServiceAnswer:
-    """A pricing service's price, or the fallback and why."""
-
-    price: Decimal
-    status: int
-    latency_ms: int
-    error: str = ""
-    reason: str = ""
-
-    @property
-    def fallback_used(self) -> bool:
-        return bool(self.error)
-
-
 class PricingServiceClient:
-    """Calls pricing services over one pooled HTTP session."""
+    """Calls pricing services over one pooled HTTP session (the domain's `QuoteService`)."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
