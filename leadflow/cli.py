@@ -59,7 +59,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from leadflow.reports import run_cli
+    from leadflow.report_command import run_cli
 
     return run_cli(args)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from leadflow import reports
+from leadflow import report_command, reports
 from leadflow.config import parse_config
 from leadflow.reports import BuyerLine, MarginLine, MarginTotals, ReportError, VendorLine
 
@@ -212,7 +212,7 @@ def test_report_config_reads_unset_secrets_as_placeholders(
     monkeypatch.delenv("NOT_SET_KEY", raising=False)
     monkeypatch.delenv("TZ_X", raising=False)
 
-    config = reports.load_report_config(str(path))
+    config = report_command.load_report_config(str(path))
 
     assert config.account.time_zone == "Europe/Paris"
     assert config.sources[0].name == "S"
