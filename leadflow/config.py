@@ -69,7 +69,7 @@ def _time_zone(value: object) -> str:
         raise ValueError("a time zone is an IANA name such as America/Chicago")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: name too long
         raise ValueError(f"unknown time zone {value!r}") from None
     return value
 
