@@ -8,7 +8,8 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -18,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from leadflow.config import Config, load_config
+from leadflow.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +361,62 @@ async def run_until_terminated(
         await on_stop()
 
 
+class SettingsError(ValueError):
+    """An environment variable a service cannot use; main() refuses to start (exit 2)."""
+
+
+def env_number(name: str, default: float, minimum: float, maximum: float) -> float:
+    """A number from the environment within [minimum, maximum], else SettingsError naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not minimum <= value <= maximum:  # NaN fails too
+        raise SettingsError(
+            f"{name} must be a number from {minimum:g} to {maximum:g}, not {text!r}"
+        )
+    return value
+
+
+def env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535) -> int:
+    """An integer from the environment (a port by default), else SettingsError naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be an integer from {minimum} to {maximum}, not {text!r}")
+    return value
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> None:
+    """`python -m <service>`: run main(); a bad configuration or environment is one line on
+    stderr and exit code 2 (as a supervisor or Kubernetes shows it), never a traceback."""
+    import uvloop
+
+    try:
+        uvloop.run(main())
+    except ConfigError as exc:
+        path = os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml")
+        count = len(exc.problems)
+        listed = "; ".join(" ".join(str(problem).split()) for problem in exc.problems)
+        print(
+            f"{service}: invalid configuration {path} ({count} problem{'s' * (count != 1)}, "
+            f"`leadflow check {path}` shows where): {listed}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except SettingsError as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """What every service reads from its environment, once, in main()."""
@@ -373,14 +430,14 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, default_port: int, default_metrics_port: int) -> ServiceSettings:
-        metrics = os.environ.get("LEADFLOW_METRICS_PORT", str(default_metrics_port))
+        metrics = env_int("LEADFLOW_METRICS_PORT", default_metrics_port)
         return cls(
             config_path=os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml"),
             data_dir=os.environ.get("LEADFLOW_DATA_DIR", "data"),
             database_url=os.environ.get("LEADFLOW_DATABASE_URL") or None,
             host=os.environ.get("LEADFLOW_HOST", "0.0.0.0"),
-            port=int(os.environ.get("LEADFLOW_GRPC_PORT", str(default_port))),
-            metrics_port=int(metrics) if metrics != "0" else None,
+            port=env_int("LEADFLOW_GRPC_PORT", default_port),
+            metrics_port=metrics or None,
         )
 
     @property
@@ -389,8 +446,13 @@ class ServiceSettings:
 
 
 def configure_logging() -> None:
+    level = os.environ.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise SettingsError(
+            f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
+        )
     logging.basicConfig(
-        level=os.environ.get("LEADFLOW_LOG_LEVEL", "INFO"),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
