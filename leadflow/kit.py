@@ -4,6 +4,7 @@ go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -292,9 +293,12 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], observed
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {address} (in use or not available)")
     await server.start()
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -395,6 +399,26 @@ def env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535) -> 
     return value
 
 
+def _database_url() -> str | None:
+    """LEADFLOW_DATABASE_URL, refused at start when it is not one the services can use."""
+    text = os.environ.get("LEADFLOW_DATABASE_URL") or None
+    if text is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        url = None
+    if url is None or url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        # Never the URL itself in the message: it may hold a password.
+        raise SettingsError(
+            "LEADFLOW_DATABASE_URL must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL"
+        )
+    return text
+
+
 def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> None:
     """`python -m <service>`: run main(); a bad configuration or environment is one line on
     stderr and exit code 2 (as a supervisor or Kubernetes shows it), never a traceback."""
@@ -415,6 +439,11 @@ def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> Non
     except SettingsError as exc:
         print(f"{service}: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        print(f"{service}: {exc.strerror} (LEADFLOW_HOST and the port settings)", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass(frozen=True)
@@ -434,7 +463,7 @@ class ServiceSettings:
         return cls(
             config_path=os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml"),
             data_dir=os.environ.get("LEADFLOW_DATA_DIR", "data"),
-            database_url=os.environ.get("LEADFLOW_DATABASE_URL") or None,
+            database_url=_database_url(),
             host=os.environ.get("LEADFLOW_HOST", "0.0.0.0"),
             port=env_int("LEADFLOW_GRPC_PORT", default_port),
             metrics_port=metrics or None,

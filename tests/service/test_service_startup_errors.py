@@ -5,6 +5,7 @@ stderr and exit code 2, never a traceback (issue 16): what an operator reads in
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,26 @@ def test_a_missing_configuration_file_is_one_line_and_exit_2(tmp_path: Path) -> 
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "cannot read" in line
+
+
+@pytest.mark.parametrize("url", ["garbage", "mysql://user:secret@db/leads"])
+def test_an_unusable_database_url_is_one_line_without_the_url(tmp_path: Path, url: str) -> None:
+    result = run("ledger_service", tmp_path, GOOD, LEADFLOW_DATABASE_URL=url)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "ledger_service: LEADFLOW_DATABASE_URL must be a sqlite+aiosqlite:// or "
+        "postgresql+asyncpg:// URL"
+    ]
+
+
+def test_an_http_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            "gateway", tmp_path, GOOD, LEADFLOW_HOST="127.0.0.1", LEADFLOW_HTTP_PORT=str(port)
+        )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("gateway: ") and "address already in use" in line
