@@ -27,7 +27,9 @@ def _check(args: argparse.Namespace) -> int:
     try:
         config = parse_config(text)
     except ConfigError as exc:
-        for located in sorted(locate(text, exc.problems), key=lambda item: item.line or 0):
+        for located in sorted(
+            locate(text, exc.problems), key=lambda item: (item.line or 0, item.column or 0)
+        ):
             print(located.render(args.file), file=sys.stderr)
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 1

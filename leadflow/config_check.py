@@ -34,9 +34,9 @@ from leadflow.config import (
 from leadflow.expressions import ExpressionError
 from leadflow.fields import STANDARD_FIELDS, parse_value
 from leadflow.geo import zip_centroid
-from leadflow.rules import RuleError
+from leadflow.rules import OPERATORS, RuleError
 from leadflow.templates import TemplateError, compile_template
-from leadflow.variables import ALIASES, RESERVED
+from leadflow.variables import ALIASES, RESERVED, components
 
 Loc = tuple[int | str, ...]
 
@@ -259,38 +259,49 @@ def _check_rule_set(
     except RuleError as exc:
         errors = [exc]
     for error in errors:
-        yield Problem(
-            path=".".join(filter(None, (format_path(loc), error.path))), message=error.message
-        )
+        message = error.message
+        if message.startswith("unknown operator '"):
+            message += did_you_mean(message.split("'")[1].lower(), OPERATORS)
+        yield Problem(path=".".join(filter(None, (format_path(loc), error.path))), message=message)
     yield from _check_fields(spec, loc, custom)
 
 
 def _check_fields(spec: RuleSetSpec, loc: Loc, custom: dict[str, str]) -> Iterator[Problem]:
-    """A rule's lhv that is no known field or variable but near one is taken for a typo. One
-    near nothing is left alone: a vendor may send fields the flow does not declare."""
+    """A rule's lhv that is no known field, component or variable but near one is taken for a
+    typo. One near nothing is left alone: a vendor may send fields the flow does not declare."""
     try:
         checks = spec.compiled.checks
     except RuleError:
         return  # reported by _check_rule_set
-    known = {*STANDARD_FIELDS, *custom, *RESERVED, *ALIASES}
+    types_by_name = {**STANDARD_FIELDS, **custom}
+    fields = {*types_by_name, *(name.split(".")[0] for name in custom)}
     for check in checks:
-        root, _, rest = check.lhv.partition(".")
-        prefix = ""
-        if root == "lead" and rest:
-            prefix, (root, _, rest) = "lead.", rest.partition(".")
-            known_here = {*STANDARD_FIELDS, *custom}
-        else:
-            known_here = known
-        if root in known_here:
-            continue
-        hint = did_you_mean(root, known_here)
-        if hint:
-            near = hint.split("'")[1]
-            written = prefix + near + ("." + rest if rest else "")
+        near = _near_variable(check.lhv, fields, types_by_name)
+        if near is not None:
             yield Problem(
                 path=".".join(filter(None, (format_path(loc), f"{check.path}.lhv"))),
-                message=f"unknown field {check.lhv!r} (did you mean {written!r}?)",
+                message=f"unknown field {check.lhv!r} (did you mean {near!r}?)",
             )
+
+
+def _near_variable(lhv: str, fields: set[str], types_by_name: dict[str, str]) -> str | None:
+    """The variable `lhv` was probably meant to be, when it is none itself; else None."""
+    prefix, rest = ("lead.", lhv[5:]) if lhv.startswith("lead.") else ("", lhv)
+    if rest in types_by_name:
+        return None  # a field itself (custom fields may have dotted names)
+    name, _, component = rest.partition(".")
+    known = fields if prefix else {*fields, *RESERVED, *ALIASES}
+    if name not in known:
+        hint = did_you_mean(name, known)
+        if not hint:
+            return None
+        name = hint.split("'")[1]
+        return prefix + name + (f".{component}" if component else "")
+    kind = types_by_name.get(name)
+    if kind is None or not component or "." in component or component in components(kind):
+        return None
+    hint = did_you_mean(component, components(kind))
+    return f"{prefix}{name}.{hint.split(chr(39))[1]}" if hint else None
 
 
 def _check_pricing(

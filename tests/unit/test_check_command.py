@@ -213,3 +213,42 @@ def test_a_bad_port_option_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[
         main(["up", "--http-port", "http"])
     assert info.value.code == 2
     assert "'http' is not a port number" in capsys.readouterr().err
+
+
+def test_an_operator_typo_suggests_the_operator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, lines = check(tmp_path, GOOD.replace("op: is included in", "op: is includd in"), capsys)
+    assert lines == [
+        "15:13: flows[0].acceptance.rules[0].op: unknown operator 'is includd in' "
+        "(did you mean 'is included in'?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("phone_1.vaild", "phone_1.valid"),
+        ("lead.dob.aeg", "lead.dob.age"),
+        ("lead.emial.domain", "lead.email.domain"),
+        ("hour", None),
+        ("submission.hour", None),
+        ("source.id", None),
+        ("lead.vehicle_year", None),
+        ("email.is_free", None),
+    ],
+)
+def test_field_and_component_typos_are_told_apart_from_real_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, meant: str | None
+) -> None:
+    text = GOOD.replace(
+        "{lhv: vehicle_year, op: is not blank}", f"{{lhv: {written}, op: is blank}}"
+    )
+    code, lines = check(tmp_path, text, capsys)
+    if meant is None:
+        assert (code, lines) == (0, [])
+    else:
+        assert lines == [
+            f"17:15: flows[0].acceptance.rules[1].lhv: unknown field {written!r} "
+            f"(did you mean {meant!r}?)"
+        ]
