@@ -15,7 +15,9 @@ import pytest
 import schemathesis
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
@@ -111,9 +113,13 @@ def _fuzz(base_url: str, document: dict[str, Any], seen: set[tuple[str, int]]) -
     known = {"flow_id": "auto", "source_id": "vendor", "buyer_id": "first", "kind": "vendors"}
     for operation, headers in _operations_with_keys(document):
         fixed = {name: value for name, value in known.items() if "{" + name + "}" in operation.path}
-        # Random ids meet the 404 paths; the configured ones reach the handlers' own checks.
-        for path_parameters in ({}, fixed) if fixed else ({},):
-            strategy = operation.as_strategy(path_parameters=path_parameters, headers=headers)
+        # Random ids meet the 404 paths; the configured ones reach the handlers' own checks,
+        # with data the document allows (positive) and data it does not (negative).
+        runs = [({}, GenerationMode.POSITIVE), (fixed, GenerationMode.NEGATIVE)]
+        if fixed:
+            runs.append((fixed, GenerationMode.POSITIVE))
+        for path_parameters, mode in runs:
+            strategy = operation.as_strategy(mode, path_parameters=path_parameters, headers=headers)
 
             @given(case=strategy)
             @settings(
@@ -133,8 +139,10 @@ def _fuzz(base_url: str, document: dict[str, Any], seen: set[tuple[str, int]]) -
 
             try:
                 check()
+            except Unsatisfiable:
+                assert mode == GenerationMode.NEGATIVE  # no parameters or body to make invalid
             except (Exception, BaseExceptionGroup) as exc:  # every operation's failures, at once
-                failures.append(f"{operation.label} {path_parameters}: {exc}")
+                failures.append(f"{operation.label} {path_parameters} {mode.value}: {exc}")
     return failures
 
 
