@@ -2,10 +2,11 @@
 with request and response schemas and examples.
 
 The document is written here by hand, beside the handlers it describes, rather than derived
-from them: aiohttp handlers carry no types to derive it from. Two tests keep it honest:
-`tests/unit/test_openapi.py` checks that every route of the app is described and nothing else
-is, and `tests/service/test_openapi_live.py` runs schemathesis against the real gateway (no
-500, every response matches this document).
+from them: aiohttp handlers carry no types to derive it from. Tests keep it honest:
+`tests/unit/test_openapi_document.py` validates it and its examples, and
+`tests/service/test_openapi.py` checks that every route of the app is described and every
+described operation served, then runs schemathesis against the real gateway (no 500, every
+response matches this document).
 """
 
 from __future__ import annotations
