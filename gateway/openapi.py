@@ -54,6 +54,7 @@ _ID = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
+        "additionalProperties": False,
         "description": "Every 4xx and 5xx answer: what went wrong.",
         "required": ["outcome", "reason"],
         "properties": {
@@ -92,6 +93,7 @@ SCHEMAS: dict[str, Any] = {
     "LeadRef": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
     "SubmitResult": {
         "type": "object",
+        "additionalProperties": False,
         "description": "One lead's outcome; `price`: the purchase price paid (0 unless success).",
         "required": ["outcome", "price"],
         "properties": {
@@ -108,6 +110,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Pending": {
         "type": "object",
+        "additionalProperties": False,
         "description": "An asynchronous submission (`Prefer: respond-async`) not processed yet.",
         "required": ["outcome", "lead"],
         "properties": {
@@ -123,6 +126,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "PingResult": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["outcome", "price"],
         "properties": {
             "outcome": {"type": "string", "enum": OUTCOMES},
@@ -153,6 +157,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "FeedbackResult": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["outcome", "feedback"],
         "properties": {
             "outcome": {"type": "string", "enum": OUTCOMES},
@@ -350,6 +355,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["SERVING", "NOT_SERVING"]},
