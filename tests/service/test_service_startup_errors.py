@@ -104,3 +104,36 @@ def test_an_http_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("gateway: ") and "address already in use" in line
+
+
+def test_leadflow_up_stops_with_exit_2_when_its_services_refuse_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "leadflow.yaml"
+    path.write_text(GOOD)
+    with socket.socket() as probe:  # a base whose ports nothing here uses: nothing binds anyway
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1] % 40000 + 20000
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leadflow",
+            "up",
+            "--config",
+            str(path),
+            "--data-dir",
+            str(tmp_path),
+            "--port-base",
+            str(base),
+            "--http-port",
+            str(base + 30),
+        ],
+        env={**os.environ, "LEADFLOW_LOG_LEVEL": "LOUD"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL" in result.stderr
+    assert "refused to start (exit 2); stopping the suite" in result.stderr
+    assert "restarting" not in result.stderr
