@@ -127,18 +127,35 @@ def _requirements(config: Config, flow: Flow, source_id: str) -> str:
     return "".join(parts)
 
 
-def _fields(flow: Flow) -> str:
+# Operators whose rule, ANDed at the top of an acceptance rule set, makes a field required.
+_REQUIRING = frozenset({"is not blank", "format is valid"})
+
+
+def _required(*specs: RuleSetSpec | None) -> set[str]:
+    """Fields the acceptance rules require to be present (or valid), by their top-level rules."""
+    names = set()
+    for spec in specs:
+        if spec is None or spec.op != "and":
+            continue
+        for rule in spec.rules:
+            if rule.op.lower() in _REQUIRING and rule.rule_set is None:
+                names.add(rule.lhv.removeprefix("lead.").split(".")[0])
+    return names
+
+
+def _fields(flow: Flow, required: set[str]) -> str:
     rows = [(name, kind, "standard") for name, kind in STANDARD_FIELDS.items()]
     rows += [(name, kind, "this flow's own field") for name, kind in flow.fields.items()]
     cells = "".join(
         f"<tr><td><code>{escape(name)}</code></td><td>{escape(kind)}</td>"
-        f"<td>{escape(TYPE_NOTES.get(kind, kind))}</td><td>{escape(origin)}</td></tr>"
+        f"<td>{escape(TYPE_NOTES.get(kind, kind))}</td><td>{escape(origin)}</td>"
+        f"<td>{'required' if name in required else ''}</td></tr>"
         for name, kind, origin in rows
     )
     return (
         "<h2>Fields</h2><p>Send any of these; other fields are kept as text. A dot in a name "
         "nests it (<code>vehicle.year</code>).</p><table><thead><tr><th>Field</th><th>Type</th>"
-        f"<th>Accepts</th><th></th></tr></thead><tbody>{cells}</tbody></table>"
+        f"<th>Accepts</th><th></th><th></th></tr></thead><tbody>{cells}</tbody></table>"
     )
 
 
@@ -196,6 +213,7 @@ def render_docs(config: Config, flow: Flow, source: Source, base_url: str) -> st
             f"<p>Rate limit: {source.rate_limit.requests} requests per "
             f"{escape(source.rate_limit.per)} (429 with Retry-After beyond it).</p>"
         )
+    entry = flow.sources_by_id[source.id]
     title = f"Posting instructions: {source.name} to {flow.name}"
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -214,7 +232,8 @@ def render_docs(config: Config, flow: Flow, source: Source, base_url: str) -> st
         "<h2>Authentication</h2><p>HTTP Basic with user <code>API</code> and your API key as "
         "the password, or the header <code>X-Api-Key: YOUR_API_KEY</code>. Send an "
         "<code>Idempotency-Key</code> header to make a retry safe.</p>"
-        f"{rate}{_fields(flow)}{_requirements(config, flow, source.id)}"
+        f"{rate}{_fields(flow, _required(flow.acceptance, entry.acceptance))}"
+        f"{_requirements(config, flow, source.id)}"
         f"{_samples(submit_url, flow)}</body></html>"
     )
 

@@ -21,6 +21,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from gateway.docs_page import TYPE_NOTES
 from tests.conftest import Database
 from tests.service.test_gateway import ADMIN, CONFIG, KEY, InProcessSuite, in_process_suite
 
@@ -34,7 +35,8 @@ DOCS_CONFIG = CONFIG.replace(
     "    require_sale: true\n",
     "    require_sale: true\n"
     "    fields: {{loan_amount: number}}\n"
-    "    acceptance: [{{lhv: state, op: is included in, rhv: [CA, TX]}}]\n",
+    "    acceptance: [{{lhv: state, op: is included in, rhv: [CA, TX]}},\n"
+    "                 {{lhv: phone_1, op: format is valid}}]\n",
 )
 # Enough to meet every operation's edge cases without making the tier slow (about 20 s); more
 # for a deeper hunt: LEADFLOW_SCHEMATHESIS_EXAMPLES=500.
@@ -192,6 +194,11 @@ async def test_docs_show_url_fields_with_types_rules_and_samples(suite: InProces
     assert f"POST {suite.base_url}/flows/auto/sources/vendor/submit" in page
     assert "<code>loan_amount</code></td><td>number</td>" in page  # the flow's own field
     assert "<code>phone_1</code></td><td>phone</td>" in page
+    assert page.count("<td>required</td>") == 1  # phone_1, by the acceptance rules
+    assert (
+        f"<code>phone_1</code></td><td>phone</td><td>{TYPE_NOTES['phone']}</td>"
+        "<td>standard</td><td>required</td>"
+    ) in page
     assert "state is included in CA, TX" in page
     assert "A lead is accepted only when a buyer buys it." in page
     assert "curl -u &#x27;API:YOUR_API_KEY&#x27;" in page
