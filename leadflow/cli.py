@@ -177,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
         "--ledger",
         default=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
         help="ask a running ledger (host:port) instead of reading its storage (default: "
-        "%(default)s; environment LEADFLOW_LEDGER_ADDR)",
+        "read the storage; environment LEADFLOW_LEDGER_ADDR)",
     )
     report.set_defaults(run=_report)
     return root
