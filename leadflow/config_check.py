@@ -154,6 +154,10 @@ def salvage_problems(tree: dict[str, Any], error: ValidationError) -> list[Probl
             return []
         if not isinstance(loc[-1], str):
             return []
+        if item["type"] == "literal_error" and not any(
+            loc[-1] in _field_names(model) for model in _models_at(loc[:-1])
+        ):
+            return []  # a map's entry, such as a custom field's type: dropping it changes types
         parent: Any = pruned
         for part in loc[:-1]:
             try:

@@ -252,3 +252,15 @@ def test_field_and_component_typos_are_told_apart_from_real_variables(
             f"17:15: flows[0].acceptance.rules[1].lhv: unknown field {written!r} "
             f"(did you mean {meant!r}?)"
         ]
+
+
+def test_a_bad_custom_field_type_does_not_turn_into_problems_of_its_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Setting the field aside would make opted_in a string, which `is true` does not apply to.
+    text = GOOD.replace("{loan_amount: number}", "{loan_amount: number, opted_in: boolen}").replace(
+        "lhv: vehicle_year, op: is not blank", "lhv: opted_in, op: is true"
+    )
+    _, [line] = check(tmp_path, text, capsys)
+    assert line.startswith("12:45: flows[0].fields.opted_in: Input should be")
+    assert line.endswith("(did you mean 'boolean'?)")
