@@ -1,8 +1,7 @@
 """`python -m delivery_service`: run the delivery service configured from the environment."""
 
-import uvloop
-
 from delivery_service.server import main
+from leadflow.kit import run_main
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    run_main(main, "delivery_service")

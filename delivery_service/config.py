@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from delivery_service.runner import RunnerSettings
-from leadflow.kit import ServiceSettings
+from leadflow.kit import ServiceSettings, env_int, env_number
 
 DEFAULT_PORT = 50053
 DEFAULT_METRICS_PORT = 50063
@@ -28,8 +28,8 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
-            recent_results=int(os.environ.get("LEADFLOW_DELIVERY_RECENT_RESULTS", "10000")),
-            grace_seconds=float(os.environ.get("LEADFLOW_SHUTDOWN_GRACE_SECONDS", "10")),
+            recent_results=env_int("LEADFLOW_DELIVERY_RECENT_RESULTS", 10_000, 0, 10_000_000),
+            grace_seconds=env_number("LEADFLOW_SHUTDOWN_GRACE_SECONDS", 10, 0, 3600),
             ledger_address=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
             runner=RunnerSettings.from_env(),
         )

@@ -66,13 +66,12 @@ class RunnerSettings:
 
     @classmethod
     def from_env(cls) -> RunnerSettings:
-        env = os.environ
         return cls(
-            tick_seconds=float(env.get("LEADFLOW_DELIVERY_TICK_SECONDS", "1")),
-            lease_seconds=float(env.get("LEADFLOW_DELIVERY_LEASE_SECONDS", "60")),
+            tick_seconds=kit.env_number("LEADFLOW_DELIVERY_TICK_SECONDS", 1, 0, 86_400),
+            lease_seconds=kit.env_number("LEADFLOW_DELIVERY_LEASE_SECONDS", 60, 0, 86_400),
             backoff=Backoff(
-                base_seconds=float(env.get("LEADFLOW_DELIVERY_RETRY_SECONDS", "30")),
-                max_seconds=float(env.get("LEADFLOW_DELIVERY_MAX_RETRY_SECONDS", "900")),
+                base_seconds=kit.env_number("LEADFLOW_DELIVERY_RETRY_SECONDS", 30, 0, 86_400),
+                max_seconds=kit.env_number("LEADFLOW_DELIVERY_MAX_RETRY_SECONDS", 900, 0, 86_400),
             ),
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,7 +17,7 @@ from delivery_service.runner import BatchRunner
 from delivery_service.servicer import DeliveryServicer
 from delivery_service.store import DeliveryStore
 from leadflow import db, kit
-from leadflow.config import Config, ConfigError, HttpDelivery, load_config
+from leadflow.config import Config, HttpDelivery, load_config
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -130,11 +129,7 @@ async def create_server(
 async def main() -> None:
     kit.configure_logging()
     settings = Settings.from_env()
-    try:
-        config = load_config(settings.service.config_path)
-    except ConfigError as exc:
-        log.error("invalid configuration %s:\n%s", settings.service.config_path, exc)
-        sys.exit(2)
+    config = load_config(settings.service.config_path)  # kit.run_main reports a ConfigError
     kit.serve_metrics(settings.service.metrics_port)
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "delivery")
     store = await DeliveryStore.open(url, settings.schema)

@@ -1,8 +1,7 @@
 """`python -m gateway`: the HTTP front door and orchestrator, configured from the environment."""
 
-import uvloop
-
 from gateway.server import main
+from leadflow.kit import run_main
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    run_main(main, "gateway")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from gateway.clients import Addresses
-from leadflow.kit import ServiceSettings
+from leadflow.kit import ServiceSettings, env_int
 
 DEFAULT_PORT = 50055
 DEFAULT_METRICS_PORT = 50065
@@ -27,7 +27,7 @@ def settings_from_env() -> GatewaySettings:
     return GatewaySettings(
         service=service,
         http_host=os.environ.get("LEADFLOW_HTTP_HOST", service.host),
-        http_port=int(os.environ.get("LEADFLOW_HTTP_PORT", str(DEFAULT_HTTP_PORT))),
+        http_port=env_int("LEADFLOW_HTTP_PORT", DEFAULT_HTTP_PORT),
         addresses=Addresses(
             pricing=os.environ.get("LEADFLOW_PRICING_ADDR", "127.0.0.1:50051"),
             routing=os.environ.get("LEADFLOW_ROUTING_ADDR", "127.0.0.1:50052"),

@@ -36,6 +36,7 @@ from gateway.intake import (
     unflatten,
 )
 from gateway.lead_view import lead_view
+from gateway.openapi import openapi_json
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LedgerOutbox
 from gateway.rate_limit import RateLimiter
@@ -341,4 +342,8 @@ def create_app(
     from gateway.ping_api import add_ping_routes  # here: ping_api builds on this module
 
     add_ping_routes(app)
+    from gateway.docs_page import source_docs  # here: docs_page builds on this module
+
+    app.router.add_get("/flows/{flow_id}/sources/{source_id}/docs", source_docs)
+    app.router.add_get("/openapi.json", openapi_json)
     return app

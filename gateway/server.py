@@ -120,7 +120,12 @@ async def create_server(
     )
     await runner.setup()
     site = web.TCPSite(runner, http_host, http_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:  # the HTTP port is taken: stop the gRPC server before saying so
+        await runner.cleanup()
+        await server.stop(None)
+        raise
     bound = runner.addresses[0][1]
     outbox.start()
     intake.start()

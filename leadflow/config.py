@@ -70,7 +70,7 @@ def _time_zone(value: object) -> str:
         raise ValueError("a time zone is an IANA name such as America/Chicago")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: name too long
         raise ValueError(f"unknown time zone {value!r}") from None
     return value
 
@@ -591,16 +591,39 @@ def substitute_env(
 
 
 def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
+    from leadflow.config_check import choice_hint, unknown_key_message
+
     for item in error.errors():
         loc = list(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        # Near names for typos (SPEC 3): computed on pydantic's loc, which keeps union tags.
+        if item["type"] == "extra_forbidden":
+            message = unknown_key_message(tuple(loc))
+        elif item["type"] == "literal_error":
+            message += choice_hint(item["input"], str(item.get("ctx", {}).get("expected", "")))
+        elif item["type"] == "union_tag_invalid":
+            ctx = item.get("ctx", {})
+            message += choice_hint(ctx.get("tag"), str(ctx.get("expected_tags", "")))
         # Tagged unions add the tag to the location; a reader knows it from `type`.
         loc = [
             part
             for i, part in enumerate(loc)
             if not (i and loc[i - 1] in ("delivery", "ping", "auth"))
         ]
-        message = item["msg"].removeprefix("Value error, ")
         yield Problem(path=format_path(tuple(loc)), message=message)
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    """One line; where the problem is comes as LINE:COL from `leadflow check`."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or not exc.problem:
+        return "not valid YAML: " + " ".join(str(exc).split())
+    message = f"not valid YAML: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        mark = exc.context_mark
+        message += f" ({exc.context} at line {mark.line + 1}, column {mark.column + 1})"
+    elif exc.problem_mark is not None:
+        message += f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})"
+    return message
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
@@ -608,7 +631,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(path="", message=f"not valid YAML: {exc}")]) from None
+        raise ConfigError([Problem(path="", message=_yaml_message(exc))]) from None
     if not isinstance(tree, dict):
         raise ConfigError([Problem(path="", message="the configuration must be a mapping")])
     problems: list[Problem] = []
@@ -616,7 +639,10 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(tree)
     except ValidationError as exc:
+        from leadflow.config_check import salvage_problems
+
         problems.extend(_pydantic_problems(exc))
+        problems.extend(salvage_problems(tree, exc))
         raise ConfigError(problems) from None
     from leadflow.config_check import check_semantics
 

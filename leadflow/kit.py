@@ -4,11 +4,13 @@ go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -18,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from leadflow.config import Config, load_config
+from leadflow.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +293,12 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], observed
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {address} (in use or not available)")
     await server.start()
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -360,6 +365,87 @@ async def run_until_terminated(
         await on_stop()
 
 
+class SettingsError(ValueError):
+    """An environment variable a service cannot use; main() refuses to start (exit 2)."""
+
+
+def env_number(name: str, default: float, minimum: float, maximum: float) -> float:
+    """A number from the environment within [minimum, maximum], else SettingsError naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not minimum <= value <= maximum:  # NaN fails too
+        raise SettingsError(
+            f"{name} must be a number from {minimum:g} to {maximum:g}, not {text!r}"
+        )
+    return value
+
+
+def env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535) -> int:
+    """An integer from the environment (a port by default), else SettingsError naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be an integer from {minimum} to {maximum}, not {text!r}")
+    return value
+
+
+def _database_url() -> str | None:
+    """LEADFLOW_DATABASE_URL, refused at start when it is not one the services can use."""
+    text = os.environ.get("LEADFLOW_DATABASE_URL") or None
+    if text is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        url = None
+    if url is None or url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        # Never the URL itself in the message: it may hold a password.
+        raise SettingsError(
+            "LEADFLOW_DATABASE_URL must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL"
+        )
+    return text
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> None:
+    """`python -m <service>`: run main(); a bad configuration or environment is one line on
+    stderr and exit code 2 (as a supervisor or Kubernetes shows it), never a traceback."""
+    import uvloop
+
+    try:
+        uvloop.run(main())
+    except ConfigError as exc:
+        path = os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml")
+        count = len(exc.problems)
+        listed = "; ".join(" ".join(str(problem).split()) for problem in exc.problems)
+        print(
+            f"{service}: invalid configuration {path} ({count} problem{'s' * (count != 1)}, "
+            f"`leadflow check {path}` shows where): {listed}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except SettingsError as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        print(f"{service}: {exc.strerror} (LEADFLOW_HOST and the port settings)", file=sys.stderr)
+        sys.exit(2)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """What every service reads from its environment, once, in main()."""
@@ -373,14 +459,14 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, default_port: int, default_metrics_port: int) -> ServiceSettings:
-        metrics = os.environ.get("LEADFLOW_METRICS_PORT", str(default_metrics_port))
+        metrics = env_int("LEADFLOW_METRICS_PORT", default_metrics_port)
         return cls(
             config_path=os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml"),
             data_dir=os.environ.get("LEADFLOW_DATA_DIR", "data"),
-            database_url=os.environ.get("LEADFLOW_DATABASE_URL") or None,
+            database_url=_database_url(),
             host=os.environ.get("LEADFLOW_HOST", "0.0.0.0"),
-            port=int(os.environ.get("LEADFLOW_GRPC_PORT", str(default_port))),
-            metrics_port=int(metrics) if metrics != "0" else None,
+            port=env_int("LEADFLOW_GRPC_PORT", default_port),
+            metrics_port=metrics or None,
         )
 
     @property
@@ -389,8 +475,13 @@ class ServiceSettings:
 
 
 def configure_logging() -> None:
+    level = os.environ.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise SettingsError(
+            f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
+        )
     logging.basicConfig(
-        level=os.environ.get("LEADFLOW_LOG_LEVEL", "INFO"),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 

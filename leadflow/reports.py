@@ -247,7 +247,7 @@ def parse_query(
     zone = time_zone or default_time_zone
     try:
         ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: name too long
         raise ReportError(f"unknown time zone {zone!r}") from None
     groups: tuple[str, ...] = ("flow",)
     if group_by is not None:

@@ -21,6 +21,8 @@ STOP_TIMEOUT_S = 20.0
 MAX_RESTART_DELAY_S = 30.0
 # A child that ran this long was healthy: its next crash is restarted without delay.
 HEALTHY_RUN_S = 10.0
+# A service's exit code for a configuration or environment it cannot run with (kit.run_main).
+REFUSED = 2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The ledger's work is off the lead's path (records reach it in batches from the gateway's
 # outbox), and a batch is a burst of CPU: at a lower priority, the services a lead is waiting
@@ -87,6 +89,7 @@ class Supervisor:
         self._ready_url = ready_url
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
+        self._exit_code = 0
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -100,7 +103,7 @@ class Supervisor:
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, ready, return_exceptions=True)
-        return 0
+        return self._exit_code
 
     async def _start(self, child: Child) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
@@ -118,12 +121,20 @@ class Supervisor:
         with a back-off doubling to MAX_RESTART_DELAY_S while it keeps failing fast."""
         delay = 0.0
         loop = asyncio.get_running_loop()
+        first = True
         while not self._stopping.is_set():
             started = loop.time()
             process = await self._start(child)
             code = await process.wait()
             if self._stopping.is_set():
                 return
+            if first and code == REFUSED:
+                # It said why in one line; another start would say the same, forever.
+                log.error("%s refused to start (exit %d); stopping the suite", child.module, code)
+                self._exit_code = REFUSED
+                self._stopping.set()
+                return
+            first = False
             if loop.time() - started >= HEALTHY_RUN_S:
                 delay = 0.0
             log.error("%s exited with %s; restarting in %.0fs", child.module, code, delay)

@@ -28,6 +28,7 @@ __all__ = [
     "Getter",
     "build_context",
     "compile_path",
+    "components",
     "display",
     "resolve",
     "variable_type",
@@ -221,6 +222,17 @@ _STRING_COMPONENTS: Final[dict[str, frozenset[str]]] = {
     "time": frozenset(),
     "credential": frozenset(),
 }
+
+
+def components(field_type: str) -> frozenset[str]:
+    """Every component a rule may read on a field of this type (`valid`, `raw`, `normal` too)."""
+    return frozenset(
+        {"valid", "raw", "normal"}
+        | set(_COMPONENT_TYPES.get(field_type, {}))
+        | _STRING_COMPONENTS.get(field_type, frozenset())
+    )
+
+
 _CONTEXT_TYPES: Final[dict[str, str]] = {
     "purchase_price": "number",
     "sale_price": "number",

@@ -1,8 +1,7 @@
 """`python -m ledger_service`: one ledger service, configured from the environment."""
 
-import uvloop
-
+from leadflow.kit import run_main
 from ledger_service.server import main
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    run_main(main, "ledger_service")

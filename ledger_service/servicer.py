@@ -575,7 +575,7 @@ def _policy_from_proto(policy: pb.ReturnPolicy) -> ReturnPolicy:
     zone = policy.time_zone or "UTC"
     try:
         ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: name too long
         raise InvalidRecord("return_policy.time_zone", f"unknown time zone {zone!r}") from None
     for index, reason in enumerate(policy.reasons):
         check_text(f"return_policy.reasons[{index}]", reason)

@@ -1,8 +1,7 @@
 """`python -m pricing_service`: one pricing service, configured from the environment."""
 
-import uvloop
-
+from leadflow.kit import run_main
 from pricing_service.server import main
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    run_main(main, "pricing_service")

@@ -1,8 +1,7 @@
 """`python -m routing_service`: one routing service, configured from the environment."""
 
-import uvloop
-
+from leadflow.kit import run_main
 from routing_service.server import main
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    run_main(main, "routing_service")

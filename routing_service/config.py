@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from leadflow.kit import ServiceSettings
+from leadflow.kit import ServiceSettings, env_number
 from routing_service.peers import STATS_TTL_S, Addresses
 from routing_service.router import DEFAULT_HOLD
 
@@ -26,7 +26,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        hold = os.environ.get("LEADFLOW_ROUTING_HOLD_SECONDS")
+        hold = env_number("LEADFLOW_ROUTING_HOLD_SECONDS", DEFAULT_HOLD.total_seconds(), 0, 86_400)
         return cls(
             service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
             peers=Addresses(
@@ -34,6 +34,6 @@ class Settings:
                 delivery=os.environ.get("LEADFLOW_DELIVERY_ADDR") or None,
                 ledger=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
             ),
-            hold=timedelta(seconds=float(hold)) if hold else DEFAULT_HOLD,
-            stats_ttl_s=float(os.environ.get("LEADFLOW_ROUTING_STATS_SECONDS", STATS_TTL_S)),
+            hold=timedelta(seconds=hold),
+            stats_ttl_s=env_number("LEADFLOW_ROUTING_STATS_SECONDS", STATS_TTL_S, 0, 86_400),
         )

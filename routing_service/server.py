@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,7 +12,7 @@ from grpc_health.v1 import health
 from sqlalchemy.exc import SQLAlchemyError
 
 from leadflow import db, kit
-from leadflow.config import Config, ConfigError, load_config
+from leadflow.config import Config, load_config
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from routing_service.config import Settings
 from routing_service.peers import Peers
@@ -58,11 +57,7 @@ async def purge_forever(store: RoutingStore, every_s: float = PURGE_EVERY_S) -> 
 async def main() -> None:
     kit.configure_logging()
     settings = Settings.from_env()
-    try:
-        config = load_config(settings.service.config_path)
-    except ConfigError as exc:
-        log.error("invalid configuration %s:\n%s", settings.service.config_path, exc)
-        sys.exit(2)
+    config = load_config(settings.service.config_path)  # kit.run_main reports a ConfigError
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "routing")
     store = await RoutingStore.open(url, settings.schema)
     peers = Peers(settings.peers, settings.stats_ttl_s)

@@ -55,7 +55,9 @@ def test_defaults_fill_what_the_spec_leaves_optional() -> None:
 
 def test_unknown_buyer_is_reported_with_its_path() -> None:
     text = BASE.replace("steps: [{buyer: acme}]", "steps: [{buyer: acme}, {buyer: acme2}]")
-    assert problems(text) == ["flows[0].stages[0].steps[1].buyer: unknown buyer 'acme2'"]
+    assert problems(text) == [
+        "flows[0].stages[0].steps[1].buyer: unknown buyer 'acme2' (did you mean 'acme'?)"
+    ]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -72,7 +74,9 @@ def test_unknown_keys_are_errors_not_ignored() -> None:
     text = BASE.replace("name: Main", "name: Main").replace(
         "- name: main", "- name: main\n        strategi: priority"
     )
-    assert problems(text) == ["flows[0].stages[0].strategi: Extra inputs are not permitted"]
+    assert problems(text) == [
+        "flows[0].stages[0].strategi: unknown key 'strategi' (did you mean 'strategy'?)"
+    ]
 
 
 def test_missing_required_key_names_its_path() -> None:
