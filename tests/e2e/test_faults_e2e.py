@@ -327,9 +327,12 @@ def wait_outbox_drained(suite: Suite, storage: Storage) -> float:
     raise AssertionError(f"{waiting} lead records still in the outbox after {DRAIN_TIMEOUT_S}s")
 
 
-def check_ledger(storage: Storage, answers: list[Answer], buyer: BuyerServer) -> dict[str, Any]:
+def check_ledger(
+    storage: Storage, answers: list[Answer], buyer: BuyerServer, *, resent: bool = False
+) -> dict[str, Any]:
     """Every 201 answer's lead is in the ledger once with that outcome and price; no sale or
-    purchase twice; the journal balances; no buyer got a lead twice. Returns counts to report."""
+    purchase twice; the journal balances; no buyer got a lead twice (with `resent`, but for the
+    same request sent again, its webhook-id unchanged). Returns counts to report."""
     sources = {
         lead_id: (outcome, price_paid)
         for lead_id, outcome, price_paid in storage.rows(
@@ -392,7 +395,12 @@ def check_ledger(storage: Storage, answers: list[Answer], buyer: BuyerServer) ->
     assert sum(balances.values()) == 0, "the trial balance is not zero"
 
     deliveries = Counter((r["path"], r["data"]["email"]) for r in buyer.received)
-    twice = [key for key, n in deliveries.items() if n > 1]
+    if resent:
+        # The same request sent again is no second delivery: the buyer de-duplicates it.
+        ids = {(r["path"], r["data"]["email"], r["headers"]["webhook-id"]) for r in buyer.received}
+        twice = [key for key, n in Counter(key[:2] for key in ids).items() if n > 1]
+    else:
+        twice = [key for key, n in deliveries.items() if n > 1]
     assert not twice, f"{len(twice)} leads delivered twice to one buyer: {twice[:5]}"
     emails = {a.lead_id: a.email for a in told}
     unseen = [
@@ -548,6 +556,7 @@ buyers:
       type: http
       url: {url}/acme
       timeout_ms: 5000
+      retry: {{idempotent: IDEMPOTENT}}
       mapping: {{email: "{{{{lead.email}}}}", state: "{{{{lead.state}}}}"}}
       response: {{outcome_search_term: accepted, outcome_search_path: status}}
   - id: budget
@@ -557,6 +566,7 @@ buyers:
       type: http
       url: {url}/budget
       timeout_ms: 5000
+      retry: {{idempotent: IDEMPOTENT}}
       mapping: {{email: "{{{{lead.email}}}}", state: "{{{{lead.state}}}}"}}
       response: {{outcome_search_term: accepted, outcome_search_path: status}}
 flows:
@@ -626,19 +636,34 @@ def acme_cap(storage: Storage) -> tuple[int, int]:
     return int(used), int(held)
 
 
+def wait_attempts_settled(storage: Storage) -> None:
+    """Until delivery's recovery has settled every cut-off delivery (its attempt rows gone)."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        [(left,)] = storage.rows("delivery", "SELECT count(*) FROM http_attempts")
+        if left == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{left} deliveries still unsettled after {DRAIN_TIMEOUT_S}s")
+
+
+@pytest.mark.parametrize("idempotent", [False, True], ids=["operator", "idempotent"])
 async def test_killing_delivery_mid_request_never_sells_a_lead_twice_or_for_free(
-    buyer_150ms: BuyerServer, storage: Storage
+    buyer_150ms: BuyerServer, storage: Storage, idempotent: bool
 ) -> None:
-    """Issue 13 item 8: SIGKILL of delivery_service at 50 leads/s while the buyer takes 150 ms
-    to answer. A lead Acme received is never offered to Budget too (exclusive stage), and each
-    one is booked as Acme's sale or left `unknown` for operators, its cap still held; once the
-    operator resolves them, the ledger, the caps and the buyer report agree."""
+    """Issue 13 item 8: SIGKILL of delivery_service at 50 leads/s while the buyers take 150 ms
+    to answer. A lead Acme received is never offered to Budget too (exclusive stage). Each one
+    is booked as Acme's sale: at once, late by delivery's recovery (an idempotent buyer gets the
+    same request again), or by an operator resolving it from the `unknown` list, its cap held
+    until then; afterwards the ledger, the caps and the buyer report agree."""
     buyer = buyer_150ms
     faults = [Fault(2.0, "delivery_service", signal.SIGKILL)]
-    suite = await asyncio.to_thread(run_suite, buyer, storage, EXCLUSIVE_CONFIG)
+    config = EXCLUSIVE_CONFIG.replace("IDEMPOTENT", "true" if idempotent else "false")
+    suite = await asyncio.to_thread(run_suite, buyer, storage, config)
     try:
         answers = await run_load_with_faults(suite, count=200, rate=50, faults=faults)
         await asyncio.to_thread(wait_outbox_drained, suite, storage)
+        await asyncio.to_thread(wait_attempts_settled, storage)
         assert {a.status for a in answers} == {201}, tally(answers, faults)
         # As if it were a sale: every lead is the vendor's success, an unknown offer included.
         assert {a.outcome for a in answers} == {"success"}, tally(answers, faults)
@@ -656,12 +681,9 @@ async def test_killing_delivery_mid_request_never_sells_a_lead_twice_or_for_free
                 "ledger", "SELECT lead_id, id, buyer_id, outcome FROM recipient_events"
             )
         }
-        completed = {
-            event: outcome
-            for event, outcome in storage.rows(
-                "ledger", "SELECT recipient_event_id, outcome FROM delivery_results"
-            )
-        }
+        completed = dict(
+            storage.rows("ledger", "SELECT recipient_event_id, outcome FROM delivery_results")
+        )
         acme_received = [email for email, seen in paths.items() if "/acme" in seen]
         acme_events = [events[(lead_of[email], "acme")] for email in acme_received]
         # Booked as Acme's sale, or unknown (settled by delivery's recovery or still open).
@@ -672,6 +694,9 @@ async def test_killing_delivery_mid_request_never_sells_a_lead_twice_or_for_free
         open_events = {event for event in unknown if event not in completed}
         late_booked = {event for event in unknown if completed.get(event) == "success"}
         assert open_events | late_booked == set(unknown), completed
+        if idempotent:
+            # Sent again with the same webhook-id and booked from the buyer's answer.
+            assert not open_events, open_events
         listed = listed_unknown(suite)
         assert open_events <= set(listed), (open_events, listed)
         email_of = {a.lead_id: a.email for a in answers}
@@ -683,6 +708,8 @@ async def test_killing_delivery_mid_request_never_sells_a_lead_twice_or_for_free
         # come back and reached their deadline first (never sent, but the gateway cannot tell).
         never_sent = {event for event, buyer_id in listed.items() if not received(event, buyer_id)}
         assert not never_sent & open_events
+        if idempotent:
+            assert never_sent == set(listed), listed
         # Held, not committed and not released, while unsettled.
         sold_now = sum(1 for _, o in acme_events if o == "success") + len(late_booked)
         held = sum(1 for buyer_id in listed.values() if buyer_id == "acme")
@@ -720,7 +747,7 @@ async def test_killing_delivery_mid_request_never_sells_a_lead_twice_or_for_free
         [acme] = [row for row in report["rows"] if row["buyer_id"] == "acme"]
         assert (acme["sold"], acme["unknown"], acme["errors"]) == (len(acme_received), 0, 0)
         assert acme["sales_total"] == Decimal(len(acme_received) * 20)
-        counts = check_ledger(storage, answers, buyer)
+        counts = check_ledger(storage, answers, buyer, resent=idempotent)
         print(tally(answers, faults), counts, {"unknown": len(unknown), "late": len(late_booked)})
     finally:
         assert await asyncio.to_thread(suite.stop) == 0
