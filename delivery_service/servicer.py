@@ -175,7 +175,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         key = (buyer.id, request.request_id)
         task = self._recent.get(key) if request.request_id else None
         if task is None:
-            if not request.request_id:
+            retriable = bool(request.request_id)
+            if not retriable:
                 request.request_id = uuid.uuid4().hex
             task = asyncio.create_task(
                 self._deliver(
@@ -190,7 +191,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            self._recent.put(key, task)
+            if retriable:
+                self._recent.put(key, task)
         # A caller that gives up (deadline) must not cut the exchange with the buyer short.
         result = await asyncio.shield(task)
         if self.attempt_log is not None and buyer.id in self._adapters:
