@@ -161,7 +161,7 @@ class Running:
 @pytest.fixture
 async def running(buyer: Buyer, database: Database) -> AsyncIterator[Running]:
     ledger_store = await LedgerStore.open(database.url, database.schema)
-    for lead_id, buyer_id in (("L1", "idem"), ("L2", "plain"), ("L3", "plain")):
+    for lead_id, buyer_id in (("L1", "idem"), ("L2", "plain"), ("L3", "plain"), ("L4", "plain")):
         await ledger_store.record(unknown_lead(lead_id, buyer_id))
     service = ServiceSettings("", "", database.url, "127.0.0.1", 0, None)
     ledger_server, ledger_port, ledger_health = await create_ledger(
@@ -271,3 +271,19 @@ async def test_recovery_books_a_recorded_answer_and_leaves_a_silent_one_to_opera
     # Not resent (the buyer does not de-duplicate) and not guessed: still unknown.
     assert await settled_outcome(running, "L3") == []
     assert buyer.received == []
+
+
+async def test_an_answer_whose_caller_gave_up_waiting_is_booked_late(
+    running: Running, buyer: Buyer
+) -> None:
+    """The gateway's deadline passed while the buyer was still answering (the gateway books the
+    offer `unknown`): the answer that came afterwards is the event's late outcome."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await running.stub.DeliverLead(deliver_request("L4", "plain"), timeout=0.3)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    buyer.release.set()
+
+    async def booked() -> bool:
+        return await settled_outcome(running, "L4") == [lead_pb2.OUTCOME_SUCCESS]
+
+    await until(booked)
