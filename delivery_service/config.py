@@ -21,6 +21,8 @@ class Settings:
     recent_results: int = 10_000
     grace_seconds: float = 10.0
     ledger_address: str | None = None
+    # Where routing is: recovery settles the caps of a late outcome there (SPEC 8.1).
+    routing_address: str | None = None
     schema: str = "delivery"
     runner: RunnerSettings = field(default_factory=RunnerSettings)
 
@@ -31,5 +33,6 @@ class Settings:
             recent_results=env_int("LEADFLOW_DELIVERY_RECENT_RESULTS", 10_000, 0, 10_000_000),
             grace_seconds=env_number("LEADFLOW_SHUTDOWN_GRACE_SECONDS", 10, 0, 3600),
             ledger_address=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
+            routing_address=os.environ.get("LEADFLOW_ROUTING_ADDR") or None,
             runner=RunnerSettings.from_env(),
         )

@@ -448,10 +448,14 @@ class RequestBuilder:
         return PreparedRequest(spec.method, url, headers, body, described)
 
     def sign(self, request: PreparedRequest, message_id: str, timestamp: int) -> PreparedRequest:
-        """The request with fresh signature headers (each attempt has its own timestamp)."""
-        if self._signing_key is None:
-            return request
-        signed = signature_headers(self._signing_key, message_id, timestamp, request.body)
+        """The request with `webhook-id` (the recipient event id: a buyer de-duplicates on it)
+        and `webhook-timestamp`, signed or not (SPEC 8.1), and with a signing secret a fresh
+        signature (each attempt has its own timestamp)."""
+        signed = (
+            signature_headers(self._signing_key, message_id, timestamp, request.body)
+            if self._signing_key is not None
+            else {"webhook-id": message_id, "webhook-timestamp": str(timestamp)}
+        )
         head, _, body_text = request.described.partition("\n\n")
         shown = "\n".join(
             f"{name}: {MASK if name == 'webhook-signature' else value}"

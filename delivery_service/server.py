@@ -13,6 +13,7 @@ from grpc_health.v1 import health
 from delivery_service.config import Settings
 from delivery_service.http_adapter import HttpAdapter, create_session
 from delivery_service.ping import Pinger
+from delivery_service.recovery import AttemptLog, Recovery
 from delivery_service.runner import BatchRunner
 from delivery_service.servicer import DeliveryServicer
 from delivery_service.store import DeliveryStore
@@ -48,13 +49,18 @@ class DeliveryServer:
     runner: BatchRunner | None
     session: aiohttp.ClientSession | None  # owned: closed at the end
     grace: float
+    recovery: Recovery | None = None
 
     async def after_stop(self) -> None:
         """Once the server stopped taking calls: end the scheduler (a file being sent gets the
         grace period), let deliveries finish, close the HTTP session."""
         if self.runner is not None:
             await self.runner.stop(self.grace)
+        if self.recovery is not None:
+            await self.recovery.close()
         await self.servicer.drain(self.grace)
+        if self.servicer.attempt_log is not None:
+            await self.servicer.attempt_log.drain()
         if self.session is not None:
             await self.session.close()
 
@@ -75,6 +81,7 @@ async def start_delivery(
         allow_private_network=config.account.allow_private_network_delivery
     )
     runner = None
+    recovery: Recovery | None = None
     try:
         if store is not None:
             runner = BatchRunner(config, store, settings.runner, settings.ledger_address)
@@ -82,6 +89,16 @@ async def start_delivery(
             config, build_adapters(config, session), settings.recent_results, runner
         )
         servicer.pinger = Pinger(config, session)
+        if store is not None:
+            servicer.attempt_log = AttemptLog(store)
+            recovery = Recovery(
+                config,
+                store,
+                servicer.redeliver,
+                settings.ledger_address,
+                settings.routing_address,
+                settings.runner.tick_seconds,
+            )
         server, port, health_servicer = await kit.start_service(
             delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server,
             servicer,
@@ -91,11 +108,15 @@ async def start_delivery(
     except BaseException:
         if runner is not None:
             await runner.reporter.close()
+        if recovery is not None:
+            await recovery.close()
         if http_session is None:
             await session.close()
         raise
     if runner is not None:
         runner.start()
+    if recovery is not None:
+        recovery.start()
     return DeliveryServer(
         server,
         port,
@@ -104,6 +125,7 @@ async def start_delivery(
         runner,
         None if http_session is not None else session,
         settings.grace_seconds,
+        recovery,
     )
 
 

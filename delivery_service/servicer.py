@@ -20,6 +20,7 @@ from delivery_service.batches import REALTIME, Batch, QueueState, batch_spec
 from delivery_service.breaker import Breakers
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from delivery_service.ping import Pinger, ping_response
+from delivery_service.recovery import AttemptLog
 from delivery_service.runner import BatchError, BatchRunner
 from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
@@ -49,6 +50,18 @@ _BATCH_ERRORS = {
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+
+
+class _NotRecorded(Exception):
+    """The attempt could not be written before its request would leave: it is not sent."""
+
+
+async def _record_answer(attempt_log: AttemptLog, event_id: str, result: DeliveryResult) -> None:
+    try:
+        await attempt_log.answered(event_id, result)
+    except Exception:
+        # The caller still gets the answer; recovery would resend (idempotent buyers) or drop it.
+        log.exception("the answer to delivery %s was not recorded", event_id)
 
 
 class RecentResults:
@@ -129,6 +142,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self.owned_tasks: set[asyncio.Task[None]] = set()
         # Set by the server once its HTTP session exists; None answers pings with an error.
         self.pinger: Pinger | None = None
+        # Set by the server when there is storage: HTTP deliveries are recorded (SPEC 8.1).
+        self.attempt_log: AttemptLog | None = None
 
     async def drain(self, grace_seconds: float) -> None:
         """Let deliveries still talking to buyers finish (bounded) before the session closes."""
@@ -160,23 +175,53 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         key = (buyer.id, request.request_id)
         task = self._recent.get(key) if request.request_id else None
         if task is None:
+            retriable = bool(request.request_id)
+            if not retriable:
+                request.request_id = uuid.uuid4().hex
             task = asyncio.create_task(
                 self._deliver(
                     buyer,
                     lead,
-                    request.request_id or uuid.uuid4().hex,
+                    request.request_id,
                     sale_price=_price(request, "sale_price"),
                     purchase_price=_price(request, "purchase_price"),
                     bid_id=request.bid_id,
+                    durable=request,
                 )
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            if request.request_id:
+            if retriable:
                 self._recent.put(key, task)
         # A caller that gives up (deadline) must not cut the exchange with the buyer short.
         result = await asyncio.shield(task)
+        if self.attempt_log is not None and buyer.id in self._adapters:
+            attempt_log, event_id = self.attempt_log, request.request_id
+
+            def answered(call: Any) -> None:
+                # The answer reached a caller still waiting: nothing for recovery to settle.
+                if not call.cancelled():
+                    attempt_log.done(event_id)
+
+            # The stubs declare the callback type as a class rather than a Protocol.
+            context.add_done_callback(answered)  # type: ignore[arg-type]
         return result_to_proto(result, self._config.account.currency)
+
+    async def redeliver(self, request: delivery_service_pb2.DeliverLeadRequest) -> DeliveryResult:
+        """Recovery's resend of a recorded request to an idempotent buyer: the same event id,
+        so the same `webhook-id`; not recorded again (recovery holds the attempt)."""
+        buyer = self._config.buyers_by_id.get(request.buyer_id)
+        problem, lead = self._read_lead(request)
+        if buyer is None or lead is None:
+            return DeliveryResult("error", problem or f"unknown buyer {request.buyer_id!r}")
+        return await self._deliver(
+            buyer,
+            lead,
+            request.request_id,
+            sale_price=_price(request, "sale_price"),
+            purchase_price=_price(request, "purchase_price"),
+            bid_id=request.bid_id,
+        )
 
     async def PingBuyer(
         self,
@@ -229,7 +274,11 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         sale_price: Decimal | None,
         purchase_price: Decimal | None,
         bid_id: str = "",
+        durable: delivery_service_pb2.DeliverLeadRequest | None = None,
     ) -> DeliveryResult:
+        """One delivery. With `durable` (the request, as the caller sent it) and an attempt log,
+        an HTTP delivery is recorded before its request leaves and its answer before it is
+        returned (SPEC 8.1); one that cannot be recorded is not sent."""
         adapter = self._adapters.get(buyer.id)
         kind = buyer.delivery.type if buyer.delivery is not None else "none"
         start = perf_counter()
@@ -244,7 +293,14 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             result = DeliveryResult("error", refusal[0])  # the buyer is not called at all
         else:
             probe, errored = refusal[1], None
+            attempt_log = self.attempt_log if durable is not None else None
             try:
+                if attempt_log is not None:
+                    assert durable is not None
+                    try:
+                        await attempt_log.sent(buyer, durable, message_id)
+                    except Exception as exc:
+                        raise _NotRecorded from exc
                 context = lead_context(
                     self._config,
                     lead,
@@ -255,6 +311,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 )
                 result = await adapter.deliver(lead.fields, context, message_id)
                 errored = result.outcome == "error"  # 5xx, timeout, connection failure
+                if attempt_log is not None:
+                    await _record_answer(attempt_log, message_id, result)
+            except _NotRecorded:
+                log.exception(
+                    "the delivery of lead %s to buyer %s was not recorded", lead.id, buyer.id
+                )
+                result = DeliveryResult("error", "the delivery could not be recorded: not sent")
             except TemplateError as exc:
                 result = DeliveryResult("error", f"cannot build the request: {exc}")
             except Exception:

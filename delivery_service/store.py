@@ -14,16 +14,19 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from delivery_service.attempts import ANSWER_GRACE, ANSWERED, SENT, Answer, HttpAttempt, SentAttempt
 from delivery_service.batches import Backoff, Batch, OutcomeReport, ScheduleState
 from delivery_service.files import QueuedLead
 from delivery_service.tables import (
     Base,
     BatchRow,
     BuyerScheduleRow,
+    HttpAttemptRow,
     OutcomeReportRow,
     QueuedLeadRow,
 )
@@ -47,6 +50,7 @@ class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._postgres = engine.dialect.name == "postgresql"
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
@@ -496,6 +500,108 @@ class DeliveryStore:
         )
         return list(ids)
 
+    # --- HTTP attempts (SPEC 8.1) ------------------------------------------------------------
+
+    async def record_sent(self, sent: Sequence[SentAttempt]) -> None:
+        """Before their requests leave; a retried DeliverLead's row is already there."""
+        insert = (postgresql.insert if self._postgres else sqlite.insert)(HttpAttemptRow)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert.on_conflict_do_nothing(index_elements=["event_id"]),
+                [
+                    {
+                        "event_id": item.event_id,
+                        "buyer_id": item.buyer_id,
+                        "lead_id": item.lead_id,
+                        "request": item.request,
+                        "state": SENT,
+                        "send_time": item.send_time,
+                        "next_try_time": item.orphan_time,
+                        "outcome": "",
+                        "reason": "",
+                        "attempts": [],
+                        "tries": 0,
+                        "last_error": "",
+                    }
+                    for item in sent
+                ],
+            )
+
+    async def record_answers(self, answers: Sequence[Answer]) -> None:
+        """The buyers' answers, before they are returned; looked at by recovery after a grace."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(HttpAttemptRow)
+                .where(HttpAttemptRow.event_id == bindparam("b_event_id"))
+                .values(
+                    state=ANSWERED,
+                    answer_time=bindparam("b_answer_time"),
+                    next_try_time=bindparam("b_next_try_time"),
+                    outcome=bindparam("b_outcome"),
+                    reason=bindparam("b_reason"),
+                    price_micros=bindparam("b_price_micros"),
+                    attempts=bindparam("b_attempts"),
+                ),
+                [
+                    {
+                        "b_event_id": a.event_id,
+                        "b_answer_time": a.answer_time,
+                        "b_next_try_time": a.answer_time + ANSWER_GRACE,
+                        "b_outcome": a.outcome,
+                        "b_reason": a.reason,
+                        "b_price_micros": None if a.price is None else to_micros(a.price),
+                        "b_attempts": [attempt.to_json() for attempt in a.attempts],
+                    }
+                    for a in answers
+                ],
+            )
+
+    async def forget_attempts(self, event_ids: Sequence[str]) -> None:
+        """Deliveries whose caller has their answer, or that recovery settled."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(HttpAttemptRow).where(HttpAttemptRow.event_id.in_(list(event_ids)))
+            )
+
+    async def due_attempts(
+        self, now: datetime, hold_until: datetime, limit: int
+    ) -> list[HttpAttempt]:
+        """Attempts recovery should look at, held back from other replicas until `hold_until`."""
+        async with self._sessions.begin() as session:
+            rows = list(
+                await session.scalars(
+                    select(HttpAttemptRow)
+                    .where(HttpAttemptRow.next_try_time <= now)
+                    .order_by(HttpAttemptRow.next_try_time, HttpAttemptRow.event_id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if rows:
+                await session.execute(
+                    update(HttpAttemptRow)
+                    .where(HttpAttemptRow.event_id.in_([row.event_id for row in rows]))
+                    .values(next_try_time=hold_until)
+                )
+            return [_attempt(row) for row in rows]
+
+    async def attempt_failed(self, event_id: str, error: str, next_try_time: datetime) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(HttpAttemptRow)
+                .where(HttpAttemptRow.event_id == event_id)
+                .values(
+                    tries=HttpAttemptRow.tries + 1,
+                    last_error=error[:500],
+                    next_try_time=next_try_time,
+                )
+            )
+
+    async def open_attempts(self) -> int:
+        """Deliveries not known to be settled (for tests and the gauge)."""
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(HttpAttemptRow)) or 0)
+
     # --- outcomes for the ledger ------------------------------------------------------------
 
     async def due_reports(
@@ -641,5 +747,28 @@ def _outcome(row: OutcomeReportRow) -> OutcomeReport:
         sale_price=from_micros(row.sale_price_micros),
         complete_time=row.complete_time,
         attempts=tuple(DeliveryAttempt.from_json(item) for item in row.attempts),
+        tries=row.tries,
+    )
+
+
+def _attempt(row: HttpAttemptRow) -> HttpAttempt:
+    answer = None
+    if row.state == ANSWERED and row.answer_time is not None:
+        answer = Answer(
+            event_id=row.event_id,
+            outcome=row.outcome,
+            reason=row.reason,
+            price=None if row.price_micros is None else from_micros(row.price_micros),
+            attempts=tuple(DeliveryAttempt.from_json(item) for item in row.attempts),
+            answer_time=row.answer_time,
+        )
+    return HttpAttempt(
+        event_id=row.event_id,
+        buyer_id=row.buyer_id,
+        lead_id=row.lead_id,
+        request=row.request,
+        state=row.state,
+        send_time=row.send_time,
+        answer=answer,
         tries=row.tries,
     )

@@ -123,3 +123,36 @@ class OutcomeReportRow(Base):
     tries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     reported_time: Mapped[datetime | None] = mapped_column(db.UtcDateTime(), default=None)
+
+
+class HttpAttemptRow(Base):
+    """A real-time HTTP delivery, written before its request leaves (SPEC 8.1) and deleted once
+    its answer reached the caller. A row that outlives that is a delivery whose caller may not
+    know its fate: `sent` (no answer recorded: the process died, or the buyer is still being
+    awaited) or `answered` (the answer was recorded but perhaps never returned). Recovery
+    resends the first for an idempotent buyer and reports the second to the ledger."""
+
+    __tablename__ = "http_attempts"
+    __table_args__ = (
+        CheckConstraint("state IN ('sent', 'answered')", name="state"),
+        Index("ix_http_attempts_due", "next_try_time"),
+    )
+
+    # The recipient event id: the request's webhook-id.
+    event_id: Mapped[str] = mapped_column(_ID, primary_key=True)
+    buyer_id: Mapped[str] = mapped_column(_ID)
+    lead_id: Mapped[str] = mapped_column(_ID)
+    # The serialised DeliverLeadRequest: a resend is built from exactly what was offered.
+    request: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16))
+    send_time: Mapped[datetime] = mapped_column(db.UtcDateTime())
+    # When recovery may look at the row: past the longest the delivery can take, or past a
+    # grace after the answer, or a retry's backoff while it is being reported.
+    next_try_time: Mapped[datetime] = mapped_column(db.UtcDateTime())
+    answer_time: Mapped[datetime | None] = mapped_column(db.UtcDateTime(), default=None)
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    price_micros: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default_factory=list)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")

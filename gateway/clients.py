@@ -214,7 +214,11 @@ class Downstream:
         await _idempotent(self.routing.SettleStep, request, ROUTING_DEADLINE_S)
 
     async def settle_lead(
-        self, lead: LeadData, accepted: bool, sales: Sequence[tuple[int, int, str]]
+        self,
+        lead: LeadData,
+        accepted: bool,
+        sales: Sequence[tuple[int, int, str]],
+        unknown: Sequence[tuple[int, int, str]] = (),
     ) -> None:
         request = routing_service_pb2.SettleLeadRequest(
             lead=lead.to_proto(),
@@ -223,8 +227,33 @@ class Downstream:
                 routing_service_pb2.Sale(stage_index=stage, step_index=step, buyer_id=buyer)
                 for stage, step, buyer in sales
             ],
+            unknown=[
+                routing_service_pb2.Sale(stage_index=stage, step_index=step, buyer_id=buyer)
+                for stage, step, buyer in unknown
+            ],
         )
         await _idempotent(self.routing.SettleLead, request, ROUTING_DEADLINE_S)
+
+    async def resolve_step(
+        self, lead_id: str, stage_index: int, step_index: int, sold: bool
+    ) -> routing_service_pb2.ResolveStepResponse:
+        request = routing_service_pb2.ResolveStepRequest(
+            lead_id=lead_id, stage_index=stage_index, step_index=step_index, sold=sold
+        )
+        return await _idempotent(self.routing.ResolveStep, request, ROUTING_DEADLINE_S)
+
+    async def record_delivery_outcome(
+        self, request: ledger_service_pb2.RecordDeliveryOutcomeRequest
+    ) -> ledger_service_pb2.RecordDeliveryOutcomeResponse:
+        return await self.ledger.RecordDeliveryOutcome(request, timeout=LEDGER_DEADLINE_S)
+
+    async def list_unknown_offers(
+        self, limit: int, before_lead_id: str
+    ) -> ledger_service_pb2.ListUnknownOffersResponse:
+        request = ledger_service_pb2.ListUnknownOffersRequest(
+            limit=limit, before_lead_id=before_lead_id
+        )
+        return await self.ledger.ListUnknownOffers(request, timeout=LEDGER_DEADLINE_S)
 
     async def deliver(
         self,

@@ -40,6 +40,7 @@ from gateway.openapi import openapi_json
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LedgerOutbox
 from gateway.rate_limit import RateLimiter
+from gateway.recipients_api import add_recipient_routes
 from gateway.reports_api import add_report_routes
 from gateway.store import GatewayStore, IntakeRow, KeyInProgress, StoredResponse
 from leadflow.config import Config, Flow
@@ -339,6 +340,7 @@ def create_app(
     add_batch_routes(app, config, downstream)
     add_feedback_routes(app, config, downstream, outbox)
     add_report_routes(app, config, downstream, outbox)
+    add_recipient_routes(app, config, downstream, outbox)
     from gateway.ping_api import add_ping_routes  # here: ping_api builds on this module
 
     add_ping_routes(app)

@@ -33,7 +33,26 @@ log = logging.getLogger(__name__)
 # Outcomes that allocate the lead to the buyer. A `queued` lead (a batch buyer's, waiting for its
 # file) counts toward the stage's `sell`, ends an exclusive stage and satisfies `require_sale`
 # like a sale: the buyer holds it and capacity is reserved for it; revenue waits for the file.
-ALLOCATED = frozenset({"success", "queued"})
+# So does an `unknown` offer (SPEC 8.1: the buyer may have it), whose holds stay held until it is
+# resolved and which earns nothing until then.
+ALLOCATED = frozenset({"success", "queued", "unknown"})
+# Outcomes that are the buyer's sale for routing's counts now (an unknown one is resolved later).
+SOLD = frozenset({"success", "queued"})
+# A failed DeliverLead call after which the buyer may have the lead: the call was sent (calls
+# wait for a ready channel, so one never sent only ever ends at its deadline) and delivery died,
+# became unreachable or did not answer in time. Any other status is delivery refusing the
+# request before anything left.
+FATE_UNKNOWN = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 def new_lead_id() -> str:
@@ -342,7 +361,8 @@ class Orchestrator:
         try:
             await self._deliver(run, recipient, candidate.bid_id)
         finally:
-            if candidate.capped:
+            # An unknown offer's holds stay held: SettleLead keeps them until it is resolved.
+            if candidate.capped and recipient.outcome != "unknown":
                 await self._settle_step(run, recipient)
         recipient.duration_ms = int((perf_counter() - started) * 1000)
 
@@ -355,7 +375,7 @@ class Orchestrator:
                 run.lead,
                 recipient.stage_index,
                 recipient.step_index,
-                recipient.outcome in ALLOCATED,
+                recipient.outcome in SOLD,
                 recipient.sale_price,
             )
         except grpc.aio.AioRpcError as exc:
@@ -367,12 +387,15 @@ class Orchestrator:
         if not run.needs_settlement:
             return
         sales = [
+            (r.stage_index, r.step_index, r.buyer_id) for r in run.recipients if r.outcome in SOLD
+        ]
+        unknown = [
             (r.stage_index, r.step_index, r.buyer_id)
             for r in run.recipients
-            if r.outcome in ALLOCATED
+            if r.outcome == "unknown"
         ]
         try:
-            await self._downstream.settle_lead(run.lead, run.outcome == "success", sales)
+            await self._downstream.settle_lead(run.lead, run.outcome == "success", sales, unknown)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: settling with routing: %s", run.lead.id, exc.code().name)
 
@@ -389,9 +412,15 @@ class Orchestrator:
                 bid_id=bid_id,
             )
         except grpc.aio.AioRpcError as exc:
-            # A delivery that cannot be attempted is this step's error; the next step still runs.
-            recipient.outcome = "error"
-            recipient.reason = f"Delivery unavailable: {exc.code().name}"
+            if exc.code() in FATE_UNKNOWN:
+                # SPEC 8.1: never `error` (the next buyer would get a lead this one may have
+                # bought, for free): allocated until delivery's recovery or an operator settles it.
+                recipient.outcome = "unknown"
+                recipient.reason = f"Delivery interrupted ({exc.code().name}): outcome unknown"
+            else:
+                # Refused before anything was sent: this step's error; the next step still runs.
+                recipient.outcome = "error"
+                recipient.reason = f"Delivery unavailable: {exc.code().name}"
         else:
             recipient.outcome = outcome_from_proto(answer.outcome)
             recipient.reason = answer.reason

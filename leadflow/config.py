@@ -200,6 +200,9 @@ class Retry(Model):
     backoff_ms: int = Field(200, ge=0)
     multiplier: Decimal = Field(Decimal(2), ge=1)
     max_backoff_ms: int = Field(2000, ge=0)
+    # The buyer de-duplicates on `webhook-id`: a delivery whose fate a crash left unknown is
+    # sent again on restart (SPEC 8.1) instead of waiting for an operator.
+    idempotent: bool = False
 
 
 class BasicAuth(Model):

@@ -60,6 +60,8 @@ class BuyerLine:
     returns: int = 0
     return_credit_micros: int = 0
     failed_opportunity_micros: int = 0
+    # Offers whose fate is unknown and not resolved yet (SPEC 8.1).
+    unknown: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def buyer_response(lines: Iterable[BuyerLine], currency: str) -> pb.GetBuyerRepo
                 sold=line.sold,
                 failed=line.failed,
                 errors=line.errors,
+                unknown=line.unknown,
                 sales_total=_money(line.sales_micros, currency),
                 returns=line.returns,
                 return_credits=_money(line.return_credit_micros, currency),
@@ -144,6 +147,7 @@ def buyer_lines(response: pb.GetBuyerReportResponse) -> list[BuyerLine]:
             sold=row.sold,
             failed=row.failed,
             errors=row.errors,
+            unknown=row.unknown,
             sales_micros=_micros(row.sales_total),
             returns=row.returns,
             return_credit_micros=_micros(row.return_credits),
@@ -292,6 +296,7 @@ BUYER_COLUMNS = (
     "sold",
     "failed",
     "errors",
+    "unknown",
     "sales_total",
     "returns",
     "return_credits",
@@ -357,6 +362,7 @@ def buyer_report(query: ReportQuery, lines: Iterable[BuyerLine], config: Config)
                 "sold": line.sold,
                 "failed": line.failed,
                 "errors": line.errors,
+                "unknown": line.unknown,
                 "sales_total": _dollars(line.sales_micros),
                 "returns": line.returns,
                 "return_credits": _dollars(line.return_credit_micros),

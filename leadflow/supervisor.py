@@ -67,8 +67,9 @@ def plan(
         }
         if module == "gateway":
             env.update(addresses, LEADFLOW_HTTP_PORT=str(http_port), LEADFLOW_HTTP_HOST=host)
-        if module == "delivery_service":  # reports batch outcomes to the ledger
+        if module == "delivery_service":  # reports late outcomes to the ledger and routing
             env["LEADFLOW_LEDGER_ADDR"] = addresses["LEADFLOW_LEDGER_ADDR"]
+            env["LEADFLOW_ROUTING_ADDR"] = addresses["LEADFLOW_ROUTING_ADDR"]
         if module == "routing_service":  # quotes (pricing), pings (delivery), stats (ledger)
             env.update({k: v for k, v in addresses.items() if "ROUTING" not in k})
         children.append(Child(module, env, BACKGROUND_NICE.get(module, 0)))

@@ -14,7 +14,7 @@ import orjson
 from leadflow.common.v1 import lead_pb2
 from leadflow.money import ZERO, from_proto, to_proto
 
-OUTCOMES = ("success", "failure", "error", "skip", "queued")
+OUTCOMES = ("success", "failure", "error", "skip", "queued", "unknown")
 _TO_ENUM = {name: lead_pb2.Outcome.Value(f"OUTCOME_{name.upper()}") for name in OUTCOMES}
 _FROM_ENUM = {value: name for name, value in _TO_ENUM.items()}
 

@@ -14,7 +14,7 @@ from leadflow.money import ZERO, to_micros
 from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit
 
 SOURCE_OUTCOMES = frozenset({"success", "failure", "error"})
-# skip and queued only make sense for one buyer step, never for the lead as a whole.
+# skip, queued and unknown only make sense for one buyer step, never for the lead as a whole.
 RECIPIENT_OUTCOMES = frozenset(OUTCOMES)
 DEFAULT_CURRENCY = "USD"
 # Ids become primary keys and appear in URLs and logs: printable ASCII, no spaces, bounded.
@@ -120,6 +120,37 @@ class DeliveryOutcome:
 
 
 @dataclass(frozen=True)
+class CompletedEvent:
+    """What RecordDeliveryOutcome did: the outcome now recorded for the event (the first one on
+    a repeat) and where the event sits, for the caller to settle routing's holds."""
+
+    created: bool
+    outcome: str
+    lead_id: str
+    stage_index: int
+    step_index: int
+    buyer_id: str
+    # The recipient event's outcome before this completion: queued or unknown.
+    pending: str
+
+
+@dataclass(frozen=True)
+class UnknownOffer:
+    """A recipient event recorded `unknown` and not resolved yet: for operators to settle."""
+
+    recipient_event_id: str
+    lead_id: str
+    flow_id: str
+    source_id: str
+    buyer_id: str
+    stage_index: int
+    step_index: int
+    sale_price: Decimal
+    submit_time: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
 class StoredOutcome:
     """A delivery outcome as recorded, with the price it was booked at."""
 
@@ -133,7 +164,11 @@ class UnknownEvent(LookupError):
 
 
 class NotQueued(Exception):
-    """The recipient event did not end `queued`: its outcome is already final."""
+    """The recipient event did not end `queued` or `unknown`: its outcome is already final."""
+
+
+# Recipient outcomes a later outcome completes (a batch file, or an offer whose fate was unknown).
+PENDING_OUTCOMES = frozenset({"queued", "unknown"})
 
 
 def check_outcome(outcome: DeliveryOutcome) -> None:

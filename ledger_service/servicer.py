@@ -71,6 +71,8 @@ REPORT_CURRENCY = DEFAULT_CURRENCY
 # RecordLeads posts its records in one transaction: bounded, so that one call holds SQLite's
 # write lock (or PostgreSQL's row locks) briefly, and a conflict's one-at-a-time retry stays short.
 MAX_RECORDS = 500
+DEFAULT_UNKNOWN_PAGE = 50
+MAX_UNKNOWN_PAGE = 500
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
@@ -173,7 +175,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         except InvalidRecord as exc:
             await _abort_invalid(context, exc)
         try:
-            created, posting = await self._store.record_delivery_outcome(outcome)
+            completed, posting = await self._store.record_delivery_outcome(outcome)
         except UnknownEvent:
             # Its lead may still be parked in the gateway's outbox: the caller retries.
             await _abort(
@@ -185,11 +187,50 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             await _abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"recipient event {outcome.recipient_event_id} is not queued",
+                f"recipient event {outcome.recipient_event_id} is neither queued nor unknown",
             )
         if posting is not None:
             metrics.observe_postings([posting])
-        return pb.RecordDeliveryOutcomeResponse(created=created)
+        return pb.RecordDeliveryOutcomeResponse(
+            created=completed.created,
+            outcome=outcome_to_proto(completed.outcome),
+            lead_id=completed.lead_id,
+            stage_index=completed.stage_index,
+            step_index=completed.step_index,
+            buyer_id=completed.buyer_id,
+        )
+
+    async def ListUnknownOffers(
+        self,
+        request: pb.ListUnknownOffersRequest,
+        context: grpc.aio.ServicerContext[
+            pb.ListUnknownOffersRequest, pb.ListUnknownOffersResponse
+        ],
+    ) -> pb.ListUnknownOffersResponse:
+        if request.limit < 0 or request.limit > MAX_UNKNOWN_PAGE:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"limit: must be between 1 and {MAX_UNKNOWN_PAGE}",
+            )
+        offers = await self._store.unknown_offers(
+            request.limit or DEFAULT_UNKNOWN_PAGE, request.before_lead_id
+        )
+        response = pb.ListUnknownOffersResponse()
+        for offer in offers:
+            item = response.offers.add(
+                recipient_event_id=offer.recipient_event_id,
+                lead_id=offer.lead_id,
+                flow_id=offer.flow_id,
+                source_id=offer.source_id,
+                buyer_id=offer.buyer_id,
+                stage_index=offer.stage_index,
+                step_index=offer.step_index,
+                sale_price=to_proto(offer.sale_price, REPORT_CURRENCY),
+                reason=offer.reason,
+            )
+            item.submit_time.FromDatetime(offer.submit_time)
+        return response
 
     async def GetBuyerStats(
         self,

@@ -57,6 +57,8 @@ from ledger_service.feedback import (
 )
 from ledger_service.journal import LeadKey, Posting
 from ledger_service.ledger import (
+    PENDING_OUTCOMES,
+    CompletedEvent,
     DeliveryOutcome,
     EventIdTaken,
     Lead,
@@ -67,6 +69,7 @@ from ledger_service.ledger import (
     SourceEvent,
     StoredOutcome,
     UnknownEvent,
+    UnknownOffer,
 )
 from ledger_service.tables import (
     Base,
@@ -291,11 +294,22 @@ class LedgerStore:
             return [_feedback_record(row) for row in rows]
 
     async def delivery_outcomes(self, lead_id: str) -> list[StoredOutcome]:
-        """Completions of the lead's queued recipient events."""
+        """Completions of the lead's queued and unknown recipient events."""
+        completed = (
+            select(RecipientEventRow.id)
+            .where(
+                RecipientEventRow.lead_id == lead_id,
+                RecipientEventRow.outcome.in_(PENDING_OUTCOMES),
+            )
+            .scalar_subquery()
+        )
         async with self._read_sessions() as session:
             rows = await session.scalars(
                 select(DeliveryResultRow)
-                .where(DeliveryResultRow.lead_id == lead_id, DeliveryResultRow.batch.is_(True))
+                .where(
+                    DeliveryResultRow.lead_id == lead_id,
+                    DeliveryResultRow.recipient_event_id.in_(completed),
+                )
                 .order_by(DeliveryResultRow.complete_time, DeliveryResultRow.recipient_event_id)
             )
             return [_stored_outcome(row) for row in rows]
@@ -315,9 +329,9 @@ class LedgerStore:
 
     async def record_delivery_outcome(
         self, outcome: DeliveryOutcome
-    ) -> tuple[bool, Posting | None]:
-        """Complete a queued recipient event; books the sale on success. Idempotent by event id:
-        a repeat returns (False, None) and writes nothing."""
+    ) -> tuple[CompletedEvent, Posting | None]:
+        """Complete a queued or unknown recipient event; books the sale on success. Idempotent
+        by event id: a repeat writes nothing and returns the first outcome, created=False."""
         now = datetime.now(UTC)
         async with self._writer.begin() as conn:
             row = (
@@ -326,6 +340,8 @@ class LedgerStore:
                         RecipientEventRow.outcome,
                         RecipientEventRow.buyer_id,
                         RecipientEventRow.sale_price_micros,
+                        RecipientEventRow.stage_index,
+                        RecipientEventRow.step_index,
                         LeadRow.id,
                         LeadRow.flow_id,
                         LeadRow.source_id,
@@ -337,7 +353,7 @@ class LedgerStore:
             ).first()
             if row is None:
                 raise UnknownEvent(outcome.recipient_event_id)
-            if row.outcome != "queued":
+            if row.outcome not in PENDING_OUTCOMES:
                 raise NotQueued(outcome.recipient_event_id)
             price = (
                 row.sale_price_micros
@@ -345,6 +361,18 @@ class LedgerStore:
                 else to_micros(outcome.sale_price)
             )
             key = LeadKey(row.id, row.flow_id, row.source_id, row.currency)
+
+            def completed(created: bool, recorded: str) -> CompletedEvent:
+                return CompletedEvent(
+                    created,
+                    recorded,
+                    key.lead_id,
+                    row.stage_index,
+                    row.step_index,
+                    row.buyer_id,
+                    row.outcome,
+                )
+
             inserted = await conn.execute(
                 self._insert_ignore(DeliveryResultRow)
                 .values(
@@ -357,7 +385,7 @@ class LedgerStore:
                     reason=outcome.reason,
                     sale_price_micros=price,
                     complete_time=outcome.complete_time,
-                    batch=True,
+                    batch=row.outcome == "queued",
                     batch_id=outcome.batch_id,
                     attempts=[attempt.to_json() for attempt in outcome.attempts],
                     record_time=now,
@@ -366,14 +394,75 @@ class LedgerStore:
             )
             if inserted.first() is None:
                 log.info("outcome of %s already recorded: replay ignored", key.lead_id)
-                return False, None
+                first = await conn.scalar(
+                    select(DeliveryResultRow.outcome).where(
+                        DeliveryResultRow.recipient_event_id == outcome.recipient_event_id
+                    )
+                )
+                return completed(False, str(first)), None
             posting = None
             if outcome.outcome == "success":
                 posting = journal.sale(
                     key, outcome.recipient_event_id, row.buyer_id, price, outcome.complete_time
                 )
                 await conn.execute(insert(PostingRow), [_posting_values(posting, now)])
-        return True, posting
+        return completed(True, outcome.outcome), posting
+
+    async def unknown_offers(self, limit: int, before_lead_id: str = "") -> list[UnknownOffer]:
+        """Recipient events recorded `unknown` without a later outcome, newest lead first."""
+        query = (
+            select(
+                RecipientEventRow.id,
+                RecipientEventRow.lead_id,
+                LeadRow.flow_id,
+                LeadRow.source_id,
+                RecipientEventRow.buyer_id,
+                RecipientEventRow.stage_index,
+                RecipientEventRow.step_index,
+                RecipientEventRow.sale_price_micros,
+                LeadRow.submit_time,
+                RecipientEventRow.reason,
+            )
+            .join(LeadRow, LeadRow.id == RecipientEventRow.lead_id)
+            .outerjoin(
+                DeliveryResultRow,
+                DeliveryResultRow.recipient_event_id == RecipientEventRow.id,
+            )
+            .where(
+                RecipientEventRow.outcome == "unknown",
+                DeliveryResultRow.recipient_event_id.is_(None),
+            )
+            .order_by(RecipientEventRow.lead_id.desc(), RecipientEventRow.position)
+            .limit(limit)
+        )
+        if before_lead_id:
+            query = query.where(RecipientEventRow.lead_id < before_lead_id)
+        return [
+            UnknownOffer(
+                recipient_event_id=event_id,
+                lead_id=lead_id,
+                flow_id=flow_id,
+                source_id=source_id,
+                buyer_id=buyer_id,
+                stage_index=int(stage_index),
+                step_index=int(step_index),
+                sale_price=from_micros(int(micros)),
+                submit_time=submit_time,
+                reason=reason,
+            )
+            for (
+                event_id,
+                lead_id,
+                flow_id,
+                source_id,
+                buyer_id,
+                stage_index,
+                step_index,
+                micros,
+                submit_time,
+                reason,
+            ) in await self._all(query)
+        ]
 
     # --- Feedback ----------------------------------------------------------------------------
 
@@ -546,8 +635,27 @@ class LedgerStore:
             )
             .group_by(PostingRow.buyer_id, PostingRow.kind)
         )
+        # Offers still unknown, by when their lead arrived: they complete nowhere yet.
+        unknown = (
+            select(RecipientEventRow.buyer_id, func.count())
+            .join(LeadRow, LeadRow.id == RecipientEventRow.lead_id)
+            .outerjoin(
+                DeliveryResultRow,
+                DeliveryResultRow.recipient_event_id == RecipientEventRow.id,
+            )
+            .where(
+                RecipientEventRow.outcome == "unknown",
+                DeliveryResultRow.recipient_event_id.is_(None),
+                _window(LeadRow.submit_time, start, end),
+            )
+            .group_by(RecipientEventRow.buyer_id)
+        )
         totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        delivery_rows, money_rows = await asyncio.gather(self._all(deliveries), self._all(money))
+        delivery_rows, money_rows, unknown_rows = await asyncio.gather(
+            self._all(deliveries), self._all(money), self._all(unknown)
+        )
+        for buyer_id, count in unknown_rows:
+            totals[buyer_id]["unknown"] = int(count)
         for buyer_id, outcome, count, amount in delivery_rows:
             line = totals[buyer_id]
             line["deliveries"] += int(count)

@@ -84,7 +84,8 @@ class RecipientEventRow(Base):
     __table_args__ = (
         UniqueConstraint("lead_id", "position"),
         CheckConstraint(
-            "outcome IN ('success', 'failure', 'error', 'skip', 'queued')", name="outcome"
+            "outcome IN ('success', 'failure', 'error', 'skip', 'queued', 'unknown')",
+            name="outcome",
         ),
         CheckConstraint("sale_price_micros >= 0", name="money"),
     )

@@ -247,8 +247,20 @@ class Router:
         final = step_claims(step, self.plan.facts(lead), sale_price) if sold else []
         return await self._store.settle(lead.id, step_scope(stage_index, step_index), sold, final)
 
+    async def resolve_step(
+        self, lead_id: str, stage_index: int, step_index: int, sold: bool
+    ) -> int:
+        """An unknown offer resolved: commit its held reservations at the amounts held (the
+        quoted sale price), or release them. What is not held any more is left alone, so a
+        repeat changes nothing."""
+        return await self._store.settle(lead_id, step_scope(stage_index, step_index), sold)
+
     async def settle_lead(
-        self, lead: LeadData, accepted: bool, sales: Sequence[SoldStep]
+        self,
+        lead: LeadData,
+        accepted: bool,
+        sales: Sequence[SoldStep],
+        unknown: Sequence[SoldStep] = (),
     ) -> tuple[int, int]:
         flow = self.plan.flow(lead.flow_id)
         if not flow.keeps_state:
@@ -262,5 +274,11 @@ class Router:
         day = self._flow_day(lead)
         records = [SaleRecord(flow.id, s.stage_index, s.step_index, s.buyer_id, day) for s in sales]
         return await self._store.settle_lead(
-            lead.id, accepted, duplicate, until, records, lead.submit_time
+            lead.id,
+            accepted,
+            duplicate,
+            until,
+            records,
+            lead.submit_time,
+            [step_scope(s.stage_index, s.step_index) for s in unknown],
         )

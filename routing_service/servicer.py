@@ -147,5 +147,20 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     ) -> pb.SettleLeadResponse:
         lead = await self._lead(request, context)
         sales = [SoldStep(s.stage_index, s.step_index, s.buyer_id) for s in request.sales]
-        committed, released = await self._router.settle_lead(lead, request.accepted, sales)
+        unknown = [SoldStep(s.stage_index, s.step_index, s.buyer_id) for s in request.unknown]
+        committed, released = await self._router.settle_lead(lead, request.accepted, sales, unknown)
         return pb.SettleLeadResponse(committed=committed, released=released)
+
+    async def ResolveStep(
+        self, request: pb.ResolveStepRequest, context: Context
+    ) -> pb.ResolveStepResponse:
+        if not request.lead_id:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+        if request.stage_index < 0 or request.step_index < 0:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "stage and step indexes are >= 0"
+            )
+        settled = await self._router.resolve_step(
+            request.lead_id, request.stage_index, request.step_index, request.sold
+        )
+        return pb.ResolveStepResponse(settled=settled)

@@ -42,6 +42,8 @@ from routing_service.tables import (
 log = logging.getLogger(__name__)
 
 LEAD_SCOPE = "lead"
+# The expiry of a hold kept for an offer whose fate is unknown: it stays until it is resolved.
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 # Sales rows older than this are deleted: weighted shares read today's, priority ties the last.
 SALES_KEPT_DAYS = 35
 
@@ -228,9 +230,11 @@ class RoutingStore:
         scopes: Collection[str] | None,
         commit: Collection[str],
         final: Sequence[Claim] = (),
+        keep: Collection[str] = (),
     ) -> tuple[int, int]:
-        """Delete a lead's holds (in `scopes`, or all) and give their amounts back; those whose
-        scope is in `commit` are counted as used instead. Returns (committed, released).
+        """Delete a lead's holds (in `scopes`, or all but those in `keep`) and give their amounts
+        back; those whose scope is in `commit` are counted as used instead. Returns (committed,
+        released).
 
         `final` gives committed amounts known only now (a sale price after delivery); a final
         claim whose hold has gone (lapsed and swept) is still counted: the sale happened.
@@ -239,6 +243,8 @@ class RoutingStore:
         where = [CapHold.lead_id == lead_id]
         if scopes is not None:
             where.append(CapHold.scope.in_(list(scopes)))
+        if keep:
+            where.append(CapHold.scope.not_in(list(keep)))
         held = (
             await conn.execute(
                 delete(CapHold)
@@ -418,10 +424,11 @@ class RoutingStore:
         duplicate_until: datetime | None,
         sales: Sequence[SaleRecord],
         sold_time: datetime,
+        unknown: Collection[str] = (),
     ) -> tuple[int, int]:
         """Commit (accepted) or release the lead's admission; commit the holds of sold steps
-        that were not settled yet (SettleStep never arrived) and release every other; count
-        its sales."""
+        that were not settled yet (SettleStep never arrived), keep those of the `unknown` step
+        scopes held until they are resolved, and release every other; count its sales."""
         commit = {step_scope(sale.stage_index, sale.step_index) for sale in sales}
         if accepted:
             commit.add(LEAD_SCOPE)
@@ -443,7 +450,15 @@ class RoutingStore:
                     )
             for sale in sorted(sales, key=lambda s: (s.flow_id, s.stage_index, s.buyer_id)):
                 await self._count_sale(conn, sale, sold_time)
-            return await self._settle_holds(conn, lead_id, None, commit)
+            if unknown:
+                # SPEC 8.1: an offer whose fate is unknown keeps its holds, never lapsing, until
+                # ResolveStep commits or releases them (a hold already resolved is not here).
+                await conn.execute(
+                    update(CapHold)
+                    .where(CapHold.lead_id == lead_id, CapHold.scope.in_(list(unknown)))
+                    .values(expires_time=NEVER)
+                )
+            return await self._settle_holds(conn, lead_id, None, commit, keep=unknown)
 
     async def _count_sale(self, conn: AsyncConnection, sale: SaleRecord, when: datetime) -> None:
         insert = self._insert(StageSale)

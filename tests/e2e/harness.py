@@ -88,6 +88,7 @@ class BuyerServer:
             self.received.append(
                 {
                     "path": request.path,
+                    "headers": dict(request.headers),
                     "content_type": request.content_type,
                     "body": body,
                     "data": data,

@@ -356,3 +356,91 @@ async def test_nothing_a_client_sends_gives_a_server_error(
     ) as response:
         assert response.status < 500, await response.text()
         assert "reason" in orjson.loads(await response.read()) or response.status == 201
+
+
+# --- offers whose fate is unknown (SPEC 8.1) ---------------------------------------------------
+
+
+async def _admin(
+    suite: InProcessSuite, method: str, path: str, body: Any = None, key: str = ADMIN
+) -> tuple[int, Any]:
+    async with suite.http.request(
+        method, suite.base_url + path, json=body, headers={"X-Api-Key": key}
+    ) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+async def _record_unknown(suite: InProcessSuite, lead_id: str) -> str:
+    from tests.service.test_ledger_journal import lead_record, recipient
+
+    assert suite.ledger.store is not None
+    event = recipient(f"{lead_id}-1", "first", "unknown", price="25.00")
+    await suite.ledger.store.record(
+        lead_record(lead_id, flow_id="auto", source_id="vendor", recipients=[event])
+    )
+    return event.id
+
+
+async def test_an_operator_lists_and_resolves_unknown_offers_once(suite: InProcessSuite) -> None:
+    event_id = await _record_unknown(suite, "U1")
+    status, page = await _admin(suite, "GET", "/leads?outcome=unknown")
+    assert status == 200
+    assert [
+        (i["id"], [o["recipient_event_id"] for o in i["unknown_offers"]]) for i in page["items"]
+    ] == [("U1", [event_id])]
+
+    status, body = await _admin(
+        suite, "POST", f"/recipients/{event_id}/resolve", {"outcome": "success"}
+    )
+    assert (status, body["outcome"], body["created"]) == (200, "success", True)
+    status, body = await _admin(
+        suite, "POST", f"/recipients/{event_id}/resolve", {"outcome": "success"}
+    )
+    assert (status, body["created"]) == (200, False)
+    status, body = await _admin(
+        suite, "POST", f"/recipients/{event_id}/resolve", {"outcome": "failure"}
+    )
+    assert (status, body["reason"]) == (409, "Already resolved as success")
+    assert (await _admin(suite, "GET", "/leads?outcome=unknown"))[1]["items"] == []
+    status, view = await suite.lead_view("U1")
+    assert [p["kind"] for p in view["postings"]] == ["purchase", "sale"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "key", "expected"),
+    [
+        ("/recipients/U2-1/resolve", {"outcome": "success"}, "wrong", 401),
+        ("/recipients/nope-1/resolve", {"outcome": "success"}, ADMIN, 404),
+        ("/recipients/U2-9/resolve", {"outcome": "success"}, ADMIN, 404),
+        ("/recipients/U2-1/resolve", {"outcome": "maybe"}, ADMIN, 422),
+        ("/recipients/U2-1/resolve", ["success"], ADMIN, 422),
+        ("/recipients/U2-1/resolve", {"outcome": "success", "reason": 7}, ADMIN, 422),
+    ],
+    ids=["no-admin", "no-lead", "no-event", "bad-outcome", "not-an-object", "bad-reason"],
+)
+async def test_a_resolve_that_cannot_apply_is_refused_with_its_status(
+    suite: InProcessSuite, path: str, body: Any, key: str, expected: int
+) -> None:
+    await _record_unknown(suite, "U2")
+
+    assert (await _admin(suite, "POST", path, body, key=key))[0] == expected
+
+
+async def test_only_an_unknown_offer_can_be_resolved(suite: InProcessSuite) -> None:
+    status, body = await suite.submit(LEAD)
+    assert (status, body["outcome"]) == (201, "success")
+
+    status, _ = await _admin(
+        suite, "POST", f"/recipients/{body['lead']['id']}-1/resolve", {"outcome": "failure"}
+    )
+
+    assert status == 409
+
+
+@pytest.mark.parametrize(
+    "query", ["", "?outcome=success", "?outcome=unknown&limit=0", "?outcome=unknown&limit=x"]
+)
+async def test_the_lead_search_serves_only_unknown_and_checks_its_limit(
+    suite: InProcessSuite, query: str
+) -> None:
+    assert (await _admin(suite, "GET", f"/leads{query}"))[0] == 400

@@ -236,9 +236,9 @@ def completion(
 async def test_delivered_batch_books_the_sale_at_its_completion_time(store: LedgerStore) -> None:
     await store.record(queued_lead())
 
-    created, posting = await store.record_delivery_outcome(completion())
+    completed, posting = await store.record_delivery_outcome(completion())
 
-    assert created and posting is not None
+    assert completed.created and posting is not None
     sale = [p for p in await store.postings("L1") if p.kind == "sale"]
     assert [(p.id, p.amount_micros, p.effective_time) for p in sale] == [
         ("sale:L1-1", 16_000_000, T0 + timedelta(days=2))
@@ -259,9 +259,9 @@ async def test_replayed_batch_outcome_changes_nothing(store: LedgerStore) -> Non
     await store.record_delivery_outcome(completion())
     before = await store.postings()
 
-    created, posting = await store.record_delivery_outcome(completion(price="99.00"))
+    completed, posting = await store.record_delivery_outcome(completion(price="99.00"))
 
-    assert not created and posting is None
+    assert not completed.created and posting is None
     assert await store.postings() == before
     assert len(await store.delivery_outcomes("L1")) == 1
 
@@ -269,9 +269,9 @@ async def test_replayed_batch_outcome_changes_nothing(store: LedgerStore) -> Non
 async def test_failed_batch_outcome_books_no_sale(store: LedgerStore) -> None:
     await store.record(queued_lead())
 
-    created, posting = await store.record_delivery_outcome(completion(outcome="failure"))
+    completed, posting = await store.record_delivery_outcome(completion(outcome="failure"))
 
-    assert created and posting is None
+    assert completed.created and posting is None
     assert [p.kind for p in await store.postings("L1")] == ["purchase"]
 
 
@@ -836,5 +836,5 @@ async def test_concurrent_batch_outcomes_book_one_sale(replicas: list[LedgerStor
         *(replicas[n % 3].record_delivery_outcome(completion()) for n in range(6))
     )
 
-    assert sorted(created for created, _ in results) == [False] * 5 + [True]
+    assert sorted(completed.created for completed, _ in results) == [False] * 5 + [True]
     assert [p.kind for p in await replicas[0].postings("L1")].count("sale") == 1

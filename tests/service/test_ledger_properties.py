@@ -212,11 +212,11 @@ class LedgerMachine(RuleBasedStateMachine):
             # Completed before: a repeat, even with another outcome, changes nothing.
             before = self.snapshot()
             again, posting = self.run(self.store.record_delivery_outcome(completion))
-            assert not again and posting is None
+            assert not again.created and posting is None
             assert self.snapshot() == before
             return
-        created, _ = self.run(self.store.record_delivery_outcome(completion))
-        assert created
+        completed, _ = self.run(self.store.record_delivery_outcome(completion))
+        assert completed.created
         event.outcome = outcome
         event.quoted = event.quoted if price is None else price * 10_000
         if outcome == "success":

@@ -261,6 +261,46 @@ async def test_settling_a_lead_commits_sold_steps_it_was_not_told_about_and_rele
         await store.close()
 
 
+async def test_an_unknown_offer_keeps_its_holds_past_their_lapse_until_resolved(
+    config: Config, database: Database
+) -> None:
+    """SPEC 8.1: the lead is over, but whether the buyer has it is not known: the step's holds
+    stay held (never swept, though reserved with a lapsed expiry) until ResolveStep."""
+    store = await RoutingStore.open(database.url, database.schema)
+    router = Router(RoutingPlan(config), store, Peers(Addresses()), hold=timedelta(seconds=-1))
+    try:
+        kept, sold = lead(), lead()
+        window = window_start(kept.submit_time, "day", 1, "America/Chicago")
+        for item in (kept, sold):
+            assert await router.reserve_step(item, 0, 0, Decimal(2)) is None
+        await router.settle_lead(kept, True, [], unknown=[SoldStep(0, 0, "capped")])
+        await store.purge(datetime.now(UTC))  # sweeps what lapsed: not the unknown offer's hold
+        assert await store.counter("buyer:capped:0", window) == (0, 0, 1, 2_000_000)
+
+        assert await router.resolve_step(kept.id, 0, 0, sold=True) == 1
+        assert await router.resolve_step(kept.id, 0, 0, sold=True) == 0  # a repeat: nothing left
+        assert await store.counter("buyer:capped:0", window) == (1, 2_000_000, 0, 0)
+    finally:
+        await store.close()
+
+
+async def test_an_unknown_offer_resolved_as_no_sale_gives_its_capacity_back(
+    config: Config, database: Database
+) -> None:
+    store = await RoutingStore.open(database.url, database.schema)
+    router = Router(RoutingPlan(config), store, Peers(Addresses()))
+    try:
+        item = lead()
+        window = window_start(item.submit_time, "day", 1, "America/Chicago")
+        assert await router.reserve_step(item, 0, 0, Decimal(2)) is None
+        await router.settle_lead(item, True, [], unknown=[SoldStep(0, 0, "capped")])
+
+        assert await router.resolve_step(item.id, 0, 0, sold=False) == 1
+        assert await store.counter("buyer:capped:0", window) == (0, 0, 0, 0)
+    finally:
+        await store.close()
+
+
 async def test_the_round_robin_cursor_is_shared_and_strict_across_replicas(
     database: Database,
 ) -> None:

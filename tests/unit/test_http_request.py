@@ -260,6 +260,18 @@ def test_signing_adds_standard_webhooks_headers_and_masks_the_signature() -> Non
     assert expected not in signed.described and secret not in signed.described
 
 
+def test_an_unsigned_request_still_carries_its_webhook_id_and_timestamp() -> None:
+    """SPEC 8.1: a buyer de-duplicates a resent lead on webhook-id, signed or not."""
+    builder = RequestBuilder(HttpDelivery.model_validate({"type": "http", "url": "https://b.x"}))
+
+    sent = builder.sign(builder.build(FIELDS, CONTEXT), "evt_1", 1_700_000_000)
+
+    assert sent.headers["webhook-id"] == "evt_1"
+    assert sent.headers["webhook-timestamp"] == "1700000000"
+    assert "webhook-signature" not in sent.headers
+    assert "webhook-id: evt_1" in sent.described
+
+
 @pytest.mark.parametrize(
     "secret",
     [
