@@ -138,9 +138,9 @@ def _head(service: Service) -> str | None:
     return _script(service.name).get_current_head()
 
 
-def _upgrade(connection: Connection, service: Service) -> str:
-    """Upgrade to head; returns where it started: a revision, `empty` or `unversioned` (made by
-    create_all before revisions existed)."""
+def _upgrade(connection: Connection, service: Service, target: str = "head") -> str:
+    """Upgrade to `target` (the newest revision unless told); returns where it started: a
+    revision, `empty` or `unversioned` (made by create_all before revisions existed)."""
     script = _script(service.name)
     current = _current(connection, service)
     start = current or "empty"
@@ -163,8 +163,8 @@ def _upgrade(connection: Connection, service: Service) -> str:
     with EnvironmentContext(
         config,
         script,
-        fn=lambda rev, _context: script._upgrade_revs("head", rev),
-        destination_rev="head",
+        fn=lambda rev, _context: script._upgrade_revs(target, rev),
+        destination_rev=target,
     ) as context:
         configure(context, service, connection)
         with context.begin_transaction():
@@ -172,7 +172,7 @@ def _upgrade(connection: Connection, service: Service) -> str:
     return start
 
 
-async def upgrade(engine: AsyncEngine, schema: str, service: str) -> str:
+async def upgrade(engine: AsyncEngine, schema: str, service: str, target: str = "head") -> str:
     """Bring `service`'s schema on `engine` to its newest revision and say where it started;
     nothing is run, and nothing is needed but SELECT on the version table, when it already is
     there."""
@@ -180,7 +180,7 @@ async def upgrade(engine: AsyncEngine, schema: str, service: str) -> str:
     try:
         async with engine.connect() as conn:
             current = await conn.run_sync(_current, spec)
-            if current is not None and current == _head(spec):
+            if current is not None and current == (_head(spec) if target == "head" else target):
                 return current
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -190,7 +190,7 @@ async def upgrade(engine: AsyncEngine, schema: str, service: str) -> str:
                 )
                 if not await _schema_exists(conn, schema):
                     await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            start: str = await conn.run_sync(_upgrade, spec)
+            start: str = await conn.run_sync(_upgrade, spec, target)
     except DBAPIError as exc:
         if _sqlstate(exc) != _INSUFFICIENT_PRIVILEGE:
             raise
@@ -224,18 +224,20 @@ async def migrate(
     app_url: str | None = None,
     app_role: str = APP_ROLE,
     schemas: Mapping[str, str] | None = None,
+    target: str = "head",
 ) -> list[str]:
-    """Upgrade every service's storage (as `database_url`'s role, the owner) and, on PostgreSQL
-    when the services connect as another role (`app_url`), set that role's privileges. Returns
-    what it did, a line each, for the operator."""
+    """Upgrade every service's storage to `target` (the newest revision unless told), as
+    `database_url`'s role (the owner), and, on PostgreSQL when the services connect as another
+    role (`app_url`), set that role's privileges. Returns what it did, a line each, for the
+    operator."""
     schemas = schemas or {name: name for name in SERVICES}
     done: list[str] = []
     for name, service in SERVICES.items():
         schema = schemas[name]
         engine = db.create_engine(db.database_url(database_url, data_dir, name), schema)
         try:
-            start = await upgrade(engine, schema, name)
-            done.append(f"{name}: {start} -> {_head(service)}")
+            start = await upgrade(engine, schema, name, target)
+            done.append(f"{name}: {start} -> {_head(service) if target == 'head' else target}")
         finally:
             await engine.dispose()
     if database_url and make_url(database_url).get_backend_name() == "postgresql":

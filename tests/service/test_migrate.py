@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from leadflow import db
 from leadflow.cli import parser
-from leadflow.migrate import BASELINE, SERVICES, Service, differences, migrate
+from leadflow.migrate import BASELINE, SERVICES, Service, _head, differences, migrate
 from leadflow.migrate import main as migrate_main
 from tests.conftest import TEST_DATABASE_URL
 
@@ -63,8 +63,8 @@ class Site:
         self._pg = pg
         self.dialect = "postgresql" if pg else "sqlite"
 
-    async def migrate(self) -> list[str]:
-        return await migrate(self.url, self.data_dir, schemas=self.schemas)
+    async def migrate(self, target: str = "head") -> list[str]:
+        return await migrate(self.url, self.data_dir, schemas=self.schemas, target=target)
 
     async def run(self, name: str, script: str) -> None:
         if self._pg is None:
@@ -186,15 +186,38 @@ async def new_site(
 async def test_migrate_upgrades_what_main_made_with_nothing_lost(
     new_site: Callable[[], Site],
 ) -> None:
-    site = new_site()
+    site, fresh = new_site(), new_site()
     await site.replay_main()
     before = await site.dump()
 
     done = await site.migrate()
+    await fresh.migrate()
+
+    assert done[:4] == [f"{name}: unversioned -> {_head(SERVICES[name])}" for name in SERVICES]
+    after, installed = await site.dump(), await fresh.dump()
+    assert all(before[name]["rows"] for name in SERVICES)
+    for name in SERVICES:
+        # nothing lost or changed (tables added since hold nothing)
+        kept = {table: after[name]["rows"][table] for table in before[name]["rows"]}
+        assert kept == before[name]["rows"], name
+        assert not any(rows for t, rows in after[name]["rows"].items() if t not in kept), name
+        # the schema is the one a fresh install at the newest revision has
+        assert {k: v for k, v in after[name].items() if k != "rows"} == {
+            k: v for k, v in installed[name].items() if k != "rows"
+        }, name
+
+
+async def test_main_made_exactly_revision_0001_so_it_is_stamped_there(
+    new_site: Callable[[], Site],
+) -> None:
+    site = new_site()
+    await site.replay_main()
+    before = await site.dump()
+
+    done = await site.migrate(BASELINE)
 
     assert done[:4] == [f"{name}: unversioned -> {BASELINE}" for name in SERVICES]
     assert await site.dump() == before
-    assert all(before[name]["rows"] for name in SERVICES)
 
 
 async def test_migrate_a_second_time_changes_nothing(new_site: Callable[[], Site]) -> None:
@@ -212,7 +235,7 @@ async def test_migrate_an_empty_database_makes_exactly_the_schema_main_made(
     new_site: Callable[[], Site],
 ) -> None:
     made, main = new_site(), new_site()
-    done = await made.migrate()
+    done = await made.migrate(BASELINE)
     await main.replay_main(rows=False)
 
     assert done[:4] == [f"{name}: empty -> {BASELINE}" for name in SERVICES]
@@ -313,7 +336,7 @@ def test_leadflow_migrate_takes_the_owner_url_and_sets_up_the_services_role(
 
         assert f"roles: created {group}" in first and f"roles: created {login}" in first
         assert "created" not in capsys.readouterr().out
-        assert "ledger: empty -> 0001" in first
+        assert f"ledger: empty -> {_head(SERVICES['ledger'])}" in first
         assert asyncio.run(as_services()) == (0, "42501")
         assert not list(tmp_path.iterdir())  # PostgreSQL, not SQLite files
     finally:
