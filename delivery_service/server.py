@@ -128,7 +128,7 @@ async def create_server(
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("delivery_service")
     settings = Settings.from_env()
     try:
         config = load_config(settings.service.config_path)

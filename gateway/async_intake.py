@@ -105,7 +105,11 @@ class AsyncIntake:
             if not await self._store.claim_intake(row.lead_id, lapsed_before):
                 continue  # another gateway took it
             submission = Submission.from_json(row.submission)
-            log.warning("lead %s: its gateway stopped while processing it", row.lead_id)
+            log.warning(
+                "lead %s: its gateway stopped while processing it",
+                row.lead_id,
+                extra={"lead_id": row.lead_id},
+            )
             await self._orchestrator.interrupted(
                 row.lead_id, row.flow_id, row.source_id, submission.fields
             )
@@ -126,7 +130,11 @@ class AsyncIntake:
                 if await self._store.claim_intake(row.lead_id):
                     await self._process(row)
             except Exception:  # the worker must outlive one lead; the lease will catch it
-                log.exception("lead %s: asynchronous processing failed", row.lead_id)
+                log.exception(
+                    "lead %s: asynchronous processing failed",
+                    row.lead_id,
+                    extra={"lead_id": row.lead_id},
+                )
             finally:
                 self._busy.discard(worker)
 

@@ -56,7 +56,7 @@ async def purge_forever(store: RoutingStore, every_s: float = PURGE_EVERY_S) -> 
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("routing_service")
     settings = Settings.from_env()
     try:
         config = load_config(settings.service.config_path)
