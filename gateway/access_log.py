@@ -28,6 +28,17 @@ class AccessLogger(AbstractAccessLogger):
         path = request.path[:MAX_PATH_CHARS]
         duration_ms = round(time * 1000, 1)
         size = response.body_length
+        fields = {
+            "http_method": request.method,
+            "http_path": path,
+            "http_status": response.status,
+            "response_bytes": size,
+            "duration_ms": duration_ms,
+        }
+        # A request about one lead (GET /leads/{lead_id}) is a line about that lead.
+        match_info = getattr(request, "match_info", None)  # a web.Request's, once routed
+        if match_info is not None and (lead_id := match_info.get("lead_id")):
+            fields["lead_id"] = lead_id
         self.logger.info(
             '%s "%s %s" %d %d %.1fms',
             request.remote or "-",
@@ -36,12 +47,5 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             size,
             duration_ms,
-            # Fields of their own in JSON logs, for a collector to query.
-            extra={
-                "http_method": request.method,
-                "http_path": path,
-                "http_status": response.status,
-                "response_bytes": size,
-                "duration_ms": duration_ms,
-            },
+            extra=fields,  # fields of their own in JSON logs, for a collector to query
         )

@@ -189,7 +189,27 @@ def instrument_engine(engine: Any) -> None:
     usage = metrics.get_meter("leadflow.db").create_up_down_counter(
         "db.client.connections.usage", unit="connections"
     )
-    EngineTracer(trace.get_tracer("leadflow.db"), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+    tracer = _InTraceOnly(trace.get_tracer("leadflow.db"))
+    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+
+class _InTraceOnly:
+    """A tracer whose spans exist only inside a trace: SQL of a lead, or of an RPC, is traced,
+    but a background loop's query (an outbox sweep every second, a scheduler's tick) would
+    otherwise make a one-span trace of its own each time."""
+
+    def __init__(self, tracer: Any) -> None:
+        self._tracer = tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        from opentelemetry import trace
+
+        if not trace.get_current_span().get_span_context().is_valid:
+            return trace.INVALID_SPAN
+        return self._tracer.start_span(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracer, name)
 
 
 def span(name: str, lead_id: str | None = None) -> AbstractContextManager[Any]:

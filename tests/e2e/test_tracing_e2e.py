@@ -1,0 +1,129 @@
+"""OpenTelemetry tracing (SPEC 10) through the suite as processes: with OTEL_EXPORTER_OTLP_ENDPOINT
+set, one lead makes one trace that reaches every service and the buyer, exported over OTLP/HTTP
+to a receiver that decodes it with the official protobufs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from tests.e2e.harness import Suite, start_suite
+from tests.e2e.telemetry import (
+    LEAD,
+    SECRETS,
+    SERVICES,
+    SOURCE_KEY,
+    SUBMIT,
+    FlakyBuyer,
+    OtlpReceiver,
+    ReceivedSpan,
+    config_text,
+)
+
+SPAN_KIND_CLIENT = 3
+# Spans the lead's trace must hold (each process exports on its own schedule: wait for all).
+EXPECTED = {
+    ("gateway", "POST /flows/{flow_id}/sources/{source_id}/submit"),
+    ("gateway", "process lead"),
+    ("pricing_service", "/leadflow.pricing.v1.PricingService/QuotePurchasePrice"),
+    ("routing_service", "/leadflow.routing.v1.RoutingService/AdmitLead"),
+    ("delivery_service", "/leadflow.delivery.v1.DeliveryService/DeliverLead"),
+    ("delivery_service", "POST"),  # the buyer calls
+    # The record reaches the ledger in a batch from the gateway's outbox: a span for the
+    # batch in the first lead's trace carries the context on.
+    ("gateway", "forward lead records"),
+    ("gateway", "/leadflow.ledger.v1.LedgerService/RecordLeads"),
+    ("ledger_service", "/leadflow.ledger.v1.LedgerService/RecordLeads"),
+}
+
+
+@dataclass
+class Traced:
+    suite: Suite
+    receiver: OtlpReceiver
+    buyer: FlakyBuyer
+    lead_id: str
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
+    root = tmp_path_factory.mktemp("traced")
+    receiver = OtlpReceiver()
+    endpoint = receiver.start()
+    buyer = FlakyBuyer()
+    config = root / "leadflow.yaml"
+    config.write_text(config_text(buyer.start()))
+    suite = start_suite(
+        config,
+        root / "data",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+    )
+    try:
+        status, _, body = suite.request(
+            "POST",
+            SUBMIT,
+            orjson.dumps(LEAD),
+            {"Content-Type": "application/json"},
+            key=SOURCE_KEY,
+        )
+        answer = orjson.loads(body)
+        assert (status, answer["outcome"]) == (201, "success"), body
+        yield Traced(suite, receiver, buyer, answer["lead"]["id"])
+    finally:
+        assert suite.stop() == 0, "".join(suite.output)
+        buyer.stop()
+        receiver.stop()
+
+
+def lead_trace(traced: Traced) -> tuple[str, list[ReceivedSpan]]:
+    """The trace of the gateway's span for the lead, once spans of every service are in it."""
+
+    def trace_id(spans: list[ReceivedSpan]) -> str | None:
+        for span in spans:
+            if span.attributes.get("leadflow.lead_id") == traced.lead_id:
+                return span.trace_id
+        return None
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        found = trace_id(spans)
+        return (
+            found is not None
+            and {(s.service, s.name) for s in spans if s.trace_id == found} >= EXPECTED
+        )
+
+    spans = traced.receiver.wait_for(complete)
+    found = trace_id(spans)
+    assert found is not None
+    return found, [s for s in spans if s.trace_id == found]
+
+
+def test_one_lead_makes_one_trace_across_all_five_services(traced: Traced) -> None:
+    trace_id, spans = lead_trace(traced)
+    assert {s.service for s in spans} == SERVICES
+    # The ledger's SQL for the record is in it too (SQLAlchemy instrumentation).
+    assert any(s.service == "ledger_service" and s.name.startswith("INSERT") for s in spans)
+    # Nothing else made a trace: no background loop's query, no health probe.
+    assert {s.trace_id for s in traced.receiver.snapshot()} == {trace_id}
+
+
+def test_the_buyer_calls_are_in_the_lead_trace_with_its_context(traced: Traced) -> None:
+    trace_id, spans = lead_trace(traced)
+    # Both attempts (a 503, then the sale) are client spans of the delivery service...
+    calls = [s for s in spans if s.service == "delivery_service" and s.kind == SPAN_KIND_CLIENT]
+    assert len([s for s in calls if s.name == "POST"]) == 2
+    # ...and the buyer was sent the same trace (W3C traceparent: 00-<trace id>-<span id>-01).
+    assert len(traced.buyer.headers) == 2
+    for headers in traced.buyer.headers:
+        assert headers["traceparent"].split("-")[1] == trace_id
+
+
+def test_every_process_names_itself_and_spans_hold_no_pii_or_secret(traced: Traced) -> None:
+    lead_trace(traced)  # wait for the lead's spans
+    spans = traced.receiver.snapshot()
+    assert {s.service for s in spans} == SERVICES  # service.name is each one's directory name
+    text = repr([(s.name, s.attributes) for s in spans])
+    for secret in SECRETS:
+        assert secret not in text
