@@ -230,6 +230,21 @@ def current_context() -> object | None:
 
 
 @contextmanager
+def continued(trace_context: object | None) -> Iterator[None]:
+    """Go on, in this task, in a context taken with current_context() in another one."""
+    if trace_context is None or _tracer is None:
+        yield
+        return
+    from opentelemetry import context
+
+    token = context.attach(trace_context)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+@contextmanager
 def batch_span(name: str, contexts: Sequence[object | None], **attributes: Any) -> Iterator[None]:
     """A span for one call on behalf of many leads: a child of the first lead's trace (so a
     lead's trace reaches the service the batch goes to) and linked to the others' traces."""
