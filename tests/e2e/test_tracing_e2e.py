@@ -4,8 +4,11 @@ to a receiver that decodes it with the official protobufs."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -59,7 +62,12 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     suite = start_suite(
         config,
         root / "data",
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "LEADFLOW_LOG_FORMAT": "json",
+            "LEADFLOW_LOG_LEVEL": "INFO",
+        },
     )
     try:
         status, _, body = suite.request(
@@ -149,3 +157,21 @@ def test_a_lead_submitted_asynchronously_is_processed_in_its_request_trace(
     # The 202's request span and the processing (by a worker, later) share one trace.
     request_span = ("gateway", "POST /flows/{flow_id}/sources/{source_id}/submit")
     lead_trace(traced, lead_id, EXPECTED | {request_span})
+
+
+def test_log_lines_name_the_trace_and_span_they_were_written_in(traced: Traced) -> None:
+    trace_id, _ = lead_trace(traced)
+    deadline = time.monotonic() + 10
+    retries: list[dict[str, Any]] = []
+    while not retries and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in list(traced.suite.output) if line.startswith("{")]
+        retries = [r for r in lines if "retrying" in r["message"]]
+        time.sleep(0.1)
+    [retry] = retries
+    # The delivery service's line about the buyer's 503 names the lead's trace, and its span.
+    assert (retry["service"], retry["lead_id"], retry["trace_id"]) == (
+        "delivery_service",
+        traced.lead_id,
+        trace_id,
+    )
+    assert len(retry["span_id"]) == 16
