@@ -149,7 +149,7 @@ async def create_server(
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("delivery_service")
     settings = Settings.from_env()
     config = load_config(settings.service.config_path)  # kit.run_main reports a ConfigError
     kit.serve_metrics(settings.service.metrics_port)

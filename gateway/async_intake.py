@@ -21,6 +21,7 @@ import orjson
 
 from gateway.orchestrator import Orchestrator, new_lead_id
 from gateway.store import GatewayStore, IntakeRow
+from leadflow import tracing
 from leadflow.batching import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,17 @@ class AsyncIntake:
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()  # workers processing a lead
+        # With tracing on, the trace of each accepted request, by lead id: its processing goes
+        # on in that trace. Only for what this gateway accepted (a swept row has none).
+        self._traces: dict[str, object] = {}
         self._stopping = False
 
     async def accept(self, flow_id: str, source_id: str, submission: Submission) -> str:
         """Commit the submission and queue it; its lead id, once durable."""
         row = IntakeRow(new_lead_id(), flow_id, source_id, submission.to_json())
         await self._commits.submit(row)
+        if (trace := tracing.current_context()) is not None:
+            self._traces[row.lead_id] = trace
         self._enqueue(row)
         return row.lead_id
 
@@ -105,7 +111,11 @@ class AsyncIntake:
             if not await self._store.claim_intake(row.lead_id, lapsed_before):
                 continue  # another gateway took it
             submission = Submission.from_json(row.submission)
-            log.warning("lead %s: its gateway stopped while processing it", row.lead_id)
+            log.warning(
+                "lead %s: its gateway stopped while processing it",
+                row.lead_id,
+                extra={"lead_id": row.lead_id},
+            )
             await self._orchestrator.interrupted(
                 row.lead_id, row.flow_id, row.source_id, submission.fields
             )
@@ -122,11 +132,17 @@ class AsyncIntake:
             row = await self._queue.get()
             self._queued.discard(row.lead_id)
             self._busy.add(worker)
+            trace = self._traces.pop(row.lead_id, None)
             try:
                 if await self._store.claim_intake(row.lead_id):
-                    await self._process(row)
+                    with tracing.continued(trace):
+                        await self._process(row)
             except Exception:  # the worker must outlive one lead; the lease will catch it
-                log.exception("lead %s: asynchronous processing failed", row.lead_id)
+                log.exception(
+                    "lead %s: asynchronous processing failed",
+                    row.lead_id,
+                    extra={"lead_id": row.lead_id},
+                )
             finally:
                 self._busy.discard(worker)
 

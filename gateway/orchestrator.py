@@ -18,6 +18,7 @@ from gateway.clients import ROUTING_DEADLINE_S, Downstream, delivery_deadline, p
 from gateway.intake import SubmissionResult, render
 from gateway.outbox import LedgerOutbox
 from gateway.store import GatewayStore, PingQuote
+from leadflow import logs, tracing
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, Flow, Stage
 from leadflow.context import lead_context
@@ -174,21 +175,28 @@ class Orchestrator:
         started = perf_counter()
         lead = self._lead(flow_id, source_id, data, lead_id)
         run = LeadRun(lead, override_price=override_price, ping_id=ping_id)
+        # Every line logged about this lead carries its id; with tracing on, every call made for
+        # it is in one trace (under the HTTP request's span, or a new one for a queued intake).
+        with logs.lead_scope(lead.id), tracing.span("process lead", lead.id):
+            return await self._submit(run, started, intake=lead_id is not None)
+
+    async def _submit(self, run: LeadRun, started: float, *, intake: bool) -> SubmissionResult:
+        lead, flow_id, source_id = run.lead, run.lead.flow_id, run.lead.source_id
         flow = self._config.flows_by_id.get(flow_id)
         if flow is None or source_id not in flow.sources_by_id:
             # Only an asynchronous intake gets here: accepted before the gateway restarted with a
             # configuration that no longer has its flow, or no longer takes its source there.
             run.fail("error", "The lead's flow or source is no longer configured")
-            return await self._finish(run, started, intake=lead_id is not None)
-        if ping_id:
-            run.ping = await self._store.take_ping(ping_id, flow_id, source_id)
+            return await self._finish(run, started, intake=intake)
+        if run.ping_id:
+            run.ping = await self._store.take_ping(run.ping_id, flow_id, source_id)
         try:
             await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
             run.fail("error", "Lead could not be processed, try again later")
         await self._settle(run)
-        result = await self._finish(run, started, intake=lead_id is not None)
+        result = await self._finish(run, started, intake=intake)
         if run.ping is not None and run.outcome == "error":
             await self._give_back(run.ping)
         return result

@@ -21,6 +21,7 @@ import grpc
 
 from gateway.clients import Downstream
 from gateway.store import GatewayStore, OutboxRecord
+from leadflow import tracing
 from leadflow.batching import GroupCommit
 from leadflow.ledger.v1 import ledger_service_pb2
 
@@ -54,7 +55,10 @@ class LedgerOutbox:
         # gateway that committed them stopped before forwarding them.
         self._replay_after = timedelta(seconds=replay_after_s)
         self._commits = GroupCommit(store.put_records)
-        self._waiting: deque[tuple[int, ledger_service_pb2.RecordLeadRequest]] = deque()
+        # (commit number, record, the lead's trace context: None when tracing is off)
+        self._waiting: deque[tuple[int, ledger_service_pb2.RecordLeadRequest, object | None]] = (
+            deque()
+        )
         self._committed = 0  # records committed by this gateway so far
         self._forwarded = 0  # of those, how many the forwarder has been through (sent or not)
         self._wanted = 0  # what flushed() callers wait for: sent without lingering
@@ -73,7 +77,7 @@ class LedgerOutbox:
         record = OutboxRecord(request.lead.id, request.SerializeToString(), result)
         await self._commits.submit(record)
         self._committed += 1
-        self._waiting.append((self._committed, request))
+        self._waiting.append((self._committed, request, tracing.current_context()))
         self._wake.set()
         if len(self._waiting) >= BATCH:
             self._hurry.set()
@@ -129,7 +133,11 @@ class LedgerOutbox:
             if not batch:
                 continue
             try:
-                await self._send([request for _, request in batch])
+                # One call for many leads: in the first lead's trace, linked to the others'.
+                with tracing.batch_span(
+                    "forward lead records", [context for _, _, context in batch], records=len(batch)
+                ):
+                    await self._send([request for _, request, _ in batch])
             except Exception:  # the records stay in the table for the sweep
                 log.exception("forwarding lead records to the ledger failed")
             async with self._progress:
@@ -179,7 +187,12 @@ class LedgerOutbox:
         done = [r.lead_id for r in reply.results if r.status in ACKNOWLEDGED]
         rejected = [(r.lead_id, r.error) for r in reply.results if r.status not in ACKNOWLEDGED]
         for lead_id, error in rejected:
-            log.error("the ledger rejected lead %s's record: %s", lead_id, error)
+            log.error(
+                "the ledger rejected lead %s's record: %s",
+                lead_id,
+                error,
+                extra={"lead_id": lead_id},
+            )
         await self._store.settle_records(done, rejected)
         return len(done)
 

@@ -9,6 +9,8 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health
 
+from gateway import access_log
+from gateway.access_log import AccessLogger
 from gateway.async_intake import WORKERS, AsyncIntake
 from gateway.clients import Downstream
 from gateway.config import settings_from_env
@@ -116,7 +118,8 @@ async def create_server(
     )
     runner = web.AppRunner(
         create_app(config, orchestrator, downstream, store, outbox, intake, rate_limiter),
-        access_log=None,
+        access_log_class=AccessLogger,
+        access_log=access_log.LOGGER,
     )
     await runner.setup()
     site = web.TCPSite(runner, http_host, http_port)
@@ -133,7 +136,7 @@ async def create_server(
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("gateway")
     settings = settings_from_env()
     config = load_config(settings.service.config_path)
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "gateway")

@@ -220,7 +220,9 @@ class GatewayStore:
                     await self._put_records([record])
                 except IntegrityError:
                     log.warning(
-                        "lead %s was recorded already; this record is dropped", record.lead_id
+                        "lead %s was recorded already; this record is dropped",
+                        record.lead_id,
+                        extra={"lead_id": record.lead_id},
                     )
 
     async def _put_records(self, records: list[OutboxRecord]) -> None:

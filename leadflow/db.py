@@ -13,6 +13,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from leadflow import tracing
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -66,15 +68,18 @@ def create_engine(url: str, schema: str) -> AsyncEngine:
     if backend == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+        tracing.instrument_engine(engine)
         return engine
     if backend == "postgresql":
-        return create_async_engine(
+        engine = create_async_engine(
             url,
             pool_size=10,
             max_overflow=20,
             pool_pre_ping=True,
             connect_args={"server_settings": {"search_path": schema}},
         )
+        tracing.instrument_engine(engine)
+        return engine
     raise ValueError(
         f"unsupported database {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
     )

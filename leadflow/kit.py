@@ -1,5 +1,5 @@
 """The service kit: one way to build, run and stop every gRPC service (health, reflection,
-go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM)."""
+go-grpc-prometheus metrics on both sides, graceful shutdown on SIGTERM, logging and tracing)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from leadflow import logs, tracing
 from leadflow.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -118,19 +119,44 @@ class _MethodMetrics:
         self._seconds.observe(seconds)
 
 
+def lead_id_reader(descriptor: Any) -> Callable[[Any], str] | None:
+    """How to read the lead a request is about: its `lead.id`, or its `lead_id`; None for a
+    request about no one lead (a batch, a report)."""
+    fields = descriptor.fields_by_name
+    lead = fields.get("lead")
+    if lead is not None and lead.message_type and "id" in lead.message_type.fields_by_name:
+        return lambda request: request.lead.id
+    lead_id = fields.get("lead_id")
+    if lead_id is not None and lead_id.type == lead_id.TYPE_STRING:
+        return lambda request: request.lead_id
+    return None
+
+
+_UNREAD: Any = object()
+
+
 def _observed(
     handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary."""
+    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary, and
+    the request's lead (if it is about one) in the log context of the call."""
     if handler.unary_unary is None:
         return handler
     inner: Any = handler.unary_unary  # an async callable on an aio server
     metrics = _MethodMetrics(_SERVER_METRICS, service, method)
+    read_lead: Any = _UNREAD  # found on the first request: every request of a method is alike
 
     async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        nonlocal read_lead
         metrics.start()
         start = perf_counter()
         code = grpc.StatusCode.UNKNOWN
+        if read_lead is _UNREAD:
+            descriptor = getattr(request, "DESCRIPTOR", None)  # not a message: raw bytes, say
+            read_lead = lead_id_reader(descriptor) if descriptor is not None else None
+        # Each call runs in a task of its own, so the lead cannot leak into another call.
+        if read_lead is not None and (lead_id := read_lead(request)):
+            logs.LEAD_ID.set(lead_id)
         try:
             response = await inner(request, context)
             code = context.code() or grpc.StatusCode.OK
@@ -253,7 +279,8 @@ def channel(target: str) -> grpc.aio.Channel:
     """One channel per dependency per process, with client metrics."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=[ClientMetricsInterceptor()],
+        # Tracing's first, so that its span (and the context it sends) covers the whole call.
+        interceptors=[*tracing.client_interceptors(), ClientMetricsInterceptor()],
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.enable_retries", 0),
@@ -276,6 +303,7 @@ async def start_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build, bind and start a server with health and reflection; returns the bound port."""
     server = grpc.aio.server(
+        interceptors=tracing.server_interceptors() or None,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", 1000),
@@ -474,26 +502,35 @@ class ServiceSettings:
         return f"{self.host}:{self.port}"
 
 
-def configure_logging() -> None:
+def bootstrap(service: str) -> None:
+    """First thing in a service's main(): logging (LEADFLOW_LOG_FORMAT, LEADFLOW_LOG_LEVEL) and,
+    when the OTEL_* variables ask for it, tracing, under `service` (its directory name). A bad
+    setting is a SettingsError (one line, exit 2)."""
     level = os.environ.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
     if not isinstance(logging.getLevelName(level), int):
         raise SettingsError(
             f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
         )
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logs.log_format()
+    except SystemExit as exc:
+        raise SettingsError(str(exc)) from None
+    logs.configure(service)
+    # Alembic narrates every upgrade step at INFO; a starting service says only what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if tracing.setup(service):
+        log.info("tracing on: spans of %s are exported", service)
 
 
 async def run_config_service(
+    service: str,
     settings: ServiceSettings,
     create_server: Callable[
         [str, Config], Awaitable[tuple[grpc.aio.Server, int, health.aio.HealthServicer]]
     ],
 ) -> None:
     """main() of a service that needs only the configuration: serve until SIGTERM."""
-    configure_logging()
+    bootstrap(service)
     config = load_config(settings.config_path)
     serve_metrics(settings.metrics_port)
     server, _, health_servicer = await create_server(settings.address, config)

@@ -10,9 +10,14 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
+import orjson
+
+from leadflow import logs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # outbox), and a batch is a burst of CPU: at a lower priority, the services a lead is waiting
 # for take the core first. Only for `leadflow up`, where all of them share one machine.
 BACKGROUND_NICE = {"ledger_service": 10}
+# Children's output is relayed in chunks of this size; a longer line is cut there.
+RELAY_CHUNK_BYTES = 64 * 1024
+PREFIX_WIDTH = len("delivery_service")  # the longest service name: prefixes line up
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,52 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class LineRelay:
+    """A child's output, line by line, to the supervisor's own stream, each line marked with
+    the child's service: `gateway          | ...` in text. In JSON (LEADFLOW_LOG_FORMAT=json)
+    the child's JSON lines pass unchanged (they name their service) and any other line it
+    writes (a C library's message, say) becomes a JSON object too, so that every line parses."""
+
+    def __init__(self, service: str, out: BinaryIO, *, json_lines: bool, level: str) -> None:
+        self._service = service
+        self._out = out
+        self._json = json_lines
+        self._level = level
+        self._prefix = f"{service:<{PREFIX_WIDTH}} | ".encode()
+
+    def line(self, line: bytes) -> bytes:
+        line = line.rstrip(b"\r")
+        if not self._json:
+            return self._prefix + line + b"\n"
+        if line.startswith(b"{"):
+            return line + b"\n"
+        record = {
+            "time": datetime.now(UTC).isoformat(),
+            "level": self._level,
+            "service": self._service,
+            "message": line.decode(errors="replace"),
+        }
+        return orjson.dumps(record) + b"\n"
+
+    async def relay(self, stream: asyncio.StreamReader) -> None:
+        """Until the child closes its end; whole lines only, so services never interleave."""
+        pending = b""
+        while chunk := await stream.read(RELAY_CHUNK_BYTES):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) >= RELAY_CHUNK_BYTES:
+                lines.append(pending)
+                pending = b""
+            self._write(b"".join(self.line(line) for line in lines))
+        if pending:
+            self._write(self.line(pending))
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._out.write(data)
+            self._out.flush()
+
+
 class Supervisor:
     def __init__(self, children: list[Child], ready_url: str) -> None:
         self._children = children
@@ -91,6 +145,7 @@ class Supervisor:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         self._exit_code = 0
+        self._json_logs = logs.log_format() == "json"
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -101,6 +156,8 @@ class Supervisor:
         await self._stopping.wait()
         ready.cancel()
         await self._stop_all()
+        # Each watcher relays the last lines of its child, then returns.
+        await asyncio.wait(watchers, timeout=STOP_TIMEOUT_S)
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, ready, return_exceptions=True)
@@ -108,7 +165,14 @@ class Supervisor:
 
     async def _start(self, child: Child) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", child.module, env=child.env, preexec_fn=_die_with_parent
+            sys.executable,
+            "-m",
+            child.module,
+            env=child.env,
+            preexec_fn=_die_with_parent,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=RELAY_CHUNK_BYTES,
         )
         self._processes[child.module] = process
         if child.nice:
@@ -126,7 +190,9 @@ class Supervisor:
         while not self._stopping.is_set():
             started = loop.time()
             process = await self._start(child)
+            relays = self._relay_output(child.module, process)
             code = await process.wait()
+            await asyncio.gather(*relays)  # what it wrote before it exited
             if self._stopping.is_set():
                 return
             if first and code == REFUSED:
@@ -142,6 +208,21 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(max(delay * 2, 1.0), MAX_RESTART_DELAY_S)
+
+    def _relay_output(
+        self, service: str, process: asyncio.subprocess.Process
+    ) -> list[asyncio.Task[None]]:
+        assert process.stdout is not None and process.stderr is not None
+        streams = [
+            (process.stdout, sys.stdout.buffer, "INFO"),
+            (process.stderr, sys.stderr.buffer, "WARNING"),
+        ]
+        return [
+            asyncio.create_task(
+                LineRelay(service, out, json_lines=self._json_logs, level=level).relay(stream)
+            )
+            for stream, out, level in streams
+        ]
 
     async def _announce_ready(self) -> None:
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
@@ -180,5 +261,6 @@ class Supervisor:
 
 
 async def up(config: Path, data_dir: Path, http_port: int, port_base: int) -> int:
+    logs.configure("leadflow")
     children = plan(config, data_dir, http_port, port_base)
     return await Supervisor(children, f"http://127.0.0.1:{http_port}/healthz").run()

@@ -33,7 +33,7 @@ async def create_server(
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("ledger_service")
     settings = Settings.from_env()
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "ledger")
     store = await LedgerStore.open(url, settings.schema)

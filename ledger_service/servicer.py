@@ -119,7 +119,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 record = _record_from_proto(item)
                 check_record(record)
             except InvalidRecord as exc:
-                log.info("refused lead %r: %s", item.lead.id, exc)
+                log.info("refused lead %r: %s", item.lead.id, exc, extra={"lead_id": item.lead.id})
                 result.status = pb.RECORD_STATUS_REJECTED
                 result.error = str(exc)
                 continue

@@ -216,9 +216,20 @@ class LedgerStore:
                 ]
                 await _insert_rows(conn, PostingRow, postings)
         if fresh:
-            log.info("recorded %d leads: %s", len(fresh), " ".join(fresh))
+            # A line about a batch names its leads in JSON logs too (`lead_id` is for one lead).
+            log.info(
+                "recorded %d leads: %s",
+                len(fresh),
+                " ".join(fresh),
+                extra={"lead_ids": list(fresh)},
+            )
         if recorded:
-            log.info("leads already recorded, replays ignored: %s", " ".join(sorted(recorded)))
+            replays = sorted(recorded)
+            log.info(
+                "leads already recorded, replays ignored: %s",
+                " ".join(replays),
+                extra={"lead_ids": replays},
+            )
         # The first record of each fresh lead was written; a repeat of it is a replay.
         pending = set(fresh)
         results: list[RecordResult] = []

@@ -42,4 +42,4 @@ async def create_server(
 
 
 async def main() -> None:
-    await kit.run_config_service(settings_from_env(), create_server)
+    await kit.run_config_service("pricing_service", settings_from_env(), create_server)

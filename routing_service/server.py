@@ -55,7 +55,7 @@ async def purge_forever(store: RoutingStore, every_s: float = PURGE_EVERY_S) -> 
 
 
 async def main() -> None:
-    kit.configure_logging()
+    kit.bootstrap("routing_service")
     settings = Settings.from_env()
     config = load_config(settings.service.config_path)  # kit.run_main reports a ConfigError
     url = db.database_url(settings.service.database_url, settings.service.data_dir, "routing")

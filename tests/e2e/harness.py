@@ -209,8 +209,14 @@ class Suite:
             connection.close()
 
 
-def start_suite(config_path: Path, data_dir: Path, database_url: str | None = None) -> Suite:
-    """`leadflow up` on SQLite files in `data_dir`, or on PostgreSQL at `database_url`."""
+def start_suite(
+    config_path: Path,
+    data_dir: Path,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Suite:
+    """`leadflow up` on SQLite files in `data_dir`, or on PostgreSQL at `database_url`; `env`
+    is added to (and wins over) the environment the suite gets."""
     base, http_port = free_port_base()
     process = subprocess.Popen(
         [
@@ -234,6 +240,7 @@ def start_suite(config_path: Path, data_dir: Path, database_url: str | None = No
             **os.environ,
             "LEADFLOW_LOG_LEVEL": "WARNING",
             **({"LEADFLOW_DATABASE_URL": database_url} if database_url else {}),
+            **(env or {}),
         },
     )
     output: list[str] = []

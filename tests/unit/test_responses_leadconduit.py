@@ -675,7 +675,10 @@ def test_xml_entities_are_never_expanded() -> None:
         ({"capture": {"cookie": "(x)"}}, "capture name 'cookie' is kept"),
         ({"response_content_type_override": "json"}, "is not a media type"),
         ({"fallback_price": "-1"}, "fallback_price"),
-        ({"capture_values": {"a": "(b)"}}, "unknown key 'capture_values' (did you mean 'capture'?)"),
+        (
+            {"capture_values": {"a": "(b)"}},
+            "unknown key 'capture_values' (did you mean 'capture'?)",
+        ),
     ],
 )
 def test_check_refuses_bad_response_settings(
