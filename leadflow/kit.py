@@ -506,15 +506,9 @@ def bootstrap(service: str) -> None:
     """First thing in a service's main(): logging (LEADFLOW_LOG_FORMAT, LEADFLOW_LOG_LEVEL) and,
     when the OTEL_* variables ask for it, tracing, under `service` (its directory name). A bad
     setting is a SettingsError (one line, exit 2)."""
-    level = os.environ.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise SettingsError(
-            f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
-        )
-    try:
-        logs.log_format()
-    except SystemExit as exc:
-        raise SettingsError(str(exc)) from None
+    problem = logs.settings_problem()
+    if problem:
+        raise SettingsError(problem)
     logs.configure(service)
     # Alembic narrates every upgrade step at INFO; a starting service says only what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)

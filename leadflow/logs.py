@@ -79,14 +79,24 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+def settings_problem(environ: dict[str, str] | None = None) -> str | None:
+    """What is wrong with LEADFLOW_LOG_FORMAT or LEADFLOW_LOG_LEVEL, as one line, or None: a
+    process refuses to start on it rather than log in a way a collector cannot read."""
+    env = environ if environ is not None else dict(os.environ)
+    value = env.get("LEADFLOW_LOG_FORMAT", "text").strip().lower() or "text"
+    if value not in FORMATS:
+        return f"LEADFLOW_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {value!r}"
+    level = env.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        return f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
+    return None
+
+
 def log_format(environ: dict[str, str] | None = None) -> str:
-    """LEADFLOW_LOG_FORMAT, checked: an unknown value stops the process with a clear message
-    rather than logging in a format a collector cannot read."""
+    """LEADFLOW_LOG_FORMAT (checked by settings_problem before logging is configured)."""
     value = (environ if environ is not None else os.environ).get("LEADFLOW_LOG_FORMAT", "text")
     value = value.strip().lower() or "text"
-    if value not in FORMATS:
-        raise SystemExit(f"LEADFLOW_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {value!r}")
-    return value
+    return value if value in FORMATS else "text"
 
 
 def make_handler(service: str, fmt: str, stream: TextIO) -> logging.Handler:

@@ -261,6 +261,11 @@ class Supervisor:
 
 
 async def up(config: Path, data_dir: Path, http_port: int, port_base: int) -> int:
+    problem = logs.settings_problem()
+    if problem:
+        # The same one line and exit code a service gives, before any child starts.
+        print(f"leadflow: {problem}", file=sys.stderr)
+        return REFUSED
     logs.configure("leadflow")
     children = plan(config, data_dir, http_port, port_base)
     return await Supervisor(children, f"http://127.0.0.1:{http_port}/healthz").run()

@@ -127,6 +127,34 @@ def test_leadflow_up_stops_with_exit_2_when_its_services_refuse_to_start(tmp_pat
             "--http-port",
             str(base + 30),
         ],
+        env={**os.environ, "LEADFLOW_DATABASE_URL": "mysql://nowhere/db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "LEADFLOW_DATABASE_URL must be a sqlite+aiosqlite://" in result.stderr
+    assert "refused to start (exit 2); stopping the suite" in result.stderr
+    assert "restarting" not in result.stderr
+
+
+def test_leadflow_up_refuses_a_bad_log_level_itself_before_any_service_starts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "leadflow.yaml"
+    path.write_text(GOOD)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leadflow",
+            "up",
+            "--config",
+            str(path),
+            "--data-dir",
+            str(tmp_path),
+        ],
         env={**os.environ, "LEADFLOW_LOG_LEVEL": "LOUD"},
         capture_output=True,
         text=True,
@@ -134,6 +162,6 @@ def test_leadflow_up_stops_with_exit_2_when_its_services_refuse_to_start(tmp_pat
         check=False,
     )
     assert result.returncode == 2
-    assert "LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL" in result.stderr
-    assert "refused to start (exit 2); stopping the suite" in result.stderr
-    assert "restarting" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "leadflow: LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'LOUD'"
+    ]

@@ -103,9 +103,14 @@ def test_text_is_the_default_format() -> None:
     assert logs.log_format({"LEADFLOW_LOG_FORMAT": "JSON"}) == "json"
 
 
-def test_an_unknown_log_format_stops_with_a_clear_message() -> None:
-    with pytest.raises(SystemExit, match="LEADFLOW_LOG_FORMAT must be one of text, json"):
-        logs.log_format({"LEADFLOW_LOG_FORMAT": "xml"})
+def test_an_unknown_log_format_or_level_is_a_clear_problem() -> None:
+    assert logs.settings_problem({}) is None
+    assert logs.settings_problem({"LEADFLOW_LOG_FORMAT": "xml"}) == (
+        "LEADFLOW_LOG_FORMAT must be one of text, json, not 'xml'"
+    )
+    assert logs.settings_problem({"LEADFLOW_LOG_LEVEL": "loud"}) == (
+        "LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'LOUD'"
+    )
 
 
 @pytest.mark.parametrize(
