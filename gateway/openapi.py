@@ -353,6 +353,63 @@ SCHEMAS: dict[str, Any] = {
         },
         "example": {"batch": None, "reason": "No pending leads"},
     },
+    "UnknownLeads": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "outcome", "unknown_offers"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "flow_id": {"type": "string"},
+                        "source_id": {"type": "string"},
+                        "submitted_at": _TIME,
+                        "outcome": {"type": "string", "enum": ["unknown"]},
+                        "unknown_offers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["recipient_event_id", "buyer_id"],
+                                "properties": {
+                                    "recipient_event_id": {"type": "string"},
+                                    "buyer_id": {"type": "string"},
+                                    "stage_index": {"type": "integer"},
+                                    "step_index": {"type": "integer"},
+                                    "sale_price": _money("the quoted sale price"),
+                                    "reason": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+            "next_cursor": {"type": ["string", "null"]},
+        },
+        "example": {"items": [], "next_cursor": None},
+    },
+    "ResolveRequest": {
+        "type": "object",
+        "required": ["outcome"],
+        "properties": {
+            "outcome": {"type": "string", "enum": ["success", "failure"]},
+            "reason": {"type": "string", "maxLength": 500},
+        },
+        "example": {"outcome": "success"},
+    },
+    "ResolveResult": {
+        "type": "object",
+        "required": ["recipient_event_id", "lead_id", "buyer_id", "outcome", "created"],
+        "properties": {
+            "recipient_event_id": {"type": "string"},
+            "lead_id": {"type": "string"},
+            "buyer_id": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["success", "failure"]},
+            "created": {"type": "boolean", "description": "false when it was already resolved"},
+        },
+    },
     "Health": {
         "type": "object",
         "additionalProperties": False,
@@ -656,6 +713,51 @@ def _paths() -> dict[str, Any]:
                 operationId="getLead",
                 description="The admin key, or the key of an asynchronous submission's source.",
             )
+        },
+        "/leads": {
+            "get": _admin_get(
+                "Leads with an offer whose fate is unknown (SPEC 8.1)",
+                {
+                    "200": _json_response("newest lead first", "UnknownLeads"),
+                    "400": _error("a search other than outcome=unknown, a bad limit or cursor"),
+                },
+                [
+                    _query(
+                        "outcome",
+                        "unknown (the only search served)",
+                        {"type": "string", "enum": ["unknown"]},
+                    ),
+                    _query(
+                        "limit",
+                        "1 to 500 (default 50)",
+                        {"type": "integer", "minimum": 1, "maximum": 500},
+                    ),
+                    _query("cursor", "next_cursor of the previous page"),
+                ],
+                operationId="listUnknownLeads",
+            )
+        },
+        "/recipients/{event_id}/resolve": {
+            "post": {
+                **_admin_get(
+                    "Settle an offer whose fate is unknown",
+                    {
+                        "200": _json_response(
+                            "recorded (or already, with created false)", "ResolveResult"
+                        ),
+                        "400": _error("the body is not JSON"),
+                        "404": _error("unknown recipient event"),
+                        "409": _error("not unknown, or already resolved otherwise"),
+                        "422": _error("outcome must be success or failure"),
+                    },
+                    [_path_param("event_id", "the recipient event's id")],
+                    operationId="resolveRecipient",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _schema_ref("ResolveRequest")}},
+                },
+            }
         },
         "/reports/vendors": {
             "get": _report(
