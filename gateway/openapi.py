@@ -584,9 +584,22 @@ def _admin_get(
 
 def _report(kind: str, rows: str) -> dict[str, Any]:
     parameters = [
-        _query("from", "first day, YYYY-MM-DD (inclusive)", {"type": "string", "format": "date"}),
-        _query("to", "last day, YYYY-MM-DD (exclusive)", {"type": "string", "format": "date"}),
-        _query("tz", "IANA time zone of the dates (default: the account's)"),
+        {
+            **_query(
+                "from", "first day, YYYY-MM-DD (inclusive)", {"type": "string", "format": "date"}
+            ),
+            "example": "2026-12-01",
+        },
+        {
+            **_query(
+                "to", "last day, YYYY-MM-DD (exclusive)", {"type": "string", "format": "date"}
+            ),
+            "example": "2026-12-02",
+        },
+        {
+            **_query("tz", "IANA time zone of the dates (default: the account's)"),
+            "example": "America/Chicago",
+        },
         _query("format", "json (default) or csv", {"type": "string", "enum": ["json", "csv"]}),
     ]
     if kind == "margin":

@@ -76,7 +76,15 @@ async def test_every_route_of_the_gateway_is_described_and_nothing_else(
     described: set[tuple[str, str]] = set()
     for path, item in document["paths"].items():
         concrete = path
-        for name in ("flow_id", "source_id", "lead_id", "buyer_id", "batch_id", "feedback_id"):
+        for name in (
+            "flow_id",
+            "source_id",
+            "lead_id",
+            "buyer_id",
+            "batch_id",
+            "feedback_id",
+            "event_id",
+        ):
             concrete = concrete.replace("{" + name + "}", samples.get(name, "x1"))
         for method in item:
             if method == "parameters":
