@@ -19,6 +19,7 @@ from gateway.intake import (
     BODY_TYPES,
     NOT_ACCEPTABLE,
     BadRequest,
+    Refused,
     error_response,
     negotiate,
     pairs_to_dict,
@@ -84,11 +85,11 @@ def return_policy(config: Config, buyer: Buyer) -> pb.ReturnPolicy | None:
 
 
 async def _parameters(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
+    from gateway.http_api import body_media, read_body  # http_api registers these routes
+
+    body = await read_body(request)
     data: dict[str, Any] = {}
     if body.strip():
-        from gateway.http_api import body_media  # http_api registers these routes
-
         content_type, charset = body_media(request)
         if content_type not in BODY_TYPES:
             raise BadRequest(
@@ -172,6 +173,10 @@ def add_feedback_routes(
             )
         try:
             message = feedback_request(config, buyer, await _parameters(request), key)
+        except Refused as exc:
+            from gateway.http_api import refused_response  # http_api registers these routes
+
+            return refused_response(exc, media)
         except BadRequest as exc:
             return error_response(400, str(exc), media)
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.async_intake import AsyncIntake, Submission
@@ -26,7 +27,9 @@ from gateway.intake import (
     BODY_TYPES,
     NOT_ACCEPTABLE,
     BadRequest,
+    Refused,
     check_depth,
+    decode_body,
     error_response,
     negotiate,
     override_text,
@@ -132,13 +135,35 @@ async def read_vendor_request(request: web.Request) -> VendorRequest | web.Respo
         return error_response(406, NOT_ACCEPTABLE)
     try:
         fields = await _submitted_fields(request)
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
     except _UnsupportedMediaType as exc:
         return error_response(415, str(exc), media=media)
+    except Refused as exc:
+        return refused_response(exc, media)
     except BadRequest as exc:
         return error_response(400, str(exc), media=media)
     return VendorRequest(flow, source_id, media, fields)
+
+
+def refused_response(exc: Refused, media: str) -> web.Response:
+    response = error_response(exc.status, exc.reason, media=media)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decoded from its Content-Encoding: the one place every endpoint reads
+    a body. aiohttp's own decompression is off (gateway.server) because it fails inside
+    `read()` with an exception of its own on a body that is not what its Content-Encoding says
+    (a 500), passes a coding it does not know through as if it were none, and answers a coding
+    it knows but cannot decode (br, zstd without their libraries) with a bare 400 of its own."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    try:
+        body = await request.read()  # client_max_size bounds the bytes as sent
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, f"Body over {MAX_BODY_BYTES} bytes") from None
+    except RequestPayloadError as exc:  # e.g. broken chunked framing
+        raise BadRequest(f"the body could not be read: {exc}") from None
+    return decode_body(body, coding, MAX_BODY_BYTES)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -232,7 +257,7 @@ def body_media(request: web.Request) -> tuple[str, str | None]:
 
 async def _submitted_fields(request: web.Request) -> dict[str, Any]:
     """Body fields, with query parameters merged over them, dot keys unflattened."""
-    body = await request.read()
+    body = await read_body(request)
     data: dict[str, Any] = {}
     if body.strip():
         content_type, charset = body_media(request)

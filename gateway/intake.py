@@ -4,6 +4,7 @@ endpoint gives. Pure: no I/O."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +31,54 @@ BODY_TYPES = JSON_TYPES | FORM_TYPES | XML_TYPES
 
 class BadRequest(ValueError):
     """A body or parameter the gateway cannot read (HTTP 400, with this message)."""
+
+
+class Refused(Exception):
+    """A request refused with another 4xx than 400 (413, 415, 406): status, reason and the
+    headers the answer carries."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+# Content codings a request body may arrive in (RFC 9110 8.4; `x-gzip` is gzip's old name).
+GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
+BODY_CODINGS = GZIP_CODINGS | {"deflate", "identity"}
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+def decode_body(body: bytes, coding: str, limit: int) -> bytes:
+    """The body without its content coding (`coding` lowercased, one of BODY_CODINGS), at most
+    `limit` bytes once decoded: a small compressed body must not expand past the size limit
+    (a zip bomb), so decompression stops one byte past it."""
+    coding = coding or "identity"
+    if coding not in BODY_CODINGS:
+        raise Refused(
+            415,
+            "Content-Encoding must be gzip, deflate or identity",
+            {"Accept-Encoding": ACCEPT_ENCODING},
+        )
+    if coding == "identity" or not body:
+        return body
+    if coding in GZIP_CODINGS:
+        wbits = 16 + zlib.MAX_WBITS
+    elif body[0] & 0x0F == 8 and int.from_bytes(body[:2], "big") % 31 == 0:
+        wbits = zlib.MAX_WBITS  # deflate as RFC 9110 means it: a zlib stream
+    else:
+        wbits = -zlib.MAX_WBITS  # raw deflate, which many clients send instead
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        decoded = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"the body is not valid {coding} data") from None
+    if len(decoded) > limit:
+        raise Refused(413, f"Body over {limit} bytes once decompressed")
+    if not decompressor.eof or decompressor.unused_data:
+        raise BadRequest(f"the body is not valid {coding} data (truncated or trailing bytes)")
+    return decoded
 
 
 def parse_body(content_type: str, body: bytes, charset: str | None = None) -> dict[str, Any]:

@@ -117,6 +117,9 @@ async def create_server(
     runner = web.AppRunner(
         create_app(config, orchestrator, downstream, store, outbox, intake, rate_limiter),
         access_log=None,
+        # Bodies are decoded from their Content-Encoding by http_api.read_body, which answers
+        # a body that does not decode with a 400 and an unknown coding with a 415.
+        auto_decompress=False,
     )
     await runner.setup()
     site = web.TCPSite(runner, http_host, http_port)

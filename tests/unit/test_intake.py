@@ -1,5 +1,7 @@
 """Vendor request parsing and response rendering (SPEC 5.1)."""
 
+import gzip
+import zlib
 from decimal import Decimal
 
 import orjson
@@ -7,7 +9,9 @@ import pytest
 
 from gateway.intake import (
     BadRequest,
+    Refused,
     SubmissionResult,
+    decode_body,
     negotiate,
     pairs_to_dict,
     parse_body,
@@ -119,3 +123,37 @@ def test_xml_response_is_a_result_element() -> None:
 def test_plain_text_response_is_key_value_lines() -> None:
     body = render(RESULT.as_dict(), "text/plain").decode()
     assert body == "outcome:failure\nreason:Bad state\nlead.id:L1\nprice:0.00\n"
+
+
+@pytest.mark.parametrize(
+    ("coding", "encoded"),
+    [
+        ("", b"abc"),
+        ("identity", b"abc"),
+        ("gzip", gzip.compress(b"abc")),
+        ("x-gzip", gzip.compress(b"abc")),
+        ("deflate", zlib.compress(b"abc")),
+        ("deflate", zlib.compress(b"abc", wbits=-zlib.MAX_WBITS)),
+    ],
+)
+def test_a_body_is_decoded_from_its_content_coding(coding: str, encoded: bytes) -> None:
+    assert decode_body(encoded, coding, 100) == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("coding", "encoded", "status"),
+    [
+        ("gzip", b"abc", 400),
+        ("gzip", gzip.compress(b"abc")[:-3], 400),
+        ("deflate", b"\x78\x9c garbage", 400),
+        ("gzip", gzip.compress(b"x" * 101), 413),
+        ("br", b"abc", 415),
+        ("zzz", b"abc", 415),
+    ],
+)
+def test_a_body_not_in_its_content_coding_is_refused(
+    coding: str, encoded: bytes, status: int
+) -> None:
+    with pytest.raises((BadRequest, Refused)) as info:
+        decode_body(encoded, coding, 100)
+    assert getattr(info.value, "status", 400) == status
