@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from gateway.clients import Addresses
+from gateway.http_server import DEFAULT_LIMITS, HttpLimits
 from leadflow.kit import ServiceSettings
 
 DEFAULT_PORT = 50055
@@ -20,6 +21,17 @@ class GatewaySettings:
     http_port: int
     addresses: Addresses
     schema: str = "gateway"
+    http_limits: HttpLimits = DEFAULT_LIMITS
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
 
 
 def settings_from_env() -> GatewaySettings:
@@ -33,5 +45,9 @@ def settings_from_env() -> GatewaySettings:
             routing=os.environ.get("LEADFLOW_ROUTING_ADDR", "127.0.0.1:50052"),
             delivery=os.environ.get("LEADFLOW_DELIVERY_ADDR", "127.0.0.1:50053"),
             ledger=os.environ.get("LEADFLOW_LEDGER_ADDR", "127.0.0.1:50054"),
+        ),
+        http_limits=HttpLimits(
+            header_timeout_s=_seconds("LEADFLOW_HTTP_HEADER_TIMEOUT", HttpLimits.header_timeout_s),
+            body_timeout_s=_seconds("LEADFLOW_HTTP_BODY_TIMEOUT", HttpLimits.body_timeout_s),
         ),
     )

@@ -59,6 +59,10 @@ OUTBOX_KEY = web.AppKey("outbox", LedgerOutbox)
 INTAKE_KEY = web.AppKey("intake", AsyncIntake)
 # Set while a stopping gateway drains its open connections (gateway.server).
 DRAINING_KEY = web.AppKey("draining", asyncio.Event)
+# How long a request's body may take to arrive once its headers are in (HttpLimits).
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
+# Set on a request whose body did not arrive in time: its connection is closed after the 408.
+ABANDONED_KEY = web.RequestKey("abandoned", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,7 +71,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_as_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own 404/405/413 become the same `{"outcome","reason"}` bodies as ours."""
     try:
-        return await handler(request)
+        response = await handler(request)
+        if request.get(ABANDONED_KEY):
+            await _answer_and_close(request, response)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -79,6 +86,15 @@ async def errors_as_bodies(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal error", outcome="error")
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer, then close the connection at once: aiohttp would otherwise go on
+    reading the rest of the late body for its lingering time (10 s) before closing."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -157,8 +173,13 @@ async def read_body(request: web.Request) -> bytes:
     (a 500), passes a coding it does not know through as if it were none, and answers a coding
     it knows but cannot decode (br, zstd without their libraries) with a bare 400 of its own."""
     coding = request.headers.get("Content-Encoding", "").strip().lower()
+    timeout_s = request.app[BODY_TIMEOUT_KEY]
     try:
-        body = await request.read()  # client_max_size bounds the bytes as sent
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()  # client_max_size bounds the bytes as sent
+    except TimeoutError:
+        request[ABANDONED_KEY] = True
+        raise Refused(408, f"Body not received within {timeout_s:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise Refused(413, f"Body over {MAX_BODY_BYTES} bytes") from None
     except RequestPayloadError as exc:  # e.g. broken chunked framing
@@ -343,8 +364,10 @@ def create_app(
     outbox: LedgerOutbox,
     intake: AsyncIntake,
     rate_limiter: RateLimiter,
+    body_timeout_s: float = 30.0,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_bodies])
+    app[BODY_TIMEOUT_KEY] = body_timeout_s
     app[CONFIG_KEY] = config
     app[ORCHESTRATOR_KEY] = orchestrator
     app[DOWNSTREAM_KEY] = downstream

@@ -18,6 +18,7 @@ from aiohttp import web
 from delivery_service import server as delivery_server
 from delivery_service.config import Settings as DeliverySettings
 from gateway.clients import Addresses, Downstream
+from gateway.http_server import DEFAULT_LIMITS, HttpLimits
 from gateway.server import Background, RunningGateway
 from gateway.server import create_server as create_gateway
 from gateway.store import GatewayStore
@@ -154,7 +155,10 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
 
 @asynccontextmanager
 async def in_process_suite(
-    database: Database, config_text: str = CONFIG, background: Background = DEFAULTS
+    database: Database,
+    config_text: str = CONFIG,
+    background: Background = DEFAULTS,
+    http_limits: HttpLimits = DEFAULT_LIMITS,
 ) -> AsyncIterator[InProcessSuite]:
     """The suite in this process; `config_text` is formatted with admin, key and the buyer url."""
     buyers = Buyers()
@@ -196,7 +200,7 @@ async def in_process_suite(
         downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
         stack.push_async_callback(downstream.close)
         gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background
+            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background, http_limits
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
         running = InProcessSuite(
