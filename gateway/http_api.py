@@ -1,5 +1,6 @@
 """The gateway's HTTP API (SPEC section 5): vendor submissions, operators' lead view, health and
-metrics. Every client mistake gets a 4xx with a reason; nothing a client sends yields a 500."""
+metrics (admin key only: Prometheus scrapes the metrics port). Every client mistake gets a 4xx
+with a reason; nothing a client sends yields a 500."""
 
 from __future__ import annotations
 
@@ -342,7 +343,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"SERVING"}', content_type="application/json")
 
 
-async def metrics(_request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.Response:
+    """The metrics on the vendor-facing port only for the admin key (SPEC 5.4): they show revenue
+    by buyer. Prometheus scrapes the gateway's metrics port (B+15) instead."""
+    if not key_matches(request, request.app[CONFIG_KEY].account.admin_api_key):
+        return error_response(401, "Unauthorized")
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
