@@ -36,6 +36,8 @@ from gateway.intake import (
     override_text,
     pairs_to_dict,
     parse_body,
+    redirect_target,
+    rename_trustedform,
     render,
     unflatten,
 )
@@ -129,10 +131,14 @@ class VendorRequest:
     source_id: str
     media: str
     fields: dict[str, Any]
+    redirect: str | None = None  # `redir_url`: answer 303 to it once the lead is handled
 
 
-async def read_vendor_request(request: web.Request) -> VendorRequest | web.Response:
-    """The vendor request, or the 404/401/406/413/415/400 answer it gets (SPEC 5.1's order)."""
+async def read_vendor_request(
+    request: web.Request, ping: bool = False
+) -> VendorRequest | web.Response:
+    """The vendor request, or the 404/401/429/406/408/413/415/400 answer it gets (SPEC 5.1's
+    order); `ping` for an inbound ping (SPEC 5.2), which prefers a TrustedForm ping URL."""
     config = request.app[CONFIG_KEY]
     flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
     flow = config.flows_by_id.get(flow_id)
@@ -151,14 +157,16 @@ async def read_vendor_request(request: web.Request) -> VendorRequest | web.Respo
     if media is None:
         return error_response(406, NOT_ACCEPTABLE)
     try:
-        fields = await _submitted_fields(request)
-    except _UnsupportedMediaType as exc:
-        return error_response(415, str(exc), media=media)
+        fields = unflatten(await read_parameters(request))
+        check_depth(fields)  # dot keys inside nested objects can multiply the depth
+        redir_url = fields.pop("redir_url", None)  # never a lead field
+        redirect = None if redir_url is None else redirect_target(redir_url)
     except Refused as exc:
         return refused_response(exc, media)
     except BadRequest as exc:
         return error_response(400, str(exc), media=media)
-    return VendorRequest(flow, source_id, media, fields)
+    rename_trustedform(fields, ping)
+    return VendorRequest(flow, source_id, media, fields, redirect)
 
 
 def refused_response(exc: Refused, media: str) -> web.Response:
@@ -215,15 +223,22 @@ async def submit(request: web.Request) -> web.Response:
                 409, "A request with this Idempotency-Key is still in progress", media=media
             )
         if first is not None:
+            if first.status == 303 and vendor.redirect is not None:
+                # The store keeps status and body, not headers: the retry names the same URL.
+                first = redirected(first, vendor.redirect)
             return _stored(first)
     try:
-        if prefers_async(request):
+        # A redirect follows the handled lead, so `redir_url` outweighs a preference to be
+        # answered before it is handled (RFC 7240 lets a server ignore a preference).
+        if vendor.redirect is None and prefers_async(request):
             response = await _accept_async(request, vendor, override, ping_id)
         else:
             result = await request.app[ORCHESTRATOR_KEY].submit(
                 flow_id, source_id, fields, override_text(override), ping_id=ping_id
             )
-            response = StoredResponse(201, media, render(result.as_dict(), media))
+            response = redirected(
+                StoredResponse(201, media, render(result.as_dict(), media)), vendor.redirect
+            )
     except BaseException:
         if key is not None:
             await store.release(source_id, key)
@@ -231,6 +246,14 @@ async def submit(request: web.Request) -> web.Response:
     if key is not None:
         await store.complete(source_id, key, response)
     return _stored(response)
+
+
+def redirected(response: StoredResponse, redirect: str | None) -> StoredResponse:
+    """With `redir_url`, the answer (body unchanged) as `303 See Other` to it, as LeadConduit."""
+    if redirect is None:
+        return response
+    headers = {**(response.headers or {}), "Location": redirect}
+    return StoredResponse(303, response.content_type, response.body, headers)
 
 
 def prefers_async(request: web.Request) -> bool:
@@ -264,10 +287,6 @@ def _stored(response: StoredResponse) -> web.Response:
     )
 
 
-class _UnsupportedMediaType(Exception):
-    pass
-
-
 def body_media(request: web.Request) -> tuple[str, str | None]:
     """The request's media type and charset; a Content-Type the parser chokes on (the stdlib's
     header parser raises IndexError on some) is no supported type rather than a 500."""
@@ -277,22 +296,27 @@ def body_media(request: web.Request) -> tuple[str, str | None]:
         return "", None
 
 
-async def _submitted_fields(request: web.Request) -> dict[str, Any]:
-    """Body fields, with query parameters merged over them, dot keys unflattened."""
+UNSUPPORTED_TYPE = (
+    "MIME type in Content-Type header is not supported. Use only "
+    "application/x-www-form-urlencoded, application/json, application/xml, text/xml."
+)
+
+
+async def read_parameters(request: web.Request) -> dict[str, Any]:
+    """Body fields with the query parameters merged over them (submit, ping and feedback).
+    A body needs a Content-Type (415 without one) of the four supported types (406 for any
+    other, as LeadConduit answers)."""
     body = await read_body(request)
     data: dict[str, Any] = {}
     if body.strip():
+        if not request.headers.get("Content-Type", "").strip():
+            raise Refused(415, "Content-Type header is required")
         content_type, charset = body_media(request)
         if content_type not in BODY_TYPES:
-            raise _UnsupportedMediaType(
-                "Content-Type must be application/json, application/x-www-form-urlencoded, "
-                "application/xml or text/xml"
-            )
+            raise Refused(406, UNSUPPORTED_TYPE)
         data = parse_body(content_type, body, charset)
     data.update(pairs_to_dict(request.query.items()))
-    fields = unflatten(data)
-    check_depth(fields)  # dot keys inside nested objects can multiply the depth
-    return fields
+    return data
 
 
 async def get_lead(request: web.Request) -> web.Response:

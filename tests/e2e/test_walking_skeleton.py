@@ -178,7 +178,7 @@ def test_buyer_rejection_fails_the_step_with_its_reason(suite: Suite) -> None:
             404,
         ),
         (SUBMIT, {}, b"first_name=Ada", SOURCE_KEY, 415),
-        (SUBMIT, {"Content-Type": "application/pdf"}, b"%PDF", SOURCE_KEY, 415),
+        (SUBMIT, {"Content-Type": "application/pdf"}, b"%PDF", SOURCE_KEY, 406),
         (SUBMIT, {"Content-Type": "application/json"}, b'{"first_name": ', SOURCE_KEY, 400),
         (
             SUBMIT,
