@@ -62,7 +62,10 @@ json_leaves = (
     | st.text(max_size=40)
 )
 field_names = st.sampled_from(
-    ["first_name", "phone_1", "state", "email", "price", "ping_id", "dob", "a.b", "a", ".", ""]
+    [
+        *("first_name", "phone_1", "state", "email", "price", "ping_id", "dob", "a.b", "a", "."),
+        *("", "redir_url", "redir_url.x", "xxTrustedFormCertUrl", "trustedform_ping_url"),
+    ]
 ) | st.text(max_size=12)
 json_values = st.recursive(
     json_leaves,
@@ -115,6 +118,10 @@ _SPECIAL = [
     "first_name=Zoë".encode("utf-16"),
     b"\xef\xbb\xbf" + b'{"first_name": "bom"}',
     b"\x00" * 64,
+    # LeadConduit's XML reading: attributes, namespaces, mixed text (issue 15).
+    b'<l:lead xmlns:l="urn:l" a="1" l:a="2"><a x="1" l:y="2">t<b/>u</a><_>v</_><a/></l:lead>',
+    b'<lead redir_url="javascript:x" xxTrustedFormPingUrl="p"><price c="1">3</price></lead>',
+    b'{"redir_url": "http://e.example/\n", "trustedform_ping_url": {"a": 1},\n"x": "\t"}',
 ]
 # Drawn by index, so a failure report names the index rather than printing a megabyte.
 SPECIAL_BODIES = st.integers(0, len(_SPECIAL) - 1).map(lambda index: _SPECIAL[index])
@@ -206,7 +213,12 @@ async def _post(
     url = suite.base_url + path + ("?" + query if query else "")
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         async with suite.http.request(
-            method, url, data=io.BytesIO(body), headers=sent, skip_auto_headers={"Content-Type"}
+            method,
+            url,
+            data=io.BytesIO(body),
+            headers=sent,
+            skip_auto_headers={"Content-Type"},
+            allow_redirects=False,  # a `redir_url` answer is a 303 to the vendor's own page
         ) as response:
             return response.status, await response.read()
 

@@ -45,7 +45,8 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
 
 @pytest.fixture
 def enough_file_descriptors() -> None:
-    """Each slow connection takes two descriptors in this process (client and server end)."""
+    """Each slow connection takes a descriptor in this process and one in the flood process,
+    which inherits this limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 4 * SLOW_CONNECTIONS
     if soft != resource.RLIM_INFINITY and soft < needed:
