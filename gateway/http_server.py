@@ -7,7 +7,8 @@ own (its `keepalive_timeout` counts from the last response, not from a request's
 closing idle keep-alive connections that early would race clients reusing them), so the
 connection handler here adds one: a request's headers must arrive whole within
 `header_timeout_s` of its first byte (of the connection's opening, for its first request), or
-the connection is answered `408` and closed. The body's deadline is kept where the body is read
+the connection is answered `408` and closed; a request pipelined behind one still being answered
+is late the same way, and its connection closed once that one is answered. The body's deadline is kept where the body is read
 (`http_api.read_body`). Both come from `HttpLimits` (LEADFLOW_HTTP_HEADER_TIMEOUT,
 LEADFLOW_HTTP_BODY_TIMEOUT).
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 _TIMEOUT_BODY = b'{"outcome":"failure","reason":"Request not received in time"}'
@@ -61,20 +63,33 @@ class _DeadlineHandler(RequestHandler):
         self._header_deadline: asyncio.TimerHandle | None = None
         self._requests_when_armed = 0
         self._bytes_since_armed = False
+        self._last_payload: Any = None  # the body of the last request parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm()  # a new connection owes its first request's headers from now
 
     def data_received(self, data: bytes) -> None:
-        # Between requests (none being handled or waiting to be), these bytes start one.
-        # `_request_count` counts the messages the parser has completed.
-        if self._header_deadline is None and not self._request_in_progress and not self._messages:
+        # Bytes that come when no request is being handled or waiting to be, or after the whole
+        # body of the last one (a next request pipelined behind one still being answered),
+        # start a request. `_request_count` counts the messages the parser has completed.
+        if self._header_deadline is None and (
+            (not self._request_in_progress and not self._messages)
+            or (self._last_payload is not None and self._last_payload.is_eof())
+        ):
             self._arm()
         self._bytes_since_armed = True
         super().data_received(data)
-        if self._header_deadline is not None and self._request_count != self._requests_when_armed:
+        if self._request_count != self._requests_when_armed:
+            if self._messages:
+                self._last_payload = self._messages[-1][1]
             self._disarm()  # the headers are in: the body's deadline is read_body's
+            if self._last_payload is EMPTY_PAYLOAD and not data.endswith(b"\r\n\r\n"):
+                # A request without a body, and bytes after it in the same packet: the start
+                # of the next one. (After a body the parser does not say whether bytes follow
+                # it; such a connection is left to aiohttp's keep-alive timeout.)
+                self._arm()
+                self._bytes_since_armed = True
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
@@ -86,6 +101,7 @@ class _DeadlineHandler(RequestHandler):
         self._header_deadline = self._loop.call_later(self._header_timeout_s, self._late)
 
     def _disarm(self) -> None:
+        self._requests_when_armed = self._request_count
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
@@ -93,6 +109,11 @@ class _DeadlineHandler(RequestHandler):
     def _late(self) -> None:
         self._header_deadline = None
         if self._request_count != self._requests_when_armed or self.transport is None:
+            return
+        if self._request_in_progress or self._messages:
+            # A late request pipelined behind one still being answered: that one is answered,
+            # then the connection closed (aiohttp's own graceful close).
+            self.close()
             return
         if self._bytes_since_armed:
             # RFC 9110 15.5.9; a connection that never sent a byte is closed without one.

@@ -177,10 +177,12 @@ async def test_a_late_request_is_answered_408_and_closed(
     started = loop.time()
     # Part of the headers, or all of them and part of the body; then nothing more.
     writer.write(HEADERS.encode() + (b'\r\n{"first_name": ' if in_body else b""))
-    async with asyncio.timeout(10):
-        answer = await reader.read()
+    try:
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
     took = loop.time() - started
-    writer.close()
     assert 2 - 0.05 <= took <= 2 + CLOSE_SLACK_S, took
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
@@ -215,3 +217,56 @@ def test_the_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("LEADFLOW_HTTP_BODY_TIMEOUT", bad)
         with pytest.raises(ValueError, match=r"LEADFLOW_HTTP_BODY_TIMEOUT|body_timeout_s"):
             settings_from_env()
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+async def _response(reader: asyncio.StreamReader) -> bytes:
+    """One response's status line (its body read and dropped)."""
+    status = await reader.readline()
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = int(headers.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return status
+
+
+async def test_an_idle_keep_alive_connection_is_not_cut_at_the_header_limit(
+    suite: InProcessSuite,
+) -> None:
+    """The header deadline starts with a request's first byte: a client keeping its connection
+    between requests is not the slow client (closing it would race its next request)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", suite.gateway.http_port)
+    try:
+        async with asyncio.timeout(20):
+            writer.write(HEALTHZ)
+            assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(LIMITS.header_timeout_s + 1)
+            writer.write(HEALTHZ)
+            assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("same_packet", [True, False])
+async def test_a_late_request_pipelined_behind_another_is_cut_at_the_limit(
+    suite: InProcessSuite, same_packet: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", suite.gateway.http_port)
+    if same_packet:
+        writer.write(HEALTHZ + b"GET /hea")
+    else:
+        writer.write(HEALTHZ)
+        await asyncio.sleep(0.3)
+        writer.write(b"GET /hea")
+    started = loop.time()
+    try:
+        async with asyncio.timeout(10):
+            assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+            rest = await reader.read()
+    finally:
+        writer.close()
+    took = loop.time() - started
+    assert LIMITS.header_timeout_s - 0.05 <= took <= LIMITS.header_timeout_s + CLOSE_SLACK_S, took
+    assert rest.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), rest
