@@ -474,3 +474,43 @@ async def test_bodies_are_read_or_refused_as_spec_5_1_says(
     assert got == status, answer
     if status == 406:
         assert b"Use only application/x-www-form-urlencoded" in answer
+
+
+# The flow pays 7 for a lead whose trustedform_cert_url is a ping URL, 5 for a certificate URL.
+TRUSTEDFORM_CONFIG = CONFIG.replace(
+    "    pricing: {{prices: [{{amount: 9.99}}]}}\n    sources:",
+    "    pricing: {{prices: [{{amount: 1}}, "
+    "{{amount: 7, rule_set: [{{lhv: trustedform_cert_url.host, op: is equal to, rhv: ping.trustedform.com}}]}}, "
+    "{{amount: 5, rule_set: [{{lhv: trustedform_cert_url.host, op: is equal to, rhv: cert.trustedform.com}}]}}]}}\n"
+    "    sources:",
+)
+TF_PING = "https://ping.trustedform.com/" + "a" * 40
+TF_CERT = "https://cert.trustedform.com/" + "b" * 40
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "price"),
+    [
+        (PING, f"state=CA&xxTrustedFormPingUrl={TF_PING}".encode(), 7),
+        (
+            PING,
+            f"state=CA&TRUSTEDFORM_PING_URL={TF_PING}&xxTrustedFormCertUrl={TF_CERT}".encode(),
+            7,
+        ),
+        (PING, f"state=CA&xxtrustedformcerturl={TF_CERT}".encode(), 5),
+        (
+            SUBMIT,
+            f"state=CA&xxTrustedFormPingUrl={TF_PING}&xxTrustedFormCertUrl={TF_CERT}".encode(),
+            5,
+        ),
+        (SUBMIT, f"state=CA&xxTrustedFormPingUrl={TF_PING}".encode(), 1),  # dropped on a submit
+    ],
+)
+async def test_a_ping_prices_the_trustedform_ping_url_and_a_submit_the_cert_url(
+    database: Database, path: str, body: bytes, price: int
+) -> None:
+    assert "amount: 7" in TRUSTEDFORM_CONFIG
+    async with in_process_suite(database, TRUSTEDFORM_CONFIG) as suite:
+        status, _, answer = await _send(suite, path, body, "application/x-www-form-urlencoded")
+    assert status in (200, 201), answer
+    assert orjson.loads(answer)["price"] == price
