@@ -8,9 +8,9 @@ closing idle keep-alive connections that early would race clients reusing them),
 connection handler here adds one: a request's headers must arrive whole within
 `header_timeout_s` of its first byte (of the connection's opening, for its first request), or
 the connection is answered `408` and closed; a request pipelined behind one still being answered
-is late the same way, and its connection closed once that one is answered. The body's deadline is kept where the body is read
-(`http_api.read_body`). Both come from `HttpLimits` (LEADFLOW_HTTP_HEADER_TIMEOUT,
-LEADFLOW_HTTP_BODY_TIMEOUT).
+is late the same way, and its connection closed once that one is answered. The body's deadline
+is kept where the body is read (`http_api.read_body`). Both come from `HttpLimits`
+(LEADFLOW_HTTP_HEADER_TIMEOUT, LEADFLOW_HTTP_BODY_TIMEOUT).
 
 This subclasses aiohttp's RequestHandler and reads two of its private counters; aiohttp is
 pinned to one version in pyproject.toml and tests/service/test_slow_clients.py fails if they
