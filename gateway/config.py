@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 
 from gateway.clients import Addresses
-from leadflow.kit import ServiceSettings, env_int
+from gateway.http_server import DEFAULT_LIMITS, HttpLimits
+from leadflow.kit import ServiceSettings, env_int, env_number
 
 DEFAULT_PORT = 50055
 DEFAULT_METRICS_PORT = 50065
@@ -20,6 +21,7 @@ class GatewaySettings:
     http_port: int
     addresses: Addresses
     schema: str = "gateway"
+    http_limits: HttpLimits = DEFAULT_LIMITS
 
 
 def settings_from_env() -> GatewaySettings:
@@ -33,5 +35,13 @@ def settings_from_env() -> GatewaySettings:
             routing=os.environ.get("LEADFLOW_ROUTING_ADDR", "127.0.0.1:50052"),
             delivery=os.environ.get("LEADFLOW_DELIVERY_ADDR", "127.0.0.1:50053"),
             ledger=os.environ.get("LEADFLOW_LEDGER_ADDR", "127.0.0.1:50054"),
+        ),
+        http_limits=HttpLimits(
+            header_timeout_s=env_number(
+                "LEADFLOW_HTTP_HEADER_TIMEOUT", HttpLimits.header_timeout_s, 0.001, 3600
+            ),
+            body_timeout_s=env_number(
+                "LEADFLOW_HTTP_BODY_TIMEOUT", HttpLimits.body_timeout_s, 0.001, 3600
+            ),
         ),
     )

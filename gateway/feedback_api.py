@@ -16,13 +16,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.clients import Downstream
 from gateway.intake import (
-    BODY_TYPES,
     NOT_ACCEPTABLE,
     BadRequest,
+    Refused,
     error_response,
     negotiate,
-    pairs_to_dict,
-    parse_body,
     render,
 )
 from gateway.outbox import LedgerOutbox
@@ -84,20 +82,9 @@ def return_policy(config: Config, buyer: Buyer) -> pb.ReturnPolicy | None:
 
 
 async def _parameters(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
-    data: dict[str, Any] = {}
-    if body.strip():
-        from gateway.http_api import body_media  # http_api registers these routes
+    from gateway.http_api import read_parameters  # http_api registers these routes
 
-        content_type, charset = body_media(request)
-        if content_type not in BODY_TYPES:
-            raise BadRequest(
-                "Content-Type must be application/json, application/x-www-form-urlencoded, "
-                "application/xml or text/xml"
-            )
-        data = parse_body(content_type, body, charset)
-    data.update(pairs_to_dict(request.query.items()))
-    return data
+    return await read_parameters(request)
 
 
 def _text(data: dict[str, Any], name: str) -> str:
@@ -172,6 +159,10 @@ def add_feedback_routes(
             )
         try:
             message = feedback_request(config, buyer, await _parameters(request), key)
+        except Refused as exc:
+            from gateway.http_api import refused_response  # http_api registers these routes
+
+            return refused_response(exc, media)
         except BadRequest as exc:
             return error_response(400, str(exc), media)
         try:

@@ -1,5 +1,6 @@
 """The gateway's HTTP API (SPEC section 5): vendor submissions, operators' lead view, health and
-metrics. Every client mistake gets a 4xx with a reason; nothing a client sends yields a 500."""
+metrics (admin key only: Prometheus scrapes the metrics port). Every client mistake gets a 4xx
+with a reason; nothing a client sends yields a 500."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.async_intake import AsyncIntake, Submission
@@ -26,12 +28,16 @@ from gateway.intake import (
     BODY_TYPES,
     NOT_ACCEPTABLE,
     BadRequest,
+    Refused,
     check_depth,
+    decode_body,
     error_response,
     negotiate,
     override_text,
     pairs_to_dict,
     parse_body,
+    redirect_target,
+    rename_trustedform,
     render,
     unflatten,
 )
@@ -58,6 +64,10 @@ OUTBOX_KEY = web.AppKey("outbox", LedgerOutbox)
 INTAKE_KEY = web.AppKey("intake", AsyncIntake)
 # Set while a stopping gateway drains its open connections (gateway.server).
 DRAINING_KEY = web.AppKey("draining", asyncio.Event)
+# How long a request's body may take to arrive once its headers are in (HttpLimits).
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
+# Set on a request whose body did not arrive in time: its connection is closed after the 408.
+ABANDONED_KEY = web.RequestKey("abandoned", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,7 +76,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_as_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own 404/405/413 become the same `{"outcome","reason"}` bodies as ours."""
     try:
-        return await handler(request)
+        response = await handler(request)
+        if request.get(ABANDONED_KEY):
+            await _answer_and_close(request, response)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -78,6 +91,15 @@ async def errors_as_bodies(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal error", outcome="error")
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer, then close the connection at once: aiohttp would otherwise go on
+    reading the rest of the late body for its lingering time (10 s) before closing."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -111,10 +133,14 @@ class VendorRequest:
     source_id: str
     media: str
     fields: dict[str, Any]
+    redirect: str | None = None  # `redir_url`: answer 303 to it once the lead is handled
 
 
-async def read_vendor_request(request: web.Request) -> VendorRequest | web.Response:
-    """The vendor request, or the 404/401/406/413/415/400 answer it gets (SPEC 5.1's order)."""
+async def read_vendor_request(
+    request: web.Request, ping: bool = False
+) -> VendorRequest | web.Response:
+    """The vendor request, or the 404/401/429/406/408/413/415/400 answer it gets (SPEC 5.1's
+    order); `ping` for an inbound ping (SPEC 5.2), which prefers a TrustedForm ping URL."""
     config = request.app[CONFIG_KEY]
     flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
     flow = config.flows_by_id.get(flow_id)
@@ -133,14 +159,43 @@ async def read_vendor_request(request: web.Request) -> VendorRequest | web.Respo
     if media is None:
         return error_response(406, NOT_ACCEPTABLE)
     try:
-        fields = await _submitted_fields(request)
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"Body over {MAX_BODY_BYTES} bytes", media=media)
-    except _UnsupportedMediaType as exc:
-        return error_response(415, str(exc), media=media)
+        fields = unflatten(await read_parameters(request))
+        check_depth(fields)  # dot keys inside nested objects can multiply the depth
+        redir_url = fields.pop("redir_url", None)  # never a lead field
+        redirect = None if redir_url is None else redirect_target(redir_url)
+    except Refused as exc:
+        return refused_response(exc, media)
     except BadRequest as exc:
         return error_response(400, str(exc), media=media)
-    return VendorRequest(flow, source_id, media, fields)
+    rename_trustedform(fields, ping)
+    return VendorRequest(flow, source_id, media, fields, redirect)
+
+
+def refused_response(exc: Refused, media: str) -> web.Response:
+    response = error_response(exc.status, exc.reason, media=media)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decoded from its Content-Encoding: the one place every endpoint reads
+    a body. aiohttp's own decompression is off (gateway.server) because it fails inside
+    `read()` with an exception of its own on a body that is not what its Content-Encoding says
+    (a 500), passes a coding it does not know through as if it were none, and answers a coding
+    it knows but cannot decode (br, zstd without their libraries) with a bare 400 of its own."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    timeout_s = request.app[BODY_TIMEOUT_KEY]
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()  # client_max_size bounds the bytes as sent
+    except TimeoutError:
+        request[ABANDONED_KEY] = True
+        raise Refused(408, f"Body not received within {timeout_s:g} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, f"Body over {MAX_BODY_BYTES} bytes") from None
+    except RequestPayloadError as exc:  # e.g. broken chunked framing
+        raise BadRequest(f"the body could not be read: {exc}") from None
+    return decode_body(body, coding, MAX_BODY_BYTES)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -170,15 +225,22 @@ async def submit(request: web.Request) -> web.Response:
                 409, "A request with this Idempotency-Key is still in progress", media=media
             )
         if first is not None:
+            if first.status == 303 and vendor.redirect is not None:
+                # The store keeps status and body, not headers: the retry names the same URL.
+                first = redirected(first, vendor.redirect)
             return _stored(first)
     try:
-        if prefers_async(request):
+        # A redirect follows the handled lead, so `redir_url` outweighs a preference to be
+        # answered before it is handled (RFC 7240 lets a server ignore a preference).
+        if vendor.redirect is None and prefers_async(request):
             response = await _accept_async(request, vendor, override, ping_id)
         else:
             result = await request.app[ORCHESTRATOR_KEY].submit(
                 flow_id, source_id, fields, override_text(override), ping_id=ping_id
             )
-            response = StoredResponse(201, media, render(result.as_dict(), media))
+            response = redirected(
+                StoredResponse(201, media, render(result.as_dict(), media)), vendor.redirect
+            )
     except BaseException:
         if key is not None:
             await store.release(source_id, key)
@@ -186,6 +248,14 @@ async def submit(request: web.Request) -> web.Response:
     if key is not None:
         await store.complete(source_id, key, response)
     return _stored(response)
+
+
+def redirected(response: StoredResponse, redirect: str | None) -> StoredResponse:
+    """With `redir_url`, the answer (body unchanged) as `303 See Other` to it, as LeadConduit."""
+    if redirect is None:
+        return response
+    headers = {**(response.headers or {}), "Location": redirect}
+    return StoredResponse(303, response.content_type, response.body, headers)
 
 
 def prefers_async(request: web.Request) -> bool:
@@ -219,10 +289,6 @@ def _stored(response: StoredResponse) -> web.Response:
     )
 
 
-class _UnsupportedMediaType(Exception):
-    pass
-
-
 def body_media(request: web.Request) -> tuple[str, str | None]:
     """The request's media type and charset; a Content-Type the parser chokes on (the stdlib's
     header parser raises IndexError on some) is no supported type rather than a 500."""
@@ -232,22 +298,27 @@ def body_media(request: web.Request) -> tuple[str, str | None]:
         return "", None
 
 
-async def _submitted_fields(request: web.Request) -> dict[str, Any]:
-    """Body fields, with query parameters merged over them, dot keys unflattened."""
-    body = await request.read()
+UNSUPPORTED_TYPE = (
+    "MIME type in Content-Type header is not supported. Use only "
+    "application/x-www-form-urlencoded, application/json, application/xml, text/xml."
+)
+
+
+async def read_parameters(request: web.Request) -> dict[str, Any]:
+    """Body fields with the query parameters merged over them (submit, ping and feedback).
+    A body needs a Content-Type (415 without one) of the four supported types (406 for any
+    other, as LeadConduit answers)."""
+    body = await read_body(request)
     data: dict[str, Any] = {}
     if body.strip():
+        if not request.headers.get("Content-Type", "").strip():
+            raise Refused(415, "Content-Type header is required")
         content_type, charset = body_media(request)
         if content_type not in BODY_TYPES:
-            raise _UnsupportedMediaType(
-                "Content-Type must be application/json, application/x-www-form-urlencoded, "
-                "application/xml or text/xml"
-            )
+            raise Refused(406, UNSUPPORTED_TYPE)
         data = parse_body(content_type, body, charset)
     data.update(pairs_to_dict(request.query.items()))
-    fields = unflatten(data)
-    check_depth(fields)  # dot keys inside nested objects can multiply the depth
-    return fields
+    return data
 
 
 async def get_lead(request: web.Request) -> web.Response:
@@ -298,7 +369,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"SERVING"}', content_type="application/json")
 
 
-async def metrics(_request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.Response:
+    """The metrics on the vendor-facing port only for the admin key (SPEC 5.4): they show revenue
+    by buyer. Prometheus scrapes the gateway's metrics port (B+15) instead."""
+    if not key_matches(request, request.app[CONFIG_KEY].account.admin_api_key):
+        return error_response(401, "Unauthorized")
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
@@ -320,8 +395,10 @@ def create_app(
     outbox: LedgerOutbox,
     intake: AsyncIntake,
     rate_limiter: RateLimiter,
+    body_timeout_s: float = 30.0,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_bodies])
+    app[BODY_TIMEOUT_KEY] = body_timeout_s
     app[CONFIG_KEY] = config
     app[ORCHESTRATOR_KEY] = orchestrator
     app[DOWNSTREAM_KEY] = downstream

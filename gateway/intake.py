@@ -4,11 +4,12 @@ endpoint gives. Pure: no I/O."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 from xml.etree.ElementTree import Element, ParseError
 
 import orjson
@@ -32,6 +33,54 @@ class BadRequest(ValueError):
     """A body or parameter the gateway cannot read (HTTP 400, with this message)."""
 
 
+class Refused(Exception):
+    """A request refused with another 4xx than 400 (413, 415, 406): status, reason and the
+    headers the answer carries."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+# Content codings a request body may arrive in (RFC 9110 8.4; `x-gzip` is gzip's old name).
+GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
+BODY_CODINGS = GZIP_CODINGS | {"deflate", "identity"}
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+def decode_body(body: bytes, coding: str, limit: int) -> bytes:
+    """The body without its content coding (`coding` lowercased, one of BODY_CODINGS), at most
+    `limit` bytes once decoded: a small compressed body must not expand past the size limit
+    (a zip bomb), so decompression stops one byte past it."""
+    coding = coding or "identity"
+    if coding not in BODY_CODINGS:
+        raise Refused(
+            415,
+            "Content-Encoding must be gzip, deflate or identity",
+            {"Accept-Encoding": ACCEPT_ENCODING},
+        )
+    if coding == "identity" or not body:
+        return body
+    if coding in GZIP_CODINGS:
+        wbits = 16 + zlib.MAX_WBITS
+    elif body[0] & 0x0F == 8 and int.from_bytes(body[:2], "big") % 31 == 0:
+        wbits = zlib.MAX_WBITS  # deflate as RFC 9110 means it: a zlib stream
+    else:
+        wbits = -zlib.MAX_WBITS  # raw deflate, which many clients send instead
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        decoded = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"the body is not valid {coding} data") from None
+    if len(decoded) > limit:
+        raise Refused(413, f"Body over {limit} bytes once decompressed")
+    if not decompressor.eof or decompressor.unused_data:
+        raise BadRequest(f"the body is not valid {coding} data (truncated or trailing bytes)")
+    return decoded
+
+
 def parse_body(content_type: str, body: bytes, charset: str | None = None) -> dict[str, Any]:
     """The fields of a body, by its media type (the caller has checked it is one of BODY_TYPES)."""
     if not body.strip():
@@ -40,7 +89,12 @@ def parse_body(content_type: str, body: bytes, charset: str | None = None) -> di
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"invalid JSON body: {exc}") from None
+            # As LeadConduit: vendors put raw newlines and tabs inside JSON strings; the body
+            # is read once more without any CR, LF or tab before it is refused.
+            try:
+                data = orjson.loads(body.translate(None, b"\r\n\t"))
+            except orjson.JSONDecodeError:
+                raise BadRequest(f"invalid JSON body: {exc}") from None
         if not isinstance(data, dict):
             raise BadRequest("the JSON body must be an object")
         check_depth(data)
@@ -63,12 +117,17 @@ def _decode(body: bytes, charset: str | None) -> str:
 
 
 def _parse_xml(text: str) -> dict[str, Any]:
+    """The root element is the lead (its name is not a field), as LeadConduit reads XML."""
     try:
         root = parse_xml(text, forbid_dtd=True)
     except (ParseError, DefusedXmlException) as exc:
         raise BadRequest(f"invalid XML body: {exc}") from None
     value = _xml_value(root)
-    return value if isinstance(value, dict) else {}
+    if isinstance(value, dict):
+        return value
+    if value:
+        raise BadRequest("the XML root element must hold the lead's fields as elements, not text")
+    return {}
 
 
 def check_depth(value: Any, depth: int = 0) -> None:
@@ -83,23 +142,37 @@ def check_depth(value: Any, depth: int = 0) -> None:
             stack.extend((child, level + 1) for child in children)
 
 
+def _local_name(name: str) -> str:
+    """`{namespace-uri}name` -> `name`: namespaces are dropped from element and attribute names."""
+    return name.rpartition("}")[2]
+
+
 def _xml_value(element: Element, depth: int = 0) -> Any:
+    """LeadConduit's reading (xml2js with explicitArray false, mergeAttrs true): an element with
+    neither children nor attributes is its text; otherwise an object of its attributes and
+    child elements, with its own text under `_`; a repeated name becomes a list."""
     children = list(element)
-    if not children:
-        return (element.text or "").strip()
+    text = ((element.text or "") + "".join(child.tail or "" for child in children)).strip()
+    if not children and not element.attrib:
+        return text
     if depth >= MAX_DEPTH:
         raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
     result: dict[str, Any] = {}
+    for name, value in element.attrib.items():
+        _add_field(result, _local_name(name), value)
     for child in children:
-        value = _xml_value(child, depth + 1)
-        if child.tag in result:  # a repeated element is a list
-            existing = result[child.tag]
-            result[child.tag] = (
-                [*existing, value] if isinstance(existing, list) else [existing, value]
-            )
-        else:
-            result[child.tag] = value
+        _add_field(result, _local_name(str(child.tag)), _xml_value(child, depth + 1))
+    if text:
+        _add_field(result, "_", text)
     return result
+
+
+def _add_field(result: dict[str, Any], name: str, value: Any) -> None:
+    if name in result:  # a repeated name is a list
+        existing = result[name]
+        result[name] = [*existing, value] if isinstance(existing, list) else [existing, value]
+    else:
+        result[name] = value
 
 
 def pairs_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -151,45 +224,108 @@ def override_text(value: object) -> str:
     return str(value)
 
 
-# What the gateway can answer in, in order of preference when the client does not care.
+# What the gateway can answer in. Between types an Accept header rates equally, the order is
+# LeadConduit's: `*/*` means JSON (its special case); a `type/*` range picks the name its
+# matcher sorts last (mimeparse sorting its candidates as strings): `application/*` is XML,
+# `text/*` is text/xml, and both together text/xml.
 OFFERS = ("application/json", "application/xml", "text/xml", "text/plain")
+_ANY_ORDER = OFFERS
+_SUBTYPE_ANY_ORDER = tuple(sorted(OFFERS, reverse=True))
 NOT_ACCEPTABLE = "Acceptable types: application/json, application/xml, text/plain"
 
 
 def negotiate(accept: str | None) -> str | None:
-    """The media type to answer in, or None when the Accept header allows none of OFFERS."""
+    """The media type to answer in, or None when the Accept header allows none of OFFERS.
+    Matched case-insensitively; each offer takes the quality of the most specific range that
+    matches it; the highest quality wins, then the more specific range, then the order above."""
     if not accept or not accept.strip():
         return OFFERS[0]
+    ranges = [_media_range(item) for item in accept.split(",")]
     best: tuple[float, int, int] | None = None
     chosen = None
-    for offer_rank, offer in enumerate(OFFERS):
+    for offer in OFFERS:
         offer_type, offer_sub = offer.split("/")
         quality, specificity = -1.0, -1
-        for item in accept.split(","):
-            media, _, params = item.strip().partition(";")
-            media_type, _, media_sub = media.strip().lower().partition("/")
+        for media_type, media_sub, range_quality in ranges:
             if media_type not in ("*", offer_type) or media_sub not in ("*", offer_sub):
                 continue
             spec = (media_type != "*") + (media_sub != "*")
             if spec > specificity:
-                specificity, quality = spec, _quality(params)
+                specificity, quality = spec, range_quality
         if quality <= 0:
             continue
-        key = (quality, specificity, -offer_rank)
+        order = _ANY_ORDER if specificity == 0 else _SUBTYPE_ANY_ORDER
+        key = (quality, specificity, -order.index(offer))
         if best is None or key > best:
             best, chosen = key, offer
     return chosen
 
 
+def _media_range(item: str) -> tuple[str, str, float]:
+    media, _, params = item.strip().partition(";")
+    media = media.strip().lower()
+    if media == "*":  # what Java's URLConnection sends for */*
+        media = "*/*"
+    media_type, _, media_sub = media.partition("/")
+    return media_type.strip(), media_sub.strip(), _quality(params)
+
+
 def _quality(params: str) -> float:
+    """The range's q; a q that is no number from 0 to 1 (`abc`, `nan`) makes it unacceptable."""
     for param in params.split(";"):
         name, _, value = param.strip().partition("=")
         if name.strip().lower() == "q":
             try:
-                return max(0.0, min(1.0, float(value)))
+                quality = float(value)
             except ValueError:
                 return 0.0
+            return min(1.0, quality) if quality >= 0 else 0.0
     return 1.0
+
+
+# LeadConduit's TrustedForm parameter names (compared in lower case), and the field they become.
+TRUSTEDFORM_CERT_URL = "trustedform_cert_url"
+_TRUSTEDFORM_CERT_ALIASES = frozenset({"xxtrustedformcerturl"})
+_TRUSTEDFORM_PING_ALIASES = frozenset({"xxtrustedformpingurl", "trustedform_ping_url"})
+
+
+def rename_trustedform(fields: dict[str, Any], ping: bool) -> None:
+    """`xxTrustedFormCertUrl` (any case) becomes `trustedform_cert_url`; so do
+    `xxTrustedFormPingUrl` and `trustedform_ping_url`, preferred on an inbound ping. On a
+    submission a ping URL alone is dropped, as LeadConduit does: it is no certificate to claim."""
+    cert = ping_url = None
+    for name in list(fields):
+        lowered = name.lower()
+        if lowered in _TRUSTEDFORM_PING_ALIASES:
+            ping_url = fields.pop(name)
+        elif lowered in _TRUSTEDFORM_CERT_ALIASES:
+            cert = fields.pop(name)
+    if ping and ping_url:
+        fields[TRUSTEDFORM_CERT_URL] = ping_url
+    elif cert:
+        fields[TRUSTEDFORM_CERT_URL] = cert
+
+
+MAX_REDIRECT = 2048
+
+
+def redirect_target(value: object) -> str:
+    """The `redir_url` to answer `303` with: one absolute http(s) URL, ASCII without spaces or
+    control characters (it goes into the Location header as it is)."""
+    problem = "redir_url must be one absolute http or https URL"
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_REDIRECT:
+        raise BadRequest(problem)
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise BadRequest(problem)
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a port that is no number
+    except ValueError:
+        raise BadRequest(problem) from None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        raise BadRequest(problem)
+    return value
 
 
 @dataclass(frozen=True)

@@ -852,14 +852,17 @@ def _paths() -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
-                "summary": "The gateway's Prometheus metrics",
+                "summary": "The gateway's Prometheus metrics (admin key on this port; the "
+                "metrics port, B+15, serves them to Prometheus without one)",
                 "operationId": "metrics",
                 "tags": ["operators"],
+                "security": _ADMIN,
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
+                    "401": _UNAUTHORIZED,
                     "default": _DEFAULT,
                 },
             }

@@ -37,12 +37,16 @@ def _utc_text(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _answer(data: dict[str, object], media: str) -> web.Response:
-    return web.Response(status=200, body=render(data, media), content_type=media)
+def _answer(data: dict[str, object], media: str, redirect: str | None) -> web.Response:
+    """200, or with `redir_url` 303 to it (as LeadConduit answers pings too)."""
+    if redirect is None:
+        return web.Response(status=200, body=render(data, media), content_type=media)
+    headers = {"Location": redirect}
+    return web.Response(status=303, body=render(data, media), content_type=media, headers=headers)
 
 
 async def ping(request: web.Request) -> web.Response:
-    vendor = await read_vendor_request(request)
+    vendor = await read_vendor_request(request, ping=True)
     if isinstance(vendor, web.Response):
         return vendor
     config = request.app[CONFIG_KEY]
@@ -57,10 +61,14 @@ async def ping(request: web.Request) -> web.Response:
     except grpc.aio.AioRpcError as exc:
         log.warning("ping for flow %s: pricing %s", flow_id, exc.code().name)
         reason = "Ping could not be processed, try again later"
-        return _answer({"outcome": "error", "reason": reason, "price": ZERO}, media)
+        return _answer(
+            {"outcome": "error", "reason": reason, "price": ZERO}, media, vendor.redirect
+        )
     price = from_proto(quote.price)
     if price <= 0:
-        return _answer({"outcome": "failure", "reason": NO_BID, "price": ZERO}, media)
+        return _answer(
+            {"outcome": "failure", "reason": NO_BID, "price": ZERO}, media, vendor.redirect
+        )
     ping_quote = PingQuote(secrets.token_hex(12), to_micros(price), now + PING_TTL)
     await request.app[STORE_KEY].put_ping(flow_id, source_id, ping_quote)
     return _answer(
@@ -71,6 +79,7 @@ async def ping(request: web.Request) -> web.Response:
             "expires_at": _utc_text(ping_quote.expires_time),
         },
         media,
+        vendor.redirect,
     )
 
 

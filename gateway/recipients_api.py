@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.clients import Downstream
-from gateway.intake import error_response, render
+from gateway.intake import BadRequest, Refused, error_response, render
 from gateway.outbox import LedgerOutbox
 from leadflow.config import Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
@@ -109,10 +109,14 @@ def add_recipient_routes(
     async def resolve(request: web.Request) -> web.Response:
         if not admin(request):
             return error_response(401, "Unauthorized")
+        from gateway.http_api import read_body, refused_response  # http_api registers these
+
         event_id = request.match_info["event_id"]
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+            body = orjson.loads(await read_body(request))
+        except Refused as exc:
+            return refused_response(exc, JSON)
+        except (BadRequest, orjson.JSONDecodeError):
             return error_response(400, 'body must be JSON: {"outcome":"success"|"failure"}')
         outcome = body.get("outcome") if isinstance(body, dict) else None
         if outcome not in RESOLUTIONS:

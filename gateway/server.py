@@ -15,6 +15,7 @@ from gateway.async_intake import WORKERS, AsyncIntake
 from gateway.clients import Downstream
 from gateway.config import settings_from_env
 from gateway.http_api import DRAINING_KEY, create_app
+from gateway.http_server import DEFAULT_LIMITS, GatewayRunner, HttpLimits
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LINGER_S, LedgerOutbox
 from gateway.rate_limit import RateLimiter
@@ -90,6 +91,7 @@ async def create_server(
     downstream: Downstream,
     store: GatewayStore,
     background: Background = Background(),
+    http_limits: HttpLimits = DEFAULT_LIMITS,
 ) -> RunningGateway:
     outbox = LedgerOutbox(
         store,
@@ -116,10 +118,24 @@ async def create_server(
         SERVICE_NAME,
         address,
     )
-    runner = web.AppRunner(
-        create_app(config, orchestrator, downstream, store, outbox, intake, rate_limiter),
+    app = create_app(
+        config,
+        orchestrator,
+        downstream,
+        store,
+        outbox,
+        intake,
+        rate_limiter,
+        body_timeout_s=http_limits.body_timeout_s,
+    )
+    runner = GatewayRunner(
+        app,
+        http_limits,
         access_log_class=AccessLogger,
         access_log=access_log.LOGGER,
+        # Bodies are decoded from their Content-Encoding by http_api.read_body, which answers
+        # a body that does not decode with a 400 and an unknown coding with a 415.
+        auto_decompress=False,
     )
     await runner.setup()
     site = web.TCPSite(runner, http_host, http_port)
@@ -146,7 +162,13 @@ async def main() -> None:
     downstream = Downstream(settings.addresses)
     kit.serve_metrics(settings.service.metrics_port)
     gateway = await create_server(
-        settings.service.address, settings.http_host, settings.http_port, config, downstream, store
+        settings.service.address,
+        settings.http_host,
+        settings.http_port,
+        config,
+        downstream,
+        store,
+        http_limits=settings.http_limits,
     )
 
     async def close() -> None:

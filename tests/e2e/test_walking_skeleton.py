@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_buyer_rejection_fails_the_step_with_its_reason(suite: Suite) -> None:
             404,
         ),
         (SUBMIT, {}, b"first_name=Ada", SOURCE_KEY, 415),
-        (SUBMIT, {"Content-Type": "application/pdf"}, b"%PDF", SOURCE_KEY, 415),
+        (SUBMIT, {"Content-Type": "application/pdf"}, b"%PDF", SOURCE_KEY, 406),
         (SUBMIT, {"Content-Type": "application/json"}, b'{"first_name": ', SOURCE_KEY, 400),
         (
             SUBMIT,
@@ -262,9 +263,21 @@ def test_repeated_idempotency_key_returns_the_first_response_and_sells_once(
 
 def test_healthz_and_metrics_are_served(suite: Suite) -> None:
     assert suite.request("GET", "/healthz")[0] == 200
-    status, _, raw = suite.request("GET", "/metrics")
+    headers = {"Content-Type": "application/json"}
+    assert suite.request("POST", SUBMIT, orjson.dumps(LEAD), headers, SOURCE_KEY)[0] == 201
+    series = b'leadflow_leads_total{flow="auto",outcome="success",source="vendor"}'
+    # The metrics port (B+15), which Prometheus scrapes: everything, no key.
+    url = f"http://127.0.0.1:{suite.port_base + 15}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert series in response.read()
+    # The vendor-facing port: revenue by buyer is not public (SPEC 5.4, issue 13).
+    for key in (None, SOURCE_KEY):
+        status, _, raw = suite.request("GET", "/metrics", key=key)
+        assert status == 401, raw
+        assert b"leadflow_" not in raw
+    status, _, raw = suite.request("GET", "/metrics", key=ADMIN_KEY)
     assert status == 200
-    assert b'leadflow_leads_total{flow="auto",outcome="success",source="vendor"}' in raw
+    assert series in raw
 
 
 def test_the_ledger_runs_at_a_lower_cpu_priority_than_the_lead_path(suite: Suite) -> None:

@@ -5,12 +5,15 @@ the real gateway wired to real services answers below 500 and within a bounded t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,7 +62,10 @@ json_leaves = (
     | st.text(max_size=40)
 )
 field_names = st.sampled_from(
-    ["first_name", "phone_1", "state", "email", "price", "ping_id", "dob", "a.b", "a", ".", ""]
+    [
+        *("first_name", "phone_1", "state", "email", "price", "ping_id", "dob", "a.b", "a", "."),
+        *("", "redir_url", "redir_url.x", "xxTrustedFormCertUrl", "trustedform_ping_url"),
+    ]
 ) | st.text(max_size=12)
 json_values = st.recursive(
     json_leaves,
@@ -112,6 +118,10 @@ _SPECIAL = [
     "first_name=Zoë".encode("utf-16"),
     b"\xef\xbb\xbf" + b'{"first_name": "bom"}',
     b"\x00" * 64,
+    # LeadConduit's XML reading: attributes, namespaces, mixed text (issue 15).
+    b'<l:lead xmlns:l="urn:l" a="1" l:a="2"><a x="1" l:y="2">t<b/>u</a><_>v</_><a/></l:lead>',
+    b'<lead redir_url="javascript:x" xxTrustedFormPingUrl="p"><price c="1">3</price></lead>',
+    b'{"redir_url": "http://e.example/\n", "trustedform_ping_url": {"a": 1},\n"x": "\t"}',
 ]
 # Drawn by index, so a failure report names the index rather than printing a megabyte.
 SPECIAL_BODIES = st.integers(0, len(_SPECIAL) - 1).map(lambda index: _SPECIAL[index])
@@ -203,7 +213,12 @@ async def _post(
     url = suite.base_url + path + ("?" + query if query else "")
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         async with suite.http.request(
-            method, url, data=io.BytesIO(body), headers=sent, skip_auto_headers={"Content-Type"}
+            method,
+            url,
+            data=io.BytesIO(body),
+            headers=sent,
+            skip_auto_headers={"Content-Type"},
+            allow_redirects=False,  # a `redir_url` answer is a 303 to the vendor's own page
         ) as response:
             return response.status, await response.read()
 
@@ -355,3 +370,73 @@ async def test_feedback_amounts_that_are_no_money_are_a_400(
     )
     assert status == 400, answer
     assert b"amount must be" in answer
+
+
+PING = SUBMIT.removesuffix("submit") + "ping"
+# Each endpoint that reads a body, with its key and a JSON body whose answer shows it was read:
+# a lead (201), a ping quote (200), and feedback of an unknown type (400 naming the type).
+BODY_ENDPOINTS = [
+    (SUBMIT, KEY, b'{"first_name": "Ada", "state": "CA"}', 201, b"outcome"),
+    (PING, KEY, b'{"state": "CA"}', 200, b"price"),
+    ("/feedback", BUYER_KEY, b'{"lead_id": "x", "type": "gift"}', 400, b"type must be"),
+]
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+SUPPORTED_CODINGS = [
+    ("gzip", gzip.compress),
+    ("GZIP", gzip.compress),
+    ("x-gzip", gzip.compress),
+    ("deflate", zlib.compress),  # a zlib stream, as RFC 9110 means deflate
+    ("deflate", _raw_deflate),  # raw deflate, as many clients send it
+    ("identity", lambda data: data),
+]
+BAD_CODINGS = [
+    # aiohttp raised ContentEncodingError from request.read(): a 500 before the fix.
+    ("gzip", b'{"first_name": "Ada"}', 400, b"not valid gzip"),
+    ("deflate", b"\xff\xfe not deflate at all", 400, b"not valid deflate"),
+    ("gzip", gzip.compress(b'{"first_name": "Ada"}')[:-6], 400, b"not valid gzip"),
+    ("gzip", gzip.compress(b"{}") + b"trailing", 400, b"not valid gzip"),
+    # 4 MiB of spaces compress to 4 KiB: the size limit holds for the decoded body.
+    ("gzip", gzip.compress(b" " * (4 * 1024 * 1024)), 413, b"once decompressed"),
+    # An unknown coding was passed through as if there were none.
+    ("zzz", b'{"first_name": "Ada"}', 415, b"Content-Encoding must be"),
+    ("gzip, deflate", b'{"first_name": "Ada"}', 415, b"Content-Encoding must be"),
+    # aiohttp answered these itself, with a bare 400 asking to install a library.
+    ("br", b'{"first_name": "Ada"}', 415, b"Content-Encoding must be"),
+    ("zstd", b'{"first_name": "Ada"}', 415, b"Content-Encoding must be"),
+]
+
+
+@pytest.mark.parametrize(("path", "key", "body", "status", "marker"), BODY_ENDPOINTS)
+async def test_a_body_in_a_supported_content_encoding_is_decoded(
+    suite: InProcessSuite, path: str, key: str, body: bytes, status: int, marker: bytes
+) -> None:
+    for coding, encode in SUPPORTED_CODINGS:
+        headers = {"X-Api-Key": key, "Content-Encoding": coding}
+        got, answer = await _post(suite, path, encode(body), "application/json", None, "", headers)
+        assert (got, marker in answer) == (status, True), (coding, answer)
+
+
+@pytest.mark.parametrize(("path", "key"), [(path, key) for path, key, *_ in BODY_ENDPOINTS])
+async def test_a_body_that_is_not_in_its_content_encoding_is_a_client_error(
+    suite: InProcessSuite, path: str, key: str
+) -> None:
+    for coding, sent, expected, reason in BAD_CODINGS:
+        headers = {
+            "X-Api-Key": key,
+            "Content-Encoding": coding,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async with suite.http.post(suite.base_url + path, data=sent, headers=headers) as reply:
+                answer = await reply.read()
+                assert (reply.status, reason in answer) == (expected, True), (coding, answer)
+                assert orjson.loads(answer)["outcome"] == "failure"
+                if expected == 415:
+                    assert reply.headers["Accept-Encoding"] == "gzip, deflate"

@@ -18,6 +18,7 @@ from aiohttp import web
 from delivery_service import server as delivery_server
 from delivery_service.config import Settings as DeliverySettings
 from gateway.clients import Addresses, Downstream
+from gateway.http_server import DEFAULT_LIMITS, HttpLimits
 from gateway.server import Background, RunningGateway
 from gateway.server import create_server as create_gateway
 from gateway.store import GatewayStore
@@ -154,7 +155,10 @@ async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
 
 @asynccontextmanager
 async def in_process_suite(
-    database: Database, config_text: str = CONFIG, background: Background = DEFAULTS
+    database: Database,
+    config_text: str = CONFIG,
+    background: Background = DEFAULTS,
+    http_limits: HttpLimits = DEFAULT_LIMITS,
 ) -> AsyncIterator[InProcessSuite]:
     """The suite in this process; `config_text` is formatted with admin, key and the buyer url."""
     buyers = Buyers()
@@ -196,7 +200,7 @@ async def in_process_suite(
         downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
         stack.push_async_callback(downstream.close)
         gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background
+            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background, http_limits
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
         running = InProcessSuite(
@@ -444,3 +448,157 @@ async def test_the_lead_search_serves_only_unknown_and_checks_its_limit(
     suite: InProcessSuite, query: str
 ) -> None:
     assert (await _admin(suite, "GET", f"/leads{query}"))[0] == 400
+
+
+PING = "/flows/auto/sources/vendor/ping"
+
+
+async def _send(
+    suite: InProcessSuite,
+    path: str,
+    body: bytes,
+    content_type: str | None = "application/json",
+    query: str = "",
+    **headers: str,
+) -> tuple[int, Any, bytes]:
+    sent = {"X-Api-Key": KEY, **headers}
+    if content_type is not None:
+        sent["Content-Type"] = content_type
+    url = suite.base_url + path + (f"?{query}" if query else "")
+    async with suite.http.post(
+        url, data=body, headers=sent, allow_redirects=False, skip_auto_headers={"Content-Type"}
+    ) as response:
+        return response.status, response.headers, await response.read()
+
+
+@pytest.mark.parametrize("path", [SUBMIT, PING])
+@pytest.mark.parametrize(
+    ("body", "query"),
+    [
+        (
+            b'{"first_name": "Ada", "state": "CA", "redir_url": "https://vendor.example/thanks?x=1"}',
+            "",
+        ),
+        (
+            b'{"first_name": "Ada", "state": "CA"}',
+            "redir_url=https%3A%2F%2Fvendor.example%2Fthanks%3Fx%3D1",
+        ),
+    ],
+)
+async def test_redir_url_answers_303_to_it_after_the_lead_is_handled(
+    suite: InProcessSuite, path: str, body: bytes, query: str
+) -> None:
+    status, headers, answer = await _send(suite, path, body, query=query)
+    assert (status, headers["Location"]) == (303, "https://vendor.example/thanks?x=1"), answer
+    assert orjson.loads(answer)["outcome"] == "success"  # the answer the lead would have had
+    if path == SUBMIT:
+        assert [name for name, _ in suite.buyers.received] == ["first"]
+        assert "redir_url" not in suite.buyers.received[0][1]  # never a lead field
+
+
+async def test_redir_url_outweighs_respond_async_and_is_kept_with_the_idempotent_answer(
+    suite: InProcessSuite,
+) -> None:
+    body = b'{"first_name": "Ada", "state": "CA", "redir_url": "http://vendor.example/ok"}'
+    headers = {"Prefer": "respond-async", "Idempotency-Key": "k1"}
+    first = await _send(suite, SUBMIT, body, **headers)
+    again = await _send(suite, SUBMIT, body, **headers)
+    assert first[0] == again[0] == 303
+    assert first[1]["Location"] == again[1]["Location"] == "http://vendor.example/ok"
+    assert first[2] == again[2]
+    assert len(suite.buyers.received) == 1
+
+
+@pytest.mark.parametrize("path", [SUBMIT, PING])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "redir_url=scooby.doo",
+        "redir_url=ftp%3A%2F%2Fx.example%2F",
+        "redir_url=http://a.example/&redir_url=http://b.example/",
+    ],
+)
+async def test_a_redir_url_that_is_no_http_url_is_a_400_and_no_lead(
+    suite: InProcessSuite, path: str, query: str
+) -> None:
+    status, _, answer = await _send(suite, path, b'{"first_name": "Ada"}', query=query)
+    assert status == 400, answer
+    assert b"redir_url" in answer
+    assert suite.buyers.received == []
+
+
+async def test_trustedform_parameters_reach_the_lead_as_trustedform_cert_url(
+    suite: InProcessSuite,
+) -> None:
+    body = b"first_name=Ada&state=CA&XXTRUSTEDFORMCERTURL=https://cert.trustedform.com/t1"
+    status, _, answer = await _send(suite, SUBMIT, body, "application/x-www-form-urlencoded")
+    assert status == 201, answer
+    received = suite.buyers.received[0][1]
+    assert received["trustedform_cert_url"] == "https://cert.trustedform.com/t1"
+    assert not [name for name in received if name.lower() == "xxtrustedformcerturl"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/json", b'{"first_name": "Ada",\n "state": "C\tA"}', 201),  # read again
+        ("application/json", b'{"first_name": "Ada"', 400),
+        ("text/xml", b'<lead xmlns="urn:x"><first_name lang="en">Ada</first_name></lead>', 201),
+        ("APPLICATION/JSON; charset=UTF-8", b'{"first_name": "Ada"}', 201),
+        ("Text/XML", b"<lead><first_name>Ada</first_name></lead>", 201),
+        (None, b"first_name=Ada", 415),  # a body without Content-Type
+        ("", b"first_name=Ada", 415),
+        ("text/plain", b"first_name=Ada", 406),  # LeadConduit's 406 for an unsupported type
+        ("Monkies", b"first_name=Ada", 406),
+        ("application/*", b"first_name=Ada", 406),
+        ("multipart/form-data; boundary=x", b"--x--", 406),
+        ("text/plain", b"   ", 201),  # no body: nothing to type
+    ],
+)
+async def test_bodies_are_read_or_refused_as_spec_5_1_says(
+    suite: InProcessSuite, content_type: str | None, body: bytes, status: int
+) -> None:
+    got, _, answer = await _send(suite, SUBMIT, body, content_type)
+    assert got == status, answer
+    if status == 406:
+        assert b"Use only application/x-www-form-urlencoded" in answer
+
+
+# The flow pays 7 for a lead whose trustedform_cert_url is a ping URL, 5 for a certificate URL.
+TRUSTEDFORM_CONFIG = CONFIG.replace(
+    "    pricing: {{prices: [{{amount: 9.99}}]}}\n    sources:",
+    "    pricing: {{prices: [{{amount: 1}}, "
+    "{{amount: 7, rule_set: [{{lhv: trustedform_cert_url.host, op: is equal to, rhv: ping.trustedform.com}}]}}, "
+    "{{amount: 5, rule_set: [{{lhv: trustedform_cert_url.host, op: is equal to, rhv: cert.trustedform.com}}]}}]}}\n"
+    "    sources:",
+)
+TF_PING = "https://ping.trustedform.com/" + "a" * 40
+TF_CERT = "https://cert.trustedform.com/" + "b" * 40
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "price"),
+    [
+        (PING, f"state=CA&xxTrustedFormPingUrl={TF_PING}".encode(), 7),
+        (
+            PING,
+            f"state=CA&TRUSTEDFORM_PING_URL={TF_PING}&xxTrustedFormCertUrl={TF_CERT}".encode(),
+            7,
+        ),
+        (PING, f"state=CA&xxtrustedformcerturl={TF_CERT}".encode(), 5),
+        (
+            SUBMIT,
+            f"state=CA&xxTrustedFormPingUrl={TF_PING}&xxTrustedFormCertUrl={TF_CERT}".encode(),
+            5,
+        ),
+        (SUBMIT, f"state=CA&xxTrustedFormPingUrl={TF_PING}".encode(), 1),  # dropped on a submit
+    ],
+)
+async def test_a_ping_prices_the_trustedform_ping_url_and_a_submit_the_cert_url(
+    database: Database, path: str, body: bytes, price: int
+) -> None:
+    assert "amount: 7" in TRUSTEDFORM_CONFIG
+    async with in_process_suite(database, TRUSTEDFORM_CONFIG) as suite:
+        status, _, answer = await _send(suite, path, body, "application/x-www-form-urlencoded")
+    assert status in (200, 201), answer
+    assert orjson.loads(answer)["price"] == price

@@ -1,5 +1,7 @@
 """Vendor request parsing and response rendering (SPEC 5.1)."""
 
+import gzip
+import zlib
 from decimal import Decimal
 
 import orjson
@@ -7,10 +9,14 @@ import pytest
 
 from gateway.intake import (
     BadRequest,
+    Refused,
     SubmissionResult,
+    decode_body,
     negotiate,
     pairs_to_dict,
     parse_body,
+    redirect_target,
+    rename_trustedform,
     render,
     unflatten,
 )
@@ -119,3 +125,240 @@ def test_xml_response_is_a_result_element() -> None:
 def test_plain_text_response_is_key_value_lines() -> None:
     body = render(RESULT.as_dict(), "text/plain").decode()
     assert body == "outcome:failure\nreason:Bad state\nlead.id:L1\nprice:0.00\n"
+
+
+@pytest.mark.parametrize(
+    ("coding", "encoded"),
+    [
+        ("", b"abc"),
+        ("identity", b"abc"),
+        ("gzip", gzip.compress(b"abc")),
+        ("x-gzip", gzip.compress(b"abc")),
+        ("deflate", zlib.compress(b"abc")),
+        ("deflate", zlib.compress(b"abc", wbits=-zlib.MAX_WBITS)),
+    ],
+)
+def test_a_body_is_decoded_from_its_content_coding(coding: str, encoded: bytes) -> None:
+    assert decode_body(encoded, coding, 100) == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("coding", "encoded", "status"),
+    [
+        ("gzip", b"abc", 400),
+        ("gzip", gzip.compress(b"abc")[:-3], 400),
+        ("deflate", b"\x78\x9c garbage", 400),
+        ("gzip", gzip.compress(b"x" * 101), 413),
+        ("br", b"abc", 415),
+        ("zzz", b"abc", 415),
+    ],
+)
+def test_a_body_not_in_its_content_coding_is_refused(
+    coding: str, encoded: bytes, status: int
+) -> None:
+    with pytest.raises((BadRequest, Refused)) as info:
+        decode_body(encoded, coding, 100)
+    assert getattr(info.value, "status", 400) == status
+
+
+# --- LeadConduit's inbound wire details (SPEC 5.1; activeprospect/leadconduit-integration-default,
+# lib/inbound.js and test/inbound_spec.js) ---------------------------------------------------------
+
+JSON_RETRIES = [
+    # LeadConduit's own cases: a tab, a newline, a CRLF inside string values.
+    (
+        b'{\n  "first_name": "Harold",\n  "address_1": "123\t Main St"\n}',
+        {"address_1": "123 Main St"},
+    ),
+    (b'{"address_1": "123 \n      Main St"}', {"address_1": "123       Main St"}),
+    (b'{"address_2": "Apt.\r\n123"}', {"address_2": "Apt.123"}),
+    (b'{"a": "x\ty",\r\n"b": "1"}', {"a": "xy", "b": "1"}),
+    # Valid JSON is read as it is: escaped and structural whitespace stay.
+    (b'{"a": "x\\ty"}', {"a": "x\ty"}),
+    (b'{\n\t"a": "keep\\nme"\n}', {"a": "keep\nme"}),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), JSON_RETRIES)
+def test_json_with_raw_newlines_or_tabs_is_read_once_more_without_them(
+    body: bytes, expected: dict[str, str]
+) -> None:
+    parsed = parse_body("application/json", body)
+    assert {key: parsed[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"a": "x\ty"', b'{"a": \n}', b"{'a': 1}", b'{"a": "\x01"}', b"\t\n[1]"]
+)
+def test_json_that_does_not_parse_without_them_either_is_a_bad_request(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_body("application/json", body)
+
+
+XML_CASES = [
+    # LeadConduit's test body: the root element is the lead, its name is not a field.
+    (
+        b"<lead>\n  <first_name>Joe</first_name>\n  <last_name>Blow</last_name>\n</lead>",
+        {"first_name": "Joe", "last_name": "Blow"},
+    ),
+    (b"<anything><a>1</a></anything>", {"a": "1"}),
+    # Attributes merge into the element's object, its text under "_" (xml2js mergeAttrs).
+    (
+        b'<lead><phone type="home">5125550142</phone></lead>',
+        {"phone": {"_": "5125550142", "type": "home"}},
+    ),
+    (
+        b'<lead><phone type="home" ext="12">5125550142</phone></lead>',
+        {"phone": {"_": "5125550142", "type": "home", "ext": "12"}},
+    ),
+    (b'<lead><phone type="home"/></lead>', {"phone": {"type": "home"}}),
+    (
+        b'<lead><car make="VW"><year>2020</year></car></lead>',
+        {"car": {"make": "VW", "year": "2020"}},
+    ),
+    (b'<lead source="web"><a>1</a></lead>', {"source": "web", "a": "1"}),
+    # An attribute and a child element of one name are a list, as repeated elements.
+    (b'<lead><car year="2019"><year>2020</year></car></lead>', {"car": {"year": ["2019", "2020"]}}),
+    # Namespaces are dropped from element and attribute names.
+    (
+        b'<l:lead xmlns:l="urn:lead" xmlns:x="urn:x"><l:first_name>Ada</l:first_name>'
+        b'<x:phone x:type="cell">1</x:phone></l:lead>',
+        {"first_name": "Ada", "phone": {"_": "1", "type": "cell"}},
+    ),
+    (b'<lead xmlns="urn:default"><state>CA</state></lead>', {"state": "CA"}),
+    (b'<lead xmlns:a="urn:a" xmlns:b="urn:b"><a:x>1</a:x><b:x>2</b:x></lead>', {"x": ["1", "2"]}),
+    # Repeated elements are a list; empty elements an empty string; text is trimmed.
+    (b"<lead><a>1</a><a>2</a><a>3</a></lead>", {"a": ["1", "2", "3"]}),
+    (b"<lead><a/><b></b><c>  x  </c></lead>", {"a": "", "b": "", "c": "x"}),
+    (b"<lead><![CDATA[]]><a><![CDATA[<b>]]></a></lead>", {"a": "<b>"}),
+    # Mixed content: the element's own text under "_" beside its children.
+    (b"<lead><a>x<b>1</b>y</a></lead>", {"a": {"b": "1", "_": "xy"}}),
+    (b"<lead/>", {}),
+    (b"<lead>  </lead>", {}),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), XML_CASES)
+def test_xml_is_read_as_leadconduit_reads_it(body: bytes, expected: dict[str, object]) -> None:
+    for media in ("application/xml", "text/xml"):
+        assert parse_body(media, body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"xxTrustedFormCertUrl=https://cert.trustedform.com/testtoken",  # LeadConduit's case
+        b"<lead>just text</lead>",  # a root with text and no fields: LeadConduit reads a string
+        b"<lead><u:a>1</u:a></lead>",  # an undeclared prefix
+        b"<lead><a></lead>",
+    ],
+)
+def test_xml_that_is_no_lead_is_a_bad_request(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_body("application/xml", body)
+
+
+NEGOTIATION = [
+    (None, "application/json"),
+    ("", "application/json"),
+    ("*/*", "application/json"),  # LeadConduit: */* means JSON
+    ("*", "application/json"),  # Java's URLConnection
+    ("*/*;q=0.8", "application/json"),
+    ("application/*", "application/xml"),  # LeadConduit's matcher picks XML
+    ("APPLICATION/*", "application/xml"),
+    ("text/*", "text/xml"),
+    ("application/*, text/*", "text/xml"),
+    ("application/*, */*", "application/xml"),
+    ("application/json", "application/json"),
+    ("Application/JSON", "application/json"),
+    ("application/xml", "application/xml"),
+    ("TEXT/XML", "text/xml"),
+    ("text/plain", "text/plain"),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/xml"),
+    ("text/plain;q=0.5, application/json;q=0.9", "application/json"),
+    ("application/xml;q=0.5, */*", "application/json"),  # quality before specificity (RFC 9110)
+    ("application/json;q=0, */*;q=0.1", "application/xml"),
+    ("application/json;q=abc", None),
+    ("application/json;q=2", "application/json"),
+    ("image/png", None),
+    ("application/json;q=0", None),
+    ("application/x-www-form-urlencoded", None),
+]
+
+
+@pytest.mark.parametrize(("accept", "chosen"), NEGOTIATION)
+def test_accept_is_matched_case_insensitively_in_leadconduits_order(
+    accept: str | None, chosen: str | None
+) -> None:
+    assert negotiate(accept) == chosen
+
+
+CERT = "https://cert.trustedform.com/1.whomever"
+PING = "https://ping.trustedform.com/0.whatever"
+TRUSTEDFORM = [
+    # (fields, on a ping?, trustedform_cert_url afterwards or None)
+    ({"xxTrustedFormCertUrl": CERT}, False, CERT),
+    ({"XXTRUSTEDFORMCERTURL": CERT}, False, CERT),
+    ({"xxtrustedformcerturl": CERT}, True, CERT),
+    ({"xxTrustedFormPingUrl": PING}, True, PING),
+    ({"trustedform_ping_url": PING}, True, PING),
+    ({"TrustedForm_Ping_URL": PING}, True, PING),
+    ({"xxTrustedFormPingUrl": PING, "xxTrustedFormCertUrl": CERT}, True, PING),
+    ({"xxTrustedFormPingUrl": PING, "xxTrustedFormCertUrl": CERT}, False, CERT),
+    ({"xxTrustedFormPingUrl": PING}, False, None),  # LeadConduit drops it on a submission
+    ({"trustedform_cert_url": CERT}, False, CERT),
+    ({"trustedform_cert_url": "old", "xxTrustedFormCertUrl": CERT}, False, CERT),
+    ({"xxTrustedFormCertUrl": ""}, False, None),
+    ({"first_name": "Ada"}, True, None),
+]
+
+
+@pytest.mark.parametrize(("fields", "ping", "expected"), TRUSTEDFORM)
+def test_trustedform_parameters_are_renamed_as_leadconduit_does(
+    fields: dict[str, str], ping: bool, expected: str | None
+) -> None:
+    renamed = dict(fields)
+    rename_trustedform(renamed, ping)
+    assert renamed.get("trustedform_cert_url") == expected
+    aliases = {"xxtrustedformcerturl", "xxtrustedformpingurl", "trustedform_ping_url"}
+    assert not {name.lower() for name in renamed} & aliases
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://foo/bar?baz=bip",  # LeadConduit's case
+        "https://example.com/thanks.html",
+        "HTTPS://EXAMPLE.COM/",
+        "http://127.0.0.1:8080/x#done",
+        "http://[::1]/ok",
+    ],
+)
+def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
+    assert redirect_target(url) == url
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "scooby.doo",  # LeadConduit's case
+        "",
+        "/relative/path",
+        "//example.com/no-scheme",
+        "ftp://example.com/",
+        "javascript:alert(1)",
+        "http://",
+        "http:///path",
+        "http://example.com/a b",
+        "http://example.com/\r\nSet-Cookie: x=1",
+        "http://exämple.com/",
+        "http://example.com:port/",
+        "http://[::1/",
+        "http://example.com/" + "x" * 2048,
+        ["http://a.example/", "http://b.example/"],  # repeated
+        {"x": "http://example.com/"},  # redir_url.x=…
+    ],
+)
+def test_anything_else_as_redirect_url_is_a_bad_request(value: object) -> None:
+    with pytest.raises(BadRequest, match="redir_url"):
+        redirect_target(value)
