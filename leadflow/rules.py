@@ -595,11 +595,10 @@ def _re2_problem(pattern: str, detail: str) -> str:
     return f"invalid regular expression {pattern!r} ({engine}): {detail}"
 
 
-@lru_cache(maxsize=1024)
+# Shared by every rule and rendering; a compiled pattern may hold a few MB (RE2's DFA cache).
+@lru_cache(maxsize=256)
 def _compile_pattern(pattern: str, flags: str) -> Any:
     """A compiled RE2 pattern (case-insensitive, as LeadConduit), or a message saying why not."""
-    if len(pattern) > PATTERN_MAX_CHARS:
-        return f"pattern is longer than {PATTERN_MAX_CHARS} characters"
     options = re2.Options()
     options.case_sensitive = False
     options.never_capture = True  # only "is there a match" is asked: the DFA answers that
@@ -625,6 +624,8 @@ def _regex(rhv: object) -> Callable[[str], bool]:
     if slashed:
         pattern = slashed.group(1)
         flags = "".join(sorted(_PATTERN_FLAGS.intersection(slashed.group(2))))
+    if len(pattern) > PATTERN_MAX_CHARS:  # before the cache, which must not keep such text
+        raise _BadRhv(f"pattern is longer than {PATTERN_MAX_CHARS} characters")
     compiled = _compile_pattern(pattern, flags)
     if isinstance(compiled, str):
         raise _BadRhv(compiled)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench.parse_hostile import BENIGN, MIB, SHAPES, benign_value
+from leadflow import geo
 from leadflow.fields import FIELD_TYPES, MAX_VALUE_CHARS, parse_lead, parse_value, to_decimal
 from leadflow.rules import compile_rule_set
 from leadflow.templates import TemplateError, compile_template
@@ -159,3 +160,8 @@ def test_an_lhv_in_braces_is_read_in_linear_time() -> None:
             return exc
 
     _climb("{{ spaces", lambda n: "{{" + " " * n + "x", compile_lhv)
+
+
+def test_a_zip_centroid_is_found_in_linear_time_and_cached_by_its_digits() -> None:
+    _climb("90210 spaces 1234x", lambda n: "90210" + " " * n + "1234x", geo.zip_centroid)
+    assert geo.zip_centroid("90210" + " " * 100_000 + "- 1234") == geo.zip_centroid("90210")
