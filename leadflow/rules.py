@@ -549,6 +549,7 @@ _SLASHED = re.compile(r"/(.*)/([a-z]*)", re.DOTALL)
 # time in the pattern's length too, so a pattern is at most this long.
 PATTERN_MAX_CHARS: Final = 32_768
 _PATTERN_FLAGS: Final = frozenset("msx")
+_OPEN_LOWER = re.compile(r"\{,\d+\}")
 # Python's verbose mode skips exactly these outside a character class.
 _VERBOSE_SPACE: Final = frozenset(" \t\n\r\v\f")
 
@@ -581,6 +582,10 @@ def _re2_syntax(pattern: str, verbose: bool) -> str:
             end = pattern.find("\n", i)
             i = size if end < 0 else end + 1
             continue
+        elif char == "{" and out and out[-1] not in "(|" and _OPEN_LOWER.match(pattern, i):
+            out.append("{0,")  # Python's `x{,3}`; RE2 would read `{,3}` as literal text
+            i += 2
+            continue
         out.append(char)
         i += 1
     return "".join(out)
@@ -588,7 +593,7 @@ def _re2_syntax(pattern: str, verbose: bool) -> str:
 
 def _re2_problem(pattern: str, detail: str) -> str:
     engine = "patterns run on RE2, a linear-time engine without backreferences or lookaround"
-    if re.search(r"invalid escape sequence: \\[1-9]", detail):
+    if re.search(r"invalid escape sequence: \\[1-9]", detail) or "(?P=" in pattern:
         return f"pattern {pattern!r} uses a backreference (\\1): {engine}"
     if re.search(r"\(\?<?[=!]", detail):
         return f"pattern {pattern!r} uses lookahead or lookbehind: {engine}"

@@ -605,6 +605,9 @@ def _matches(value: str, pattern: str) -> bool:
         ("x1", r"^x\d$", True),
         ("(512)", r"^\(\d+\)$", True),
         ("ab", "/a/gu", True),  # JavaScript flags RE2 has no use for are ignored
+        ("xaaaay", "xa{,3}y", False),  # Python's {,n}: at most n
+        ("xaay", "^xa{,3}y$", True),
+        ("a{,3}", "^a\\{,3}$", True),
     ],
 )
 def test_patterns_keep_their_meaning_on_re2(value: str, pattern: str, expected: bool) -> None:
@@ -615,6 +618,7 @@ def test_patterns_keep_their_meaning_on_re2(value: str, pattern: str, expected: 
     ("pattern", "why"),
     [
         (r"(a)\1", "uses a backreference"),
+        ("(?P<n>a)(?P=n)", "uses a backreference"),
         ("a(?=b)", "uses lookahead or lookbehind"),
         ("a(?!b)", "uses lookahead or lookbehind"),
         ("(?<=a)b", "uses lookahead or lookbehind"),
