@@ -180,8 +180,24 @@ def _invalid(type_name: str, raw: str) -> Field:
 
 # --- numbers --------------------------------------------------------------------------------
 
-_NUMBER_STRIP = re.compile(r"[\s,$]")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+# Every pattern in this module meets vendor text of up to 1 MiB, so each runs in linear time on
+# any input (bench/parse_hostile.py, tests/unit/test_parse_hostile.py): no two adjacent
+# quantifiers over characters both accept (`\d+\.?\d*` retried every split of a digit run: 40,000
+# digits and a letter took seconds), and a run is possessive (`*+`) where what follows it cannot
+# start with a character of the run, so a failure is not retried at every shorter run.
+_NUMBER = re.compile(r"[-+]?(?:\d++(?:\.\d*+)?|\.\d++)")
+# The same number with whitespace, commas and `$` anywhere: checked before anything is removed.
+_NUMBER_PADDED = re.compile(
+    r"[\s,$]*+[-+]?[\s,$]*+(?:\d[\d\s,$]*+(?:\.[\d\s,$]*+)?|\.[\s,$]*+\d[\d\s,$]*+)"
+)
+_ASCII_PADDING: Final = str.maketrans("", "", " \t\n\v\f\r\x1c\x1d\x1e\x1f,$")
+
+
+def _unpadded(text: str) -> str:
+    """``text`` without whitespace, commas and ``$`` (C-speed passes, not a regex sub)."""
+    if text.isascii():
+        return text.translate(_ASCII_PADDING)
+    return "".join(text.split()).replace(",", "").replace("$", "")
 
 
 def to_decimal(value: object) -> Decimal | None:
@@ -196,8 +212,10 @@ def to_decimal(value: object) -> Decimal | None:
         return Decimal(repr(value)) if value == value and abs(value) != float("inf") else None
     if not isinstance(value, str):
         return None
-    text = _NUMBER_STRIP.sub("", value)
-    if not _NUMBER.fullmatch(text):
+    if not _NUMBER_PADDED.fullmatch(value):
+        return None
+    text = _unpadded(value)
+    if not _NUMBER.fullmatch(text):  # pragma: no cover - the padded pattern admits only these
         return None
     try:
         return Decimal(text)
@@ -220,10 +238,10 @@ def _parse_number(raw: str, original: object) -> Field:
     }
 
 
-_NUM = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
-_RANGE_OPEN = re.compile(rf"\$?\s*({_NUM})\s*\+")
+_NUM = r"-?\d[\d,]*+(?:\.\d++)?|-?\.\d++"
+_RANGE_OPEN = re.compile(rf"\$?\s*+({_NUM})\s*+\+")
 _RANGE_PAIR = re.compile(
-    rf"\$?\s*({_NUM})\s*(?:-|\u2013|\u2014|to|_)\s*\$?\s*({_NUM})", re.IGNORECASE
+    rf"\$?\s*+({_NUM})\s*+(?:-|\u2013|\u2014|to|_)\s*+(?:\$\s*+)?({_NUM})", re.IGNORECASE
 )
 
 
@@ -275,14 +293,20 @@ def _parse_range(raw: str) -> Field:
 
 _TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1", "on"})
 _FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0", "off"})
-_NON_ALNUM = re.compile(r"[^a-z0-9]")
+_ALNUM_RUN = re.compile(r"[a-z0-9]+")
+_LONGEST_WORD: Final = max(map(len, _TRUE_WORDS | _FALSE_WORDS))
 
 
 def parse_boolean(value: object) -> bool | None:
     """True/False for yes/y/1/true/t/on and no/n/0/false/f/off (any case), else None."""
     if isinstance(value, bool):
         return value
-    word = _NON_ALNUM.sub("", _text(value).lower())
+    # The letters and digits of the text, read only until they are too many to be a word.
+    word = ""
+    for run in _ALNUM_RUN.finditer(_text(value).lower()):
+        word += run.group()
+        if len(word) > _LONGEST_WORD:
+            return None
     if word in _TRUE_WORDS:
         return True
     if word in _FALSE_WORDS:
@@ -321,13 +345,15 @@ for _i, _name in enumerate(
     _MONTHS[_name[:3]] = _i
 _MONTHS["sept"] = 9
 
-_DATE_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[t ]\S*)?")
+_DATE_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[t ]\S*+)?")
 _DATE_US = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})")
 _DATE_8 = re.compile(r"\d{8}")
 _DATE_MONTH_FIRST = re.compile(
-    r"(?:[a-z]{3,9}\.?,?\s+)?([a-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})"
+    r"(?:[a-z]{3,9}\.?,?\s++)?([a-z]{3,9})\.?\s++(\d{1,2})(?:st|nd|rd|th)?,?\s++(\d{4})"
 )
-_DATE_DAY_FIRST = re.compile(r"(?:[a-z]{3,9}\.?,?\s+)?(\d{1,2})\s+([a-z]{3,9})\.?,?\s+(\d{4})")
+_DATE_DAY_FIRST = re.compile(r"(?:[a-z]{3,9}\.?,?\s++)?(\d{1,2})\s++([a-z]{3,9})\.?,?\s++(\d{4})")
+# No format above has more than four words (weekday, month, day, year).
+_DATE_MAX_WORDS: Final = 4
 
 
 def _make_date(year: int, month: int, day: int) -> date | None:
@@ -352,7 +378,7 @@ def parse_date(value: object, today: date | None = None) -> date | None:
     if isinstance(value, date):
         return value
     text = _text(value).strip().lower()
-    if not text:
+    if not text or len(text.split(None, _DATE_MAX_WORDS)) > _DATE_MAX_WORDS:
         return None
     m = _DATE_ISO.fullmatch(text)
     if m:
@@ -403,11 +429,18 @@ def _fractional_age(born: date, today: date, years: int) -> float:
 
 # --- phones ---------------------------------------------------------------------------------
 
-_PHONE_HINT = re.compile(r"(?<=[\d\s)])\s*\(?([hwcm])\)?\s*$", re.IGNORECASE)
+# A type hint ("512-555-1234 h") or an extension ("x123") ends the text, after any run of
+# spaces. Searching the text for `\s*...$` tries every position, each rescanning the run of
+# spaces after it (a 2,000-character phone took a minute); these are the same patterns written
+# backwards and matched once at the start of the reversed text. Matching from the end finds the
+# longest such tail, which is where a forward search finds it: at its leftmost start.
+_PHONE_HINT_REVERSED = re.compile(r"\s*+\)?([hwcm])\(?\s*(?=[\d\s)])", re.IGNORECASE)
 _PHONE_HINTS: Final = {"h": "home", "w": "work", "c": "mobile", "m": "mobile"}
-_PHONE_EXT = re.compile(r"\s*[,;]?\s*(?:ext(?:ension)?\.?|ex\.?|x|#)\s*:?\s*(\d{1,7})\s*$", re.I)
+_PHONE_EXT_REVERSED = re.compile(
+    r"\s*+(\d{1,7})(?:\s*+:)?\s*+(?:\.?(?:noisnetxe|txe)|\.?xe|x|#)(?:\s*+[,;])?\s*+", re.I
+)
 _PHONE_NANP = re.compile(
-    r"\s*(?:\+?\s*1[\s.-]*)?\(?([2-9]\d{2})\)?[\s.-]*([2-9]\d{2})[\s.-]*(\d{4})\s*"
+    r"\s*+(?:\+?\s*+1[\s.-]*+)?\(?([2-9]\d{2})\)?[\s.-]*+([2-9]\d{2})[\s.-]*+(\d{4})\s*+"
 )
 # LeadConduit's toll-free list (833 is toll-free too, but its rules would not say so).
 _TOLLFREE_AREAS: Final = frozenset({"800", "844", "855", "866", "877", "888"})
@@ -456,14 +489,14 @@ def _parse_phone(raw: str) -> Field:
     if not text:
         return _invalid("phone", raw)
     hint = None
-    m = _PHONE_HINT.search(text)
+    m = _PHONE_HINT_REVERSED.match(text[::-1])
     if m:
         hint = _PHONE_HINTS[m.group(1).lower()]
-        text = text[: m.start()]
+        text = text[: len(text) - m.end()]
     body, extension = text, None
-    m = _PHONE_EXT.search(text)
-    if m and m.start() > 0:
-        body, extension = text[: m.start()], m.group(1)
+    m = _PHONE_EXT_REVERSED.match(text[::-1])
+    if m and m.end() < len(text):
+        body, extension = text[: len(text) - m.end()], m.group(1)[::-1]
     m = _PHONE_NANP.fullmatch(body)
     if m:
         digits = m.group(1) + m.group(2) + m.group(3)
@@ -623,9 +656,14 @@ def _email_field(raw: str, user: str, domain: str) -> Field:
     }
 
 
+# email-validator refuses an address over 254 characters after Unicode normalisation, which can
+# shorten text about fourfold; longer text is refused before its (linear but slow) checks.
+_EMAIL_MAX_CHARS: Final = 1024
+
+
 def _parse_email(raw: str) -> Field:
     text = raw.strip().lower()
-    if not text:
+    if not text or len(text) > _EMAIL_MAX_CHARS:
         return _invalid("email", raw)
     m = _EMAIL_FAST.fullmatch(text)
     if m and len(m.group(1)) <= 64 and len(text) <= 254 and m.group(3) not in _SPECIAL_USE_TLDS:
@@ -643,10 +681,11 @@ def _parse_email(raw: str) -> Field:
 
 # --- postal codes, states, gender -----------------------------------------------------------
 
-_ZIP_US = re.compile(r"(\d{5})(?:\s*-?\s*(\d{4}))?")
-_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*-?\s*(\d[a-z]\d)", re.IGNORECASE)
+# `\s*(?:-\s*)?`, not `\s*-?\s*`: two adjacent `\s*` share every split of a run of spaces.
+_ZIP_US = re.compile(r"(\d{5})(?:\s*+(?:-\s*+)?(\d{4}))?")
+_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*+(?:-\s*+)?(\d[a-z]\d)", re.IGNORECASE)
 # UK: outward code (A9, A99, AA9, AA99, A9A, AA9A) and inward code (9AA), as LeadConduit reads it.
-_POSTCODE_GB = re.compile(r"([a-z]{1,2}\d{1,2}[a-z\d]?)\s*(\d[a-z]{2})", re.IGNORECASE)
+_POSTCODE_GB = re.compile(r"([a-z]{1,2}\d{1,2}[a-z\d]?)\s*+(\d[a-z]{2})", re.IGNORECASE)
 
 
 def _parse_postal_code(raw: str, original: object) -> Field:
@@ -821,12 +860,13 @@ _STATE_LOOKUP: Final[dict[str, str]] = {
     **{name.lower().replace(".", ""): code for code, name in _STATES.items()},
     **_STATE_ALIASES,
 }
-_STATE_CLEAN = re.compile(r"[.\s]+")
+# No state, province or alias has more than three words.
+_STATE_MAX_WORDS: Final = 3
 
 
 def _parse_state(raw: str) -> Field:
-    key = _STATE_CLEAN.sub(" ", raw.replace(".", "")).strip().lower()
-    code = _STATE_LOOKUP.get(key)
+    words = raw.replace(".", "").split(None, _STATE_MAX_WORDS)
+    code = _STATE_LOOKUP.get(" ".join(words).lower()) if len(words) <= _STATE_MAX_WORDS else None
     if code is None:
         return _invalid("state", raw)
     return {"kind": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
@@ -864,13 +904,27 @@ def _parse_gender(raw: str) -> Field:
 # --- ip, url, trustedform -------------------------------------------------------------------
 
 
+# The longest address ipaddress reads: six hextets and a dotted quad. Only an IPv6 scope id
+# (after `%`) may be longer; anything else longer is refused before ipaddress splits it and
+# quotes it whole in its error message.
+_IP_MAX_CHARS: Final = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if len(text) > _IP_MAX_CHARS and "%" not in text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _parse_ip(raw: str) -> Field:
     text = raw.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+    address = _ip_address(text)
+    if address is None:
         return _invalid("ip", raw)
     return {
         "kind": "ip",
@@ -889,7 +943,22 @@ def _parse_ip(raw: str) -> Field:
     }
 
 
-_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+_HOSTNAME_CHARS = re.compile(r"[a-z0-9.-]++")
+
+
+def _is_hostname(host: str) -> bool:
+    """Dot-separated labels of letters, digits and inner hyphens. Substring tests, not the
+    nested ``label(\\.label)*`` regex, which retried every label on a failure."""
+    return (
+        _HOSTNAME_CHARS.fullmatch(host) is not None
+        and host[0] not in ".-"
+        and host[-1] not in ".-"
+        and ".." not in host
+        and ".-" not in host
+        and "-." not in host
+    )
+
+
 _URL_BAD_CHARS = re.compile(r"[\s<>\"\\^`{|}]")
 
 
@@ -908,11 +977,8 @@ def _parse_url(raw: str, type_name: str = "url") -> Field:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
         return _invalid(type_name, raw)
-    if not _HOSTNAME.fullmatch(host):
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return _invalid(type_name, raw)
+    if not _is_hostname(host) and _ip_address(host) is None:
+        return _invalid(type_name, raw)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     netloc = f"{userinfo}{at}{hostport.lower()}"
     path = parts.path or "/"  # as a browser (and LeadConduit) writes it: http://a.com/
@@ -989,8 +1055,12 @@ def _parse_street(raw: str) -> Field:
     }
 
 
+_NOT_DIGITS = re.compile(r"[^0-9]+")
+
+
 def _parse_ssn(raw: str) -> Field:
-    digits = "".join(ch for ch in raw if "0" <= ch <= "9")
+    # Nine digits in any punctuation; a longer text is no SSN (and is not scanned).
+    digits = _NOT_DIGITS.sub("", raw) if len(raw) <= 64 else ""
     if len(digits) != 9:
         return {**_invalid("ssn", raw), "masked": False}
     return {
@@ -1062,6 +1132,11 @@ def _parse_time(raw: str) -> Field:
 # --- entry points ---------------------------------------------------------------------------
 
 
+# The largest body the gateway takes (SPEC section 5.1): no value it parses is longer, so a
+# longer typed value is invalid unread, whoever calls.
+MAX_VALUE_CHARS: Final = 1024 * 1024
+
+
 def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Field:
     """Parse one value as ``type_name``; never raises, invalid values come back ``valid: False``.
 
@@ -1076,6 +1151,8 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
         return {"kind": type_name, "raw": text, "normal": text.strip(), "valid": True}
     if type_name == "credential":
         return {"kind": "credential", "raw": text, "normal": text, "valid": True, "masked": False}
+    if len(text) > MAX_VALUE_CHARS:
+        return _invalid(type_name, text)
     if type_name == "street":
         return _parse_street(text)
     if type_name == "ssn":

@@ -16,17 +16,24 @@ import zipcodes
 __all__ = ["EARTH_RADIUS_MILES", "miles_between", "within_miles", "zip_centroid"]
 
 EARTH_RADIUS_MILES: Final = 3958.7613
-_ZIP5 = re.compile(r"\s*(\d{5})(?:\s*-?\s*\d{4})?\s*")
+# Linear on any text (a lead's postal code reaches it): never two adjacent `\s*`.
+_ZIP5 = re.compile(r"\s*+(\d{5})(?:\s*+(?:-\s*+)?\d{4})?\s*+")
 
 
-@lru_cache(maxsize=65536)
 def zip_centroid(zip5: str) -> tuple[float, float] | None:
     """(latitude, longitude) of a US ZIP ("90210" or "90210-1234"), or None when unknown."""
     match = _ZIP5.fullmatch(zip5)
     if match is None:
         return None
+    # Cached by the five digits only: a cache keyed by the text would keep vendor text of up to
+    # 1 MiB per entry.
+    return _centroid(match.group(1))
+
+
+@lru_cache(maxsize=65536)
+def _centroid(zip5: str) -> tuple[float, float] | None:
     try:
-        found = zipcodes.matching(match.group(1))  # type: ignore[no-untyped-call]
+        found = zipcodes.matching(zip5)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
         return None
     if not found:

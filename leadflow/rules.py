@@ -19,8 +19,11 @@ Semantics (SPEC section 4, LeadConduit's where the spec is silent):
   list rhv means "includes any of".
 - ``is between``: inclusive; rhv ``"10-20"``, ``"10 to 20"``, ``[10, 20]`` or
   ``{min: 10, max: 20}``; dates too (``["2000-01-01", "2005-12-31"]``).
-- ``matches pattern``: Python ``re.search``, always case-insensitive; ``/abc/i`` slashes are
-  accepted (flags ``m``, ``s``, ``x`` honoured, others ignored).
+- ``matches pattern``: a search anywhere in the value with RE2 (linear time whatever the pattern
+  or value), always case-insensitive; ``/abc/i`` slashes are accepted (flags ``m``, ``s``, ``x``
+  honoured, others ignored); Python's ``\\Z`` is read as RE2's ``\\z``. ``\\d``, ``\\w``, ``\\b``
+  are ASCII, as in JavaScript (LeadConduit). Backreferences and lookaround do not compile (a
+  :class:`RuleError`), nor does a pattern over :data:`PATTERN_MAX_CHARS`.
 - ``is blank``: missing, empty, whitespace-only, or an empty list. ``format is valid``: the
   field's ``valid``; a non-field value is valid when it is not blank.
 - ``is true``/``is false``: a boolean field's value; other values by yes/no/true/false/1/0
@@ -51,7 +54,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final, NamedTuple, TypeGuard
+
+import re2
 
 from leadflow import geo
 from leadflow.fields import parse_boolean, parse_date, parse_value, to_decimal
@@ -453,10 +459,17 @@ def _build_ordering(test: Callable[[int], bool]) -> Callable[[object], _Predicat
     return build
 
 
+# A rendered rhv may carry lead text, so these stay linear: whitespace runs are first squeezed
+# to one character (which `\s*` cannot then rescan from every position), a number is digits and
+# commas ending in a digit, or with a fraction (never `[\d,]*\.?\d+`, whose two digit runs
+# overlap), and an optional `$` carries its own spaces.
+_BETWEEN_NUM: Final = r"-?(?:[\d,]*\.\d+|[\d,]*\d)"
 _BETWEEN_NUMBERS = re.compile(
-    r"\s*\$?\s*(-?[\d,]*\.?\d+)\s*(?:-|\u2013|to|and)\s*\$?\s*(-?[\d,]*\.?\d+)\s*", re.IGNORECASE
+    rf"\s*(?:\$\s*)?({_BETWEEN_NUM})\s*(?:-|\u2013|to|and)\s*(?:\$\s*)?({_BETWEEN_NUM})\s*",
+    re.IGNORECASE,
 )
 _BETWEEN_SPLIT = re.compile(r"\s+(?:-|\u2013|to|and)\s+|\s*,\s*", re.IGNORECASE)
+_WHITESPACE_RUN = re.compile(r"(\s)\s+")
 
 
 def _bounds(rhv: object) -> tuple[bool, object, object, str]:
@@ -467,8 +480,9 @@ def _bounds(rhv: object) -> tuple[bool, object, object, str]:
     elif isinstance(rhv, (list, tuple)):
         ends = list(rhv)
     elif isinstance(rhv, str):
-        match = _BETWEEN_NUMBERS.fullmatch(rhv)
-        ends = list(match.groups()) if match else _BETWEEN_SPLIT.split(rhv.strip())
+        squeezed = _WHITESPACE_RUN.sub(r"\1", rhv)
+        match = _BETWEEN_NUMBERS.fullmatch(squeezed)
+        ends = list(match.groups()) if match else _BETWEEN_SPLIT.split(squeezed.strip())
     else:
         raise _BadRhv("expected a range such as '10-20' or [10, 20]")
     if len(ends) != 2 or any(_is_blank(end) for end in ends):
@@ -537,34 +551,116 @@ def _listed_any(rhv: object) -> list[object]:
 
 
 _SLASHED = re.compile(r"/(.*)/([a-z]*)", re.DOTALL)
-_REGEX_FLAGS: Final = {"m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+# Operator-written patterns run on RE2, whose matching time is linear in the value whatever the
+# pattern: a vendor writes the value (up to 1 MiB), and Python's backtracking `re` takes
+# exponential time on `(a+)+b` and the like. The price is that backreferences and lookaround are
+# refused (`leadflow check` says so). A rendered pattern may carry lead data, and compiling costs
+# time in the pattern's length too, so a pattern is at most this long.
+PATTERN_MAX_CHARS: Final = 32_768
+_PATTERN_FLAGS: Final = frozenset("msx")
+_OPEN_LOWER = re.compile(r"\{,\d+\}")
+# Python's verbose mode skips exactly these outside a character class.
+_VERBOSE_SPACE: Final = frozenset(" \t\n\r\v\f")
 
 
-def _regex(rhv: object) -> re.Pattern[str]:
+def _re2_syntax(pattern: str, verbose: bool) -> str:
+    """``pattern`` as RE2 reads it: Python's verbose layout dropped and ``\\Z`` spelled ``\\z``."""
+    out: list[str] = []
+    i, size, in_class = 0, len(pattern), False
+    while i < size:
+        char = pattern[i]
+        if char == "\\" and i + 1 < size:
+            following = pattern[i + 1]
+            out.append("\\z" if following == "Z" and not in_class else char + following)
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # A `]` first in a class (after an optional `^`) is a literal, not the class's end.
+            start = i + 1 + (pattern.startswith("^", i + 1))
+            if pattern.startswith("]", start):
+                out.append(pattern[i : start + 1])
+                i = start + 1
+                continue
+        elif verbose and char in _VERBOSE_SPACE:
+            i += 1
+            continue
+        elif verbose and char == "#":
+            end = pattern.find("\n", i)
+            i = size if end < 0 else end + 1
+            continue
+        elif char == "{" and out and out[-1] not in "(|" and _OPEN_LOWER.match(pattern, i):
+            out.append("{0,")  # Python's `x{,3}`; RE2 would read `{,3}` as literal text
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _re2_problem(pattern: str, detail: str) -> str:
+    engine = "patterns run on RE2, a linear-time engine without backreferences or lookaround"
+    if re.search(r"invalid escape sequence: \\[1-9]", detail) or "(?P=" in pattern:
+        return f"pattern {pattern!r} uses a backreference (\\1): {engine}"
+    if re.search(r"\(\?<?[=!]", detail):
+        return f"pattern {pattern!r} uses lookahead or lookbehind: {engine}"
+    return f"invalid regular expression {pattern!r} ({engine}): {detail}"
+
+
+# Shared by every rule and rendering; a compiled pattern may hold a few MB (RE2's DFA cache).
+@lru_cache(maxsize=256)
+def _compile_pattern(pattern: str, flags: str) -> Any:
+    """A compiled RE2 pattern (case-insensitive, as LeadConduit), or a message saying why not."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.never_capture = True  # only "is there a match" is asked: the DFA answers that
+    options.log_errors = False
+    inline = "".join(flag for flag in "ms" if flag in flags)
+    text = _re2_syntax(pattern, verbose="x" in flags)
+    try:
+        return re2.compile(f"(?{inline}){text}" if inline else text, options)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else ""
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        return _re2_problem(pattern, str(detail))
+
+
+def _regex(rhv: object) -> Callable[[str], bool]:
+    """A test "does the pattern occur in this text" for a ``matches pattern`` rhv."""
     if isinstance(rhv, (Mapping, list, tuple)):
         raise _BadRhv("expected a regular expression")
     pattern = display(rhv)
-    flags = re.IGNORECASE
+    flags = ""
     slashed = _SLASHED.fullmatch(pattern.strip())
     if slashed:
         pattern = slashed.group(1)
-        for letter in slashed.group(2):
-            flags |= _REGEX_FLAGS.get(letter, 0)
-    try:
-        return re.compile(pattern, flags)
-    except re.error as exc:
-        raise _BadRhv(f"invalid regular expression {pattern!r}: {exc}") from None
+        flags = "".join(sorted(_PATTERN_FLAGS.intersection(slashed.group(2))))
+    if len(pattern) > PATTERN_MAX_CHARS:  # before the cache, which must not keep such text
+        raise _BadRhv(f"pattern is longer than {PATTERN_MAX_CHARS} characters")
+    compiled = _compile_pattern(pattern, flags)
+    if isinstance(compiled, str):
+        raise _BadRhv(compiled)
+    search = compiled.search
+
+    def found(text: str) -> bool:
+        # Bytes skip the wrapper's offset bookkeeping; a lone surrogate must not raise.
+        return search(text.encode("utf-8", "surrogatepass")) is not None
+
+    return found
 
 
 def _build_matches(negate: bool) -> Callable[[object], _Predicate]:
     def build(rhv: object) -> _Predicate:
-        search = _regex(rhv).search
+        search = _regex(rhv)
 
         def predicate(value: object) -> bool:
             if isinstance(value, list):
-                found = any(search(_plain_text(item)) is not None for item in value)
+                found = any(search(_plain_text(item)) for item in value)
             else:
-                found = search(_plain_text(value)) is not None
+                found = search(_plain_text(value))
             return found != negate
 
         return predicate
@@ -612,7 +708,8 @@ def _is_obscene(value: object) -> bool:
     return _OBSCENE.search(_plain_text(value)) is not None
 
 
-_ZIP5: Final = re.compile(r"\s*(\d{5})(?:\s*-?\s*\d{4})?\s*")
+# `\s*(?:-\s*)?`, not `\s*-?\s*`: two adjacent `\s*` rescan a run of spaces quadratically.
+_ZIP5: Final = re.compile(r"\s*(\d{5})(?:\s*(?:-\s*)?\d{4})?\s*")
 
 
 def _zip_of(value: object) -> str | None:
@@ -938,7 +1035,6 @@ class RuleSet:
 _RULE_KEYS: Final = frozenset({"lhv", "op", "rhv", "rule_set", "reason"})
 _SET_KEYS: Final = frozenset({"op", "rules", "reason"})
 _LHV_PATH: Final = re.compile(r"[^\s{}.]+(?:\.[^\s{}.]+)*")
-_LHV_BRACES: Final = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _SPACES: Final = re.compile(r"\s+")
 
 
@@ -1025,9 +1121,9 @@ def _lhv(value: object, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RuleError(path, "an lhv (the variable to test) is required")
     text = value.strip()
-    braced = _LHV_BRACES.fullmatch(text)
-    if braced:
-        text = braced.group(1)
+    # `{{ path }}` is the same as `path`; plain string code, since `\{\{\s*(.*?)\s*\}\}` rescans.
+    if text.startswith("{{") and text.endswith("}}") and len(text) >= 4:
+        text = text[2:-2].strip()
     if not _LHV_PATH.fullmatch(text):
         raise RuleError(path, f"invalid variable {value!r}")
     return text

@@ -22,7 +22,6 @@ class TemplateError(ValueError):
     """A template that cannot be compiled (an unclosed ``{{`` or a malformed path)."""
 
 
-_TAG: Final = re.compile(r"\{\{(\{)?(.*?)(?(1)\}\}\}|\}\})", re.DOTALL)
 _PATH: Final = re.compile(r"[^\s{}.]+(?:\.[^\s{}.]+)*")
 
 
@@ -62,21 +61,32 @@ def compile_template(text: str) -> Template:
     literals: list[str] = []
     paths: list[str] = []
     position = 0
-    for match in _TAG.finditer(text):
-        literal = text[position : match.start()]
-        if "{{" in literal:
-            raise TemplateError(f"unclosed '{{{{' at offset {literal.index('{{') + position}")
-        path = match.group(2).strip()
+    # Each tag is the first `{{` and the first `}}` after it (`}}}` when it opened with `{{{`),
+    # found with str.find: a lazy `\{\{(.*?)\}\}` regex rescans the rest of the text from every
+    # unclosed `{{`, quadratic in the template's length.
+    while (start := text.find("{{", position)) >= 0:
+        body, end = _tag_end(text, start)
+        if end < 0:
+            raise TemplateError(f"unclosed '{{{{' at offset {start}")
+        path = text[body : end - (3 if body == start + 3 else 2)].strip()
         if not _PATH.fullmatch(path):
-            raise TemplateError(f"invalid variable {match.group(0)!r}: expected {{{{ a.b.c }}}}")
-        literals.append(literal)
+            raise TemplateError(f"invalid variable {text[start:end]!r}: expected {{{{ a.b.c }}}}")
+        literals.append(text[position:start])
         paths.append(path)
-        position = match.end()
-    rest = text[position:]
-    if "{{" in rest:
-        raise TemplateError(f"unclosed '{{{{' at offset {rest.index('{{') + position}")
-    literals.append(rest)
+        position = end
+    literals.append(text[position:])
     return Template(text, tuple(literals), tuple(paths))
+
+
+def _tag_end(text: str, start: int) -> tuple[int, int]:
+    """(where the path starts, where the tag ends) for the tag opening at ``start``; end -1 when
+    it never closes. `{{{ a }}}` needs three closing braces, else it reads as `{{` + `{ a`."""
+    if text.startswith("{", start + 2):
+        close = text.find("}}}", start + 3)
+        if close >= 0:
+            return start + 3, close + 3
+    close = text.find("}}", start + 2)
+    return start + 2, (close + 2 if close >= 0 else -1)
 
 
 def render_mapping(

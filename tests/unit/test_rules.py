@@ -6,6 +6,7 @@ import re
 import timeit
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -576,3 +577,96 @@ def test_phone_type_component_is_read_by_its_spec_name() -> None:
     lead = parse_lead({"phone_1": "512-555-1234 (m)"})
     rule_set = compile_rule_set([{"lhv": "phone_1.type", "op": "is equal to", "rhv": "mobile"}])
     assert rule_set.evaluate(build_context(lead)).passed
+
+
+# --- patterns run on RE2 (issue 13) ----------------------------------------------------------
+
+
+def _matches(value: str, pattern: str) -> bool:
+    rule_set = compile_rule_set([{"lhv": "x", "op": "matches pattern", "rhv": pattern}])
+    return rule_set.evaluate(build_context(parse_lead({"x": value}))).passed
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "expected"),
+    [
+        ("ANN", "^ann$", True),  # always case-insensitive, as LeadConduit
+        ("ann", "/^ANN$/", True),
+        ("Zoë", "^ZOË$", True),  # Unicode case folding too
+        ("a\nb", "/^b/m", True),
+        ("a\nb", "^b", False),
+        ("a\nb", "/a.b/s", True),
+        ("a\nb", "a.b", False),
+        ("abc", "/a b # a comment\n c/x", True),  # verbose layout, dropped before RE2 reads it
+        ("a b", r"/a\ b/x", True),
+        ("a b", "/a[ ]b/x", True),
+        ("abc", r"c\Z", True),  # Python's \Z, RE2's \z
+        ("abcd", r"c\Z", False),
+        ("x1", r"^x\d$", True),
+        ("(512)", r"^\(\d+\)$", True),
+        ("ab", "/a/gu", True),  # JavaScript flags RE2 has no use for are ignored
+        ("xaaaay", "xa{,3}y", False),  # Python's {,n}: at most n
+        ("xaay", "^xa{,3}y$", True),
+        ("a{,3}", "^a\\{,3}$", True),
+    ],
+)
+def test_patterns_keep_their_meaning_on_re2(value: str, pattern: str, expected: bool) -> None:
+    assert _matches(value, pattern) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"(a)\1", "uses a backreference"),
+        ("(?P<n>a)(?P=n)", "uses a backreference"),
+        ("a(?=b)", "uses lookahead or lookbehind"),
+        ("a(?!b)", "uses lookahead or lookbehind"),
+        ("(?<=a)b", "uses lookahead or lookbehind"),
+        ("(?<!a)b", "uses lookahead or lookbehind"),
+        ("(?>a+)b", "invalid perl operator: (?>"),
+        ("a++", "bad repetition operator: ++"),
+        ("(", "missing ): ("),
+        ("a" * 40_000, "longer than 32768 characters"),
+    ],
+)
+def test_a_pattern_re2_cannot_run_is_refused_with_the_reason(pattern: str, why: str) -> None:
+    with pytest.raises(RuleError) as info:
+        compile_rule_set([{"lhv": "x", "op": "does not match pattern", "rhv": pattern}])
+    assert info.value.path == "rules[0].rhv"
+    assert why in info.value.message
+
+
+def test_leadflow_check_refuses_a_backreference_pattern(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leadflow.cli import main
+    from tests.unit.test_config import BASE
+
+    path = tmp_path / "flow.yaml"
+    path.write_text(
+        BASE.replace(
+            "    sources: [{source: vendor}]",
+            "    acceptance: [{lhv: email, op: matches pattern, rhv: '^(\\w)\\1'}]\n"
+            "    sources: [{source: vendor}]",
+        )
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(path)])
+    assert info.value.code == 1
+    error = capsys.readouterr().err
+    assert (
+        "flows[0].acceptance.rules[0].rhv: pattern '^(\\\\w)\\\\1' uses a backreference (\\1):"
+        " patterns run on RE2, a linear-time engine without backreferences or lookaround"
+    ) in error
+
+
+def test_a_pattern_rendered_from_the_lead_that_re2_cannot_run_fails_the_rule() -> None:
+    context = build_context(parse_lead({"x": "aa", "p": r"(a)\1", "q": "a" * 40_000}))
+    for rhv in ("{{ p }}", "{{ q }}"):
+        for op in ("matches pattern", "does not match pattern"):
+            rule_set = compile_rule_set([{"lhv": "x", "op": op, "rhv": rhv}])
+            assert not rule_set.evaluate(context).passed
+
+
+def test_a_value_with_a_lone_surrogate_is_matched_not_raised_on() -> None:
+    assert _matches("a\ud800b", "^a.*b$")
