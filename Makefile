@@ -47,6 +47,7 @@ lint: install validate-deploy ## ruff, mypy --strict, buf lint and format, deplo
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy leadflow gateway pricing_service routing_service delivery_service ledger_service
+	$(VENV)/bin/lint-imports
 	@# Every service's tables must match its Alembic revisions (a model change needs a revision).
 	$(PY) -m leadflow.migrate --check
 	$(VENV)/bin/buf lint

@@ -39,8 +39,7 @@ from aiohttp import web
 from leadflow.delivery.v1 import delivery_service_pb2 as pb
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
-from leadflow.money import to_proto
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, to_proto
 
 LEAD = {
     "first_name": "Ada",

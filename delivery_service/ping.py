@@ -21,9 +21,8 @@ from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2
-from leadflow.money import to_proto
 from leadflow.templates import TemplateError
-from leadflow.wire import LeadData, outcome_to_proto
+from leadflow.wire import LeadData, outcome_to_proto, to_proto
 
 log = logging.getLogger(__name__)
 

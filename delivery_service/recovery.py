@@ -34,9 +34,8 @@ from leadflow.batching import GroupCommit
 from leadflow.config import Buyer, Config
 from leadflow.delivery.v1 import delivery_service_pb2
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from leadflow.money import to_proto
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
-from leadflow.wire import outcome_from_proto, outcome_to_proto
+from leadflow.wire import outcome_from_proto, outcome_to_proto, to_proto
 
 log = logging.getLogger(__name__)
 

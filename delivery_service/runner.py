@@ -36,9 +36,8 @@ from delivery_service.store import MAX_BATCH_LEADS, DeliveryStore
 from leadflow import kit
 from leadflow.config import Buyer, Config, SftpDelivery
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from leadflow.money import to_proto
 from leadflow.templates import TemplateError
-from leadflow.wire import DeliveryAttempt, LeadData, outcome_to_proto
+from leadflow.wire import DeliveryAttempt, LeadData, outcome_to_proto, to_proto
 
 log = logging.getLogger(__name__)
 

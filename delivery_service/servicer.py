@@ -25,9 +25,8 @@ from delivery_service.runner import BatchError, BatchRunner
 from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
-from leadflow.money import from_proto, to_proto
 from leadflow.templates import TemplateError
-from leadflow.wire import LeadData, outcome_to_proto
+from leadflow.wire import LeadData, from_proto, outcome_to_proto, to_proto
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

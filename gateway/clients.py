@@ -27,10 +27,9 @@ from leadflow import kit
 from leadflow.config import Config, Delivery, HttpDelivery
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from leadflow.money import to_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, to_proto
 
 # Long enough to ride out a restart of the service (a few seconds): with wait_for_ready a call
 # made while it is down waits for it rather than failing the lead.

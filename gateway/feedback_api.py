@@ -26,8 +26,8 @@ from gateway.intake import (
 from gateway.outbox import LedgerOutbox
 from leadflow.config import Buyer, Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
-from leadflow.money import CENT, from_proto, is_price, parse_amount, to_proto
-from leadflow.wire import outcome_from_proto
+from leadflow.money import CENT, is_price, parse_amount
+from leadflow.wire import from_proto, outcome_from_proto, to_proto
 
 JSON = "application/json"
 MAX_IDEMPOTENCY_KEY = 255

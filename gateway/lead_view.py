@@ -9,8 +9,7 @@ import orjson
 from gateway.feedback_api import ledger_sections
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2
-from leadflow.money import from_proto
-from leadflow.wire import LeadData, PriceAudit, outcome_from_proto
+from leadflow.wire import LeadData, PriceAudit, from_proto, outcome_from_proto
 
 
 def _audit(message: lead_pb2.PriceAudit) -> dict[str, Any]:

@@ -24,10 +24,17 @@ from leadflow.config import Config, Flow, Stage
 from leadflow.context import lead_context
 from leadflow.fields import parse_lead
 from leadflow.ledger.v1 import ledger_service_pb2
-from leadflow.money import ZERO, from_micros, from_proto, to_proto
+from leadflow.money import ZERO, from_micros
 from leadflow.pricing.v1 import pricing_service_pb2
 from leadflow.routing.v1 import routing_service_pb2
-from leadflow.wire import LeadData, PriceAudit, outcome_from_proto, outcome_to_proto
+from leadflow.wire import (
+    LeadData,
+    PriceAudit,
+    from_proto,
+    outcome_from_proto,
+    outcome_to_proto,
+    to_proto,
+)
 
 log = logging.getLogger(__name__)
 

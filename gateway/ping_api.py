@@ -24,8 +24,8 @@ from gateway.intake import render
 from gateway.orchestrator import new_lead_id
 from gateway.store import PingQuote
 from leadflow.fields import parse_lead
-from leadflow.money import ZERO, from_proto, to_micros
-from leadflow.wire import LeadData
+from leadflow.money import ZERO, to_micros
+from leadflow.wire import LeadData, from_proto
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from gateway.intake import BadRequest, Refused, error_response, render
 from gateway.outbox import LedgerOutbox
 from leadflow.config import Config
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
-from leadflow.money import from_proto
-from leadflow.wire import outcome_from_proto, outcome_to_proto
+from leadflow.wire import from_proto, outcome_from_proto, outcome_to_proto
 
 JSON = "application/json"
 DEFAULT_LIMIT = 50

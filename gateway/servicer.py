@@ -15,8 +15,8 @@ from gateway.store import GatewayStore, KeyInProgress, StoredResponse
 from leadflow.config import Config
 from leadflow.gateway.v1 import gateway_service_pb2 as pb
 from leadflow.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from leadflow.money import format_money, from_proto, to_proto
-from leadflow.wire import outcome_to_proto
+from leadflow.money import format_money
+from leadflow.wire import from_proto, outcome_to_proto, to_proto
 
 # gRPC and HTTP answers differ in form, so their idempotency keys live in separate namespaces.
 KEY_PREFIX = "grpc:"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from google.type import money_pb2
-
 MICROS = 1_000_000
 NANOS_PER_MICRO = 1_000
 CENT = Decimal("0.01")
@@ -43,19 +41,6 @@ def to_micros(amount: Decimal) -> int:
 
 def from_micros(micros: int) -> Decimal:
     return cents(Decimal(micros) / MICROS)
-
-
-def to_proto(amount: Decimal, currency: str = "USD") -> money_pb2.Money:
-    micros = to_micros(amount)
-    units, rest = divmod(abs(micros), MICROS)
-    sign = -1 if micros < 0 else 1
-    return money_pb2.Money(
-        currency_code=currency, units=sign * units, nanos=sign * rest * NANOS_PER_MICRO
-    )
-
-
-def from_proto(money: money_pb2.Money) -> Decimal:
-    return cents(Decimal(money.units) + Decimal(money.nanos) / Decimal(1_000_000_000))
 
 
 def format_money(amount: Decimal) -> str:

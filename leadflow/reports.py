@@ -16,7 +16,8 @@ import orjson
 from leadflow.config import Config
 from leadflow.csv_safe import csv_text
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
-from leadflow.money import ZERO, format_money, from_micros, from_proto, to_micros, to_proto
+from leadflow.money import ZERO, format_money, from_micros, to_micros
+from leadflow.wire import from_proto, to_proto
 
 if TYPE_CHECKING:
     pass

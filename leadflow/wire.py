@@ -10,13 +10,28 @@ from functools import cached_property
 from typing import Any
 
 import orjson
+from google.type import money_pb2
 
 from leadflow.common.v1 import lead_pb2
-from leadflow.money import ZERO, from_proto, to_proto
+from leadflow.money import MICROS, NANOS_PER_MICRO, ZERO, cents, to_micros
 
 OUTCOMES = ("success", "failure", "error", "skip", "queued", "unknown")
 _TO_ENUM = {name: lead_pb2.Outcome.Value(f"OUTCOME_{name.upper()}") for name in OUTCOMES}
 _FROM_ENUM = {value: name for name, value in _TO_ENUM.items()}
+
+
+# Money on the wire: google.type.Money (units and nanos), exact to the micro.
+def to_proto(amount: Decimal, currency: str = "USD") -> money_pb2.Money:
+    micros = to_micros(amount)
+    units, rest = divmod(abs(micros), MICROS)
+    sign = -1 if micros < 0 else 1
+    return money_pb2.Money(
+        currency_code=currency, units=sign * units, nanos=sign * rest * NANOS_PER_MICRO
+    )
+
+
+def from_proto(money: money_pb2.Money) -> Decimal:
+    return cents(Decimal(money.units) + Decimal(money.nanos) / Decimal(1_000_000_000))
 
 
 def outcome_to_proto(outcome: str) -> lead_pb2.Outcome.ValueType:

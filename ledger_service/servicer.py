@@ -18,8 +18,15 @@ from leadflow import reports
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from leadflow.money import from_micros, from_proto, to_proto
-from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit, outcome_to_proto
+from leadflow.money import from_micros
+from leadflow.wire import (
+    OUTCOMES,
+    DeliveryAttempt,
+    PriceAudit,
+    from_proto,
+    outcome_to_proto,
+    to_proto,
+)
 from ledger_service import journal, metrics
 from ledger_service.feedback import (
     CONVERSION,

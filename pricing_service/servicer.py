@@ -8,10 +8,9 @@ from typing import Any
 import grpc
 
 from leadflow.config import Config
-from leadflow.money import from_proto, to_proto
 from leadflow.pricing.v1 import pricing_service_pb2 as pb
 from leadflow.pricing.v1 import pricing_service_pb2_grpc as pb_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 from pricing_service.pricing import Pricer
 
 

@@ -19,9 +19,8 @@ from leadflow import kit
 from leadflow.common.v1 import lead_pb2
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from leadflow.money import from_proto, to_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
-from leadflow.wire import PriceAudit, outcome_from_proto
+from leadflow.wire import PriceAudit, from_proto, outcome_from_proto, to_proto
 from routing_service.strategies import BuyerRecord
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,9 @@ from typing import Any, NoReturn
 import grpc
 import orjson
 
-from leadflow.money import from_proto, to_proto
 from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 from routing_service.router import Ranking, Router, SoldStep
 from routing_service.routing import LeftOut
 

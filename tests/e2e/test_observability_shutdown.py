@@ -20,9 +20,8 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadflow.fields import parse_lead
-from leadflow.money import from_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto
 from tests.e2e.harness import ThreadedApp
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

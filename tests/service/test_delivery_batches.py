@@ -29,8 +29,7 @@ from leadflow.fields import parse_lead
 from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as ledger_pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
-from leadflow.money import from_proto, to_proto
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 from ledger_service.config import Settings as LedgerSettings
 from ledger_service.server import create_server as create_ledger
 from ledger_service.store import LedgerStore

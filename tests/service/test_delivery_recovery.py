@@ -28,8 +28,7 @@ from leadflow.fields import parse_lead
 from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as ledger_pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
-from leadflow.money import to_proto
-from leadflow.wire import LeadData, PriceAudit
+from leadflow.wire import LeadData, PriceAudit, to_proto
 from ledger_service.config import Settings as LedgerSettings
 from ledger_service.ledger import Lead as LedgerLead
 from ledger_service.ledger import LeadRecord, RecipientEvent, SourceEvent

@@ -29,8 +29,7 @@ from leadflow.delivery.v1 import delivery_service_pb2 as pb
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
 from leadflow.kit import ServiceSettings, stop_server
-from leadflow.money import from_proto, to_proto
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
-from leadflow.money import to_proto
+from leadflow.wire import to_proto
 from ledger_service.store import LedgerStore
 from tests.service.test_ledger_service import _bad_request_fields, record_request, running_ledger
 

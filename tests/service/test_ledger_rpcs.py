@@ -16,7 +16,7 @@ from leadflow.common.v1 import lead_pb2
 from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from leadflow.money import from_proto, to_proto
+from leadflow.wire import from_proto, to_proto
 from ledger_service.config import Settings
 from ledger_service.server import create_server
 from ledger_service.store import LedgerStore

@@ -14,10 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from leadflow.config import Config, parse_config
 from leadflow.fields import parse_lead
-from leadflow.money import from_proto, to_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 from pricing_service.server import create_server as create_pricing
 from routing_service.peers import Addresses, Peers
 from routing_service.server import create_server as create_routing

@@ -18,9 +18,8 @@ from aiohttp import web
 
 from leadflow.config import parse_config
 from leadflow.fields import parse_lead
-from leadflow.money import from_proto
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto
 from pricing_service.server import create_server
 
 TIMEOUT_MS = 300

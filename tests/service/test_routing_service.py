@@ -27,10 +27,9 @@ from delivery_service.server import create_server as create_delivery
 from leadflow.config import Config, parse_config
 from leadflow.fields import parse_lead
 from leadflow.kit import ServiceSettings, stop_server
-from leadflow.money import from_proto, to_proto
 from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
-from leadflow.wire import LeadData
+from leadflow.wire import LeadData, from_proto, to_proto
 from pricing_service.server import create_server as create_pricing
 from routing_service.caps import window_start
 from routing_service.peers import Addresses, Peers

@@ -6,16 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leadflow.money import (
-    cents,
-    format_money,
-    from_micros,
-    from_proto,
-    is_price,
-    parse_amount,
-    to_micros,
-    to_proto,
-)
+from leadflow.money import cents, format_money, from_micros, is_price, parse_amount, to_micros
+from leadflow.wire import from_proto, to_proto
 
 AMOUNTS = st.decimals(min_value=-1_000_000, max_value=1_000_000, places=2, allow_nan=False)
 
