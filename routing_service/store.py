@@ -347,12 +347,9 @@ class RoutingStore:
             return await conn.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
-        """`work` reading only. On PostgreSQL in autocommit: no BEGIN and ROLLBACK round trips.
-        On SQLite on the event loop itself: a read of a few rows by key takes tens of µs and
-        never waits for the writer (WAL), where the hand-over to a worker thread and back cost
-        about 100 µs of CPU per call."""
+        """`work` reading only. On PostgreSQL in autocommit: no BEGIN and ROLLBACK round trips."""
         if self._sync is not None:
-            return _reading(self._sync, work)
+            return await asyncio.to_thread(_reading, self._sync, work)
         async with self._engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
             return await autocommit.run_sync(work)
