@@ -100,7 +100,7 @@ run: install ## start the whole suite on the example config with its demo buyer 
 	$(PY) examples/demo_buyer.py --port 8090 & buyer=$$!; trap "kill $$buyer 2>/dev/null" EXIT; \
 	  $(VENV)/bin/leadflow up --config $(CONFIG) --data-dir $(DATA_DIR)
 
-bench: install ## the suite vs a one-process baseline, SQLite and PostgreSQL (~3 min, loopback only)
+bench: install ## the suite (production-shaped and demo flows) vs a one-process baseline, SQLite and PostgreSQL (~4 min, loopback only)
 	$(PY) -m bench.run
 
 clean: ## remove generated code, the venv and local data

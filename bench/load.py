@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import random
+import secrets
 import statistics
 import time
 from collections import Counter
@@ -32,13 +33,15 @@ STATES = ["CA", "CA", "TX", "NV", "AZ", "CA", "TX", "FL", "NY", "AZ"]
 AREA_CODES = ["512", "415", "702", "602", "213", "214", "305", "212"]
 
 
-def realistic_lead(rng: random.Random, i: int) -> dict[str, Any]:
-    """A vendor's submission as the demo flow expects it, varied per lead."""
+def realistic_lead(rng: random.Random, i: int, tag: str = "") -> dict[str, Any]:
+    """A vendor's submission as the demo flow expects it, varied per lead. `tag` makes the
+    emails of one run differ from every other run's: a flow with a duplicate check on email
+    would reject the second run's leads as duplicates of the first's."""
     first, last = rng.choice(FIRST), rng.choice(LAST)
     return {
         "first_name": first,
         "last_name": last,
-        "email": f"{first.lower()}.{last.lower()}{i}@example.com",
+        "email": f"{first.lower()}.{last.lower()}{i}{tag}@example.com",
         "phone_1": f"({rng.choice(AREA_CODES)}) {rng.randrange(200, 999)}-"
         f"{rng.randrange(10000):04d}",
         "state": rng.choice(STATES),
@@ -124,7 +127,8 @@ async def run_load(
     """Send up to `count` leads within `seconds` (then wait at most 10 s for the stragglers)."""
     _check_loopback(url)
     rng = random.Random(seed)
-    bodies = [orjson.dumps(realistic_lead(rng, i)) for i in range(count)]
+    tag = "." + secrets.token_hex(4)  # unique emails across runs on one database
+    bodies = [orjson.dumps(realistic_lead(rng, i, tag)) for i in range(count)]
     result = LoadResult(f"open loop {rate:g}/s" if rate else f"max throughput c={concurrency}")
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=0 if rate else concurrency, force_close=False)

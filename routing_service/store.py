@@ -3,10 +3,11 @@
 The only module using SQLAlchemy. Correctness with several replicas on one database rests on
 single statements the database applies atomically, never on locks in this process:
 
-- a cap reservation is `UPDATE cap_counters SET held = held + 1 WHERE used + held + 1 <= max`
-  (PostgreSQL re-evaluates the condition after waiting for a concurrent writer's row lock;
-  SQLite has one writer at a time). A lead's claims are taken in one transaction, sorted by key
-  so that two transactions never wait on each other in a cycle; if one is full, all roll back.
+- a cap reservation is `INSERT INTO cap_counters … ON CONFLICT DO UPDATE SET held = held + 1
+  WHERE used + held + 1 <= max` (PostgreSQL re-evaluates the condition on the row's latest
+  version after waiting for a concurrent writer's lock; SQLite has one writer at a time). A
+  lead's claims are taken in one transaction, sorted by key so that two transactions never wait
+  on each other in a cycle; if one is full, all roll back.
 - a duplicate key is an `INSERT … ON CONFLICT DO UPDATE … WHERE <the holder lapsed>`: of two
   identical leads, the second waits on the first's uncommitted row and then finds it taken.
 - the round-robin cursor moves in one `UPDATE … SET last_step = CASE …` that picks the next
@@ -14,30 +15,48 @@ single statements the database applies atomically, never on locks in this proces
 
 Every write transaction starts with a write statement, so SQLite takes its write lock up front
 (waiting on busy_timeout) instead of failing to upgrade a read snapshot.
+
+Cost (issue 14): a lead of a flow with caps and a duplicate check runs about a dozen statements
+here, so each must be cheap. The hot statements are built once, with bind parameters, on Core
+tables (SQLAlchemy then reuses their compiled form instead of building, hashing and looking up
+a new statement per call), and each transaction runs as one synchronous function: on SQLite whole
+in one worker thread on a pysqlite engine (aiosqlite hands every statement, fetch and cursor
+close over to its thread and back separately), on PostgreSQL in one greenlet (`run_sync`).
+SQLite's write transactions of this process also queue on an asyncio lock: a writer that finds
+SQLite's lock taken polls for it in its busy handler with sleeps of up to 100 ms.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadflow import db
 from routing_service.caps import CapRule, Claim
-from routing_service.tables import (
-    Base,
-    CapCounter,
-    CapHold,
-    DuplicateKey,
-    RotationCursor,
-    StageSale,
-)
+from routing_service.tables import Base
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +65,14 @@ LEAD_SCOPE = "lead"
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 # Sales rows older than this are deleted: weighted shares read today's, priority ties the last.
 SALES_KEPT_DAYS = 35
+
+T = TypeVar("T")
+
+COUNTERS: Table = Base.metadata.tables["cap_counters"]
+HOLDS: Table = Base.metadata.tables["cap_holds"]
+DUPLICATES: Table = Base.metadata.tables["duplicate_keys"]
+CURSORS: Table = Base.metadata.tables["rotation_cursors"]
+SALES: Table = Base.metadata.tables["stage_sales"]
 
 
 def step_scope(stage_index: int, step_index: int) -> str:
@@ -87,31 +114,76 @@ def _ordered(claims: Sequence[Claim]) -> list[Claim]:
     return sorted(claims, key=lambda c: (c.rule.key, c.window))
 
 
-class RoutingStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
+class _Statements:
+    """The statements of the per-lead path, built once per dialect with bind parameters."""
 
-    @classmethod
-    async def open(cls, url: str, schema: str) -> RoutingStore:
-        """Connect to `url` and create routing's schema and tables if they are missing."""
-        return cls(await db.open_engine(url, schema, Base.metadata))
+    def __init__(self, postgres: bool) -> None:
+        insert = postgresql.insert if postgres else sqlite.insert
+        counter, hold, dup, sale = COUNTERS.c, HOLDS.c, DUPLICATES.c, SALES.c
+        self._insert = insert
+        self._takes: dict[tuple[bool, bool], Any] = {}
 
-    async def close(self) -> None:
-        await self._engine.dispose()
-
-    def _insert(self, table: Any) -> Any:
-        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
-
-    # --- caps ---------------------------------------------------------------------------------
-
-    async def _ensure_counter(self, conn: AsyncConnection, claim: Claim) -> None:
-        await conn.execute(
-            self._insert(CapCounter)
+        self.hold = (
+            insert(HOLDS)
             .values(
-                cap_key=claim.rule.key,
-                window_start=claim.window,
-                window_end=claim.rule.window_end(claim.window),
+                lead_id=bindparam("lead_id"),
+                scope=bindparam("scope"),
+                cap_key=bindparam("cap_key"),
+                window_start=bindparam("window_start"),
+                micros=bindparam("micros"),
+                expires_time=bindparam("expires_time"),
+            )
+            .on_conflict_do_nothing(index_elements=["lead_id", "scope", "cap_key"])
+            .returning(hold.lead_id)
+        )
+        returned = (hold.scope, hold.cap_key, hold.window_start, hold.micros)
+        self.drop_holds = (
+            delete(HOLDS).where(hold.lead_id == bindparam("lead_id")).returning(*returned)
+        )
+        self.drop_scoped_holds = (
+            delete(HOLDS)
+            .where(
+                hold.lead_id == bindparam("lead_id"),
+                hold.scope.in_(bindparam("scopes", expanding=True)),
+            )
+            .returning(*returned)
+        )
+        self.drop_holds_except = (
+            delete(HOLDS)
+            .where(
+                hold.lead_id == bindparam("lead_id"),
+                hold.scope.not_in(bindparam("keep", expanding=True)),
+            )
+            .returning(*returned)
+        )
+        self.keep_holds = (
+            update(HOLDS)
+            .where(
+                hold.lead_id == bindparam("lead_id"),
+                hold.scope.in_(bindparam("scopes", expanding=True)),
+            )
+            .values(expires_time=bindparam("expires_time"))
+        )
+        self.move = (
+            update(COUNTERS)
+            .where(counter.cap_key == bindparam("key"), counter.window_start == bindparam("window"))
+            .values(
+                held_leads=counter.held_leads
+                - bindparam("give_leads", type_=counter.held_leads.type),
+                held_micros=counter.held_micros
+                - bindparam("give_micros", type_=counter.held_micros.type),
+                used_leads=counter.used_leads
+                + bindparam("add_leads", type_=counter.used_leads.type),
+                used_micros=counter.used_micros
+                + bindparam("add_micros", type_=counter.used_micros.type),
+            )
+        )
+        self.ensure_counter = (
+            insert(COUNTERS)
+            .values(
+                cap_key=bindparam("key"),
+                window_start=bindparam("window"),
+                window_end=bindparam("window_end"),
                 used_leads=0,
                 used_micros=0,
                 held_leads=0,
@@ -119,65 +191,244 @@ class RoutingStore:
             )
             .on_conflict_do_nothing(index_elements=["cap_key", "window_start"])
         )
-
-    async def _take(self, conn: AsyncConnection, claim: Claim) -> bool:
-        """One conditional increment of the window's held amount; False when it is full."""
-        max_leads, max_micros = claim.limit
-        conditions = [CapCounter.cap_key == claim.rule.key, CapCounter.window_start == claim.window]
-        if max_leads is not None:
-            conditions.append(CapCounter.used_leads + CapCounter.held_leads + 1 <= max_leads)
-        if max_micros is not None:
-            conditions.append(
-                CapCounter.used_micros + CapCounter.held_micros + claim.micros <= max_micros
-            )
-        result = await conn.execute(
-            update(CapCounter)
-            .where(*conditions)
-            .values(
-                held_leads=CapCounter.held_leads + 1,
-                held_micros=CapCounter.held_micros + claim.micros,
-            )
+        self.usage = select(
+            counter.cap_key,
+            counter.window_start,
+            counter.used_leads + counter.held_leads,
+            counter.used_micros + counter.held_micros,
+        ).where(
+            tuple_(counter.cap_key, counter.window_start).in_(bindparam("pairs", expanding=True))
         )
-        return bool(result.rowcount)
+        self.counter = select(
+            counter.used_leads, counter.used_micros, counter.held_leads, counter.held_micros
+        ).where(counter.cap_key == bindparam("key"), counter.window_start == bindparam("window"))
 
-    async def _sweep(self, conn: AsyncConnection, key: str, window: datetime, now: datetime) -> int:
+        claim = insert(DUPLICATES)
+        self.claim_duplicate = (
+            claim.values(
+                flow_id=bindparam("flow_id"),
+                digest=bindparam("digest"),
+                lead_id=bindparam("lead_id"),
+                committed=False,
+                expires_time=bindparam("expires_time"),
+            )
+            .on_conflict_do_update(
+                index_elements=["flow_id", "digest"],
+                set_={
+                    "lead_id": claim.excluded.lead_id,
+                    "committed": False,
+                    "expires_time": claim.excluded.expires_time,
+                },
+                # Taken over only when the earlier lead's key has lapsed (or it is this lead).
+                where=(dup.expires_time < bindparam("now", type_=dup.expires_time.type))
+                | (dup.lead_id == bindparam("lead_id")),
+            )
+            .returning(dup.lead_id)
+        )
+        held_by = and_(
+            dup.flow_id == bindparam("dup_flow"),
+            dup.digest == bindparam("dup_digest"),
+            dup.lead_id == bindparam("dup_lead"),
+        )
+        self.commit_duplicate = (
+            update(DUPLICATES)
+            .where(held_by)
+            .values(committed=True, expires_time=bindparam("until", type_=dup.expires_time.type))
+        )
+        self.drop_duplicate = delete(DUPLICATES).where(held_by)
+
+        count = insert(SALES)
+        self.count_sale = count.values(
+            flow_id=bindparam("flow_id"),
+            stage_index=bindparam("stage_index"),
+            buyer_id=bindparam("buyer_id"),
+            day=bindparam("day"),
+            sales=1,
+            last_sold_time=bindparam("when"),
+        ).on_conflict_do_update(
+            index_elements=["flow_id", "stage_index", "buyer_id", "day"],
+            set_={"sales": sale.sales + 1, "last_sold_time": count.excluded.last_sold_time},
+        )
+        self.sales_on = select(sale.buyer_id, sale.sales).where(
+            sale.flow_id == bindparam("flow_id"),
+            sale.stage_index == bindparam("stage_index"),
+            sale.day == bindparam("day"),
+        )
+        self.last_sales = (
+            select(sale.buyer_id, func.max(sale.last_sold_time))
+            .where(
+                sale.flow_id == bindparam("flow_id"), sale.stage_index == bindparam("stage_index")
+            )
+            .group_by(sale.buyer_id)
+        )
+
+    def take(self, leads: bool, micros: bool) -> Any:
+        """Create the window's counter holding this claim, or add the claim to it if it fits:
+        one statement, so the check and the increment are one atomic step. Returns a row when
+        taken. Built per kind of limit (leads, money, both, none)."""
+        found = self._takes.get((leads, micros))
+        if found is not None:
+            return found
+        counter = COUNTERS.c
+        conditions = []
+        if leads:
+            conditions.append(
+                counter.used_leads + counter.held_leads + 1
+                <= bindparam("max_leads", type_=counter.used_leads.type)
+            )
+        take = self._insert(COUNTERS)
+        if micros:
+            conditions.append(
+                counter.used_micros + counter.held_micros + take.excluded.held_micros
+                <= bindparam("max_micros", type_=counter.used_micros.type)
+            )
+        statement = (
+            take.values(
+                cap_key=bindparam("key"),
+                window_start=bindparam("window"),
+                window_end=bindparam("window_end"),
+                used_leads=0,
+                used_micros=0,
+                held_leads=1,
+                held_micros=bindparam("micros"),
+            )
+            .on_conflict_do_update(
+                index_elements=["cap_key", "window_start"],
+                set_={
+                    "held_leads": counter.held_leads + 1,
+                    "held_micros": counter.held_micros + take.excluded.held_micros,
+                },
+                where=and_(*conditions) if conditions else None,
+            )
+            .returning(counter.cap_key)
+        )
+        self._takes[(leads, micros)] = statement
+        return statement
+
+
+def _fits_empty(claim: Claim) -> bool:
+    max_leads, max_micros = claim.limit
+    if max_leads is not None and max_leads < 1:
+        return False
+    return max_micros is None or claim.micros <= max_micros
+
+
+def _transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
+
+
+def _reading(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn:
+        return work(conn)
+
+
+class RoutingStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._sql = _Statements(self._postgres)
+        # SQLite: transactions run whole in a worker thread on a pysqlite engine of the same
+        # file, and this process's writers queue here rather than in SQLite's busy handler.
+        self._sync: Engine | None = None
+        self._write_lock: asyncio.Lock | None = None
+        if engine.dialect.name == "sqlite":
+            # A connection per worker thread at most (to_thread's pool): none opened and closed
+            # again per transaction, as a smaller pool's overflow would.
+            self._sync = create_engine(engine.url.set(drivername="sqlite"), pool_size=32)
+            event.listen(self._sync, "connect", db.sqlite_pragmas)
+            self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str, schema: str) -> RoutingStore:
+        """Connect to `url` and create routing's schema and tables if they are missing."""
+        return cls(await db.open_engine(url, schema, Base.metadata))
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
+        await self._engine.dispose()
+
+    async def _write(self, work: Callable[[Connection], T], one_statement: bool = False) -> T:
+        """`work` in one write transaction; an exception rolls it back. Work of one statement
+        runs in autocommit on PostgreSQL (the statement is atomic by itself): no BEGIN and
+        COMMIT round trips."""
+        if self._sync is not None:
+            assert self._write_lock is not None
+            async with self._write_lock:
+                return await asyncio.to_thread(_transaction, self._sync, work)
+        if one_statement:
+            async with self._engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await autocommit.run_sync(work)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        """`work` reading only. On PostgreSQL in autocommit: no BEGIN and ROLLBACK round trips."""
+        if self._sync is not None:
+            return await asyncio.to_thread(_reading, self._sync, work)
+        async with self._engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await autocommit.run_sync(work)
+
+    # --- caps ---------------------------------------------------------------------------------
+
+    def _take(self, conn: Connection, claim: Claim) -> bool:
+        """Count one more lead (and its money) as held on the claim's window; False when full."""
+        if not _fits_empty(claim):
+            return False
+        max_leads, max_micros = claim.limit
+        statement = self._sql.take(max_leads is not None, max_micros is not None)
+        row = conn.execute(
+            statement,
+            {
+                "key": claim.rule.key,
+                "window": claim.window,
+                "window_end": claim.rule.window_end(claim.window),
+                "micros": claim.micros,
+                "max_leads": max_leads,
+                "max_micros": max_micros,
+            },
+        ).first()
+        return row is not None
+
+    def _sweep(self, conn: Connection, key: str, window: datetime, now: datetime) -> int:
         """Give back what expired holds on one window kept (their gateway never settled).
 
         A hold its late gateway is settling right now is locked by that settlement and skipped
         (PostgreSQL SKIP LOCKED): the settlement gives it back, and waiting for it here while
         holding the counter's row lock could deadlock with it.
         """
+        hold = HOLDS.c
         lapsed = (
-            select(CapHold.lead_id, CapHold.scope, CapHold.cap_key)
-            .where(
-                CapHold.cap_key == key,
-                CapHold.window_start == window,
-                CapHold.expires_time < now,
-            )
+            select(hold.lead_id, hold.scope, hold.cap_key)
+            .where(hold.cap_key == key, hold.window_start == window, hold.expires_time < now)
             .with_for_update(skip_locked=True)
         )
-        rows = (
-            await conn.execute(
-                delete(CapHold)
-                .where(tuple_(CapHold.lead_id, CapHold.scope, CapHold.cap_key).in_(lapsed))
-                .returning(CapHold.micros)
-            )
+        rows = conn.execute(
+            delete(HOLDS)
+            .where(tuple_(hold.lead_id, hold.scope, hold.cap_key).in_(lapsed))
+            .returning(hold.micros)
         ).all()
         if rows:
-            await conn.execute(
-                update(CapCounter)
-                .where(CapCounter.cap_key == key, CapCounter.window_start == window)
-                .values(
-                    held_leads=CapCounter.held_leads - len(rows),
-                    held_micros=CapCounter.held_micros - sum(int(r[0]) for r in rows),
-                )
+            conn.execute(
+                self._sql.move,
+                {
+                    "key": key,
+                    "window": window,
+                    "give_leads": len(rows),
+                    "give_micros": sum(int(r[0]) for r in rows),
+                    "add_leads": 0,
+                    "add_micros": 0,
+                },
             )
             log.info("released %d expired reservations on cap %s", len(rows), key)
         return len(rows)
 
-    async def _reserve_in(
+    def _reserve_in(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         lead_id: str,
         scope: str,
         claims: Sequence[Claim],
@@ -185,27 +436,22 @@ class RoutingStore:
         now: datetime,
     ) -> None:
         for claim in _ordered(claims):
-            await self._ensure_counter(conn, claim)
-            inserted = await conn.execute(
-                self._insert(CapHold)
-                .values(
-                    lead_id=lead_id,
-                    scope=scope,
-                    cap_key=claim.rule.key,
-                    window_start=claim.window,
-                    micros=claim.micros,
-                    expires_time=expires,
-                )
-                .on_conflict_do_nothing(index_elements=["lead_id", "scope", "cap_key"])
-                .returning(CapHold.lead_id)
-            )
-            if inserted.first() is None:
+            inserted = conn.execute(
+                self._sql.hold,
+                {
+                    "lead_id": lead_id,
+                    "scope": scope,
+                    "cap_key": claim.rule.key,
+                    "window_start": claim.window,
+                    "micros": claim.micros,
+                    "expires_time": expires,
+                },
+            ).first()
+            if inserted is None:
                 continue  # a retried request: this lead already holds the cap
-            if await self._take(conn, claim):
+            if self._take(conn, claim):
                 continue
-            if await self._sweep(conn, claim.rule.key, claim.window, now) and await self._take(
-                conn, claim
-            ):
+            if self._sweep(conn, claim.rule.key, claim.window, now) and self._take(conn, claim):
                 continue
             raise _Refused(Refusal("caps", claim.rule.reason, claim.rule))
 
@@ -216,16 +462,19 @@ class RoutingStore:
         if not claims:
             return None
         now = datetime.now(UTC)
+
+        def work(conn: Connection) -> None:
+            self._reserve_in(conn, lead_id, scope, claims, now + ttl, now)
+
         try:
-            async with self._engine.begin() as conn:
-                await self._reserve_in(conn, lead_id, scope, claims, now + ttl, now)
+            await self._write(work)
         except _Refused as refused:
             return refused.refusal
         return None
 
-    async def _settle_holds(
+    def _settle_holds(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         lead_id: str,
         scopes: Collection[str] | None,
         commit: Collection[str],
@@ -240,18 +489,16 @@ class RoutingStore:
         claim whose hold has gone (lapsed and swept) is still counted: the sale happened.
         Counters are updated in the one global key order, like reservations.
         """
-        where = [CapHold.lead_id == lead_id]
         if scopes is not None:
-            where.append(CapHold.scope.in_(list(scopes)))
-        if keep:
-            where.append(CapHold.scope.not_in(list(keep)))
-        held = (
-            await conn.execute(
-                delete(CapHold)
-                .where(*where)
-                .returning(CapHold.scope, CapHold.cap_key, CapHold.window_start, CapHold.micros)
-            )
-        ).all()
+            held = conn.execute(
+                self._sql.drop_scoped_holds, {"lead_id": lead_id, "scopes": list(scopes)}
+            ).all()
+        elif keep:
+            held = conn.execute(
+                self._sql.drop_holds_except, {"lead_id": lead_id, "keep": list(keep)}
+            ).all()
+        else:
+            held = conn.execute(self._sql.drop_holds, {"lead_id": lead_id}).all()
         amounts = {(c.rule.key, c.window): c.micros for c in final}
         # Per window: [held leads, held micros] to give back, [used leads, used micros] to add.
         deltas: dict[tuple[str, datetime], list[int]] = {}
@@ -271,19 +518,27 @@ class RoutingStore:
             deltas[(claim.rule.key, claim.window)] = [0, 0, 1, claim.micros]
             committed += 1
         for claim in sorted(lapsed, key=lambda c: (c.rule.key, c.window)):
-            await self._ensure_counter(conn, claim)
+            conn.execute(
+                self._sql.ensure_counter,
+                {
+                    "key": claim.rule.key,
+                    "window": claim.window,
+                    "window_end": claim.rule.window_end(claim.window),
+                },
+            )
         for (key, window), (held_leads, held_micros, used_leads, used_micros) in sorted(
             deltas.items()
         ):
-            await conn.execute(
-                update(CapCounter)
-                .where(CapCounter.cap_key == key, CapCounter.window_start == window)
-                .values(
-                    held_leads=CapCounter.held_leads - held_leads,
-                    held_micros=CapCounter.held_micros - held_micros,
-                    used_leads=CapCounter.used_leads + used_leads,
-                    used_micros=CapCounter.used_micros + used_micros,
-                )
+            conn.execute(
+                self._sql.move,
+                {
+                    "key": key,
+                    "window": window,
+                    "give_leads": held_leads,
+                    "give_micros": held_micros,
+                    "add_leads": used_leads,
+                    "add_micros": used_micros,
+                },
             )
         return committed, released
 
@@ -291,10 +546,13 @@ class RoutingStore:
         self, lead_id: str, scope: str, commit: bool, final: Sequence[Claim] = ()
     ) -> int:
         """Commit (with the `final` amounts) or release one scope's holds."""
-        async with self._engine.begin() as conn:
-            committed, released = await self._settle_holds(
+
+        def work(conn: Connection) -> tuple[int, int]:
+            return self._settle_holds(
                 conn, lead_id, [scope], [scope] if commit else [], final if commit else ()
             )
+
+        committed, released = await self._write(work)
         return committed + released
 
     async def usage(self, claims: Sequence[Claim]) -> set[tuple[str, datetime]]:
@@ -306,58 +564,45 @@ class RoutingStore:
         if not claims:
             return set()
         pairs = list({(c.rule.key, c.window) for c in claims})
-        async with self._engine.connect() as conn:
+        now = datetime.now(UTC)
+
+        def work(conn: Connection) -> set[tuple[str, datetime]]:
             counters = {
                 (key, window): (int(leads), int(micros))
-                for key, window, leads, micros in await conn.execute(
-                    select(
-                        CapCounter.cap_key,
-                        CapCounter.window_start,
-                        CapCounter.used_leads + CapCounter.held_leads,
-                        CapCounter.used_micros + CapCounter.held_micros,
-                    ).where(tuple_(CapCounter.cap_key, CapCounter.window_start).in_(pairs))
-                )
+                for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
             }
             full = [claim for claim in claims if not _fits(claim, counters)]
             if not full:
                 return set()
+            hold = HOLDS.c
             expired = {
                 (key, window): (int(n), int(micros or 0))
-                for key, window, n, micros in await conn.execute(
-                    select(
-                        CapHold.cap_key,
-                        CapHold.window_start,
-                        func.count(),
-                        func.sum(CapHold.micros),
-                    )
+                for key, window, n, micros in conn.execute(
+                    select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
                     .where(
-                        tuple_(CapHold.cap_key, CapHold.window_start).in_(
+                        tuple_(hold.cap_key, hold.window_start).in_(
                             [(c.rule.key, c.window) for c in full]
                         ),
-                        CapHold.expires_time < datetime.now(UTC),
+                        hold.expires_time < now,
                     )
-                    .group_by(CapHold.cap_key, CapHold.window_start)
+                    .group_by(hold.cap_key, hold.window_start)
                 )
             }
-        live = {
-            pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
-            for pair, (leads, micros) in counters.items()
-        }
-        return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
+            live = {
+                pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
+                for pair, (leads, micros) in counters.items()
+            }
+            return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
+
+        return await self._read(work)
 
     async def counter(self, key: str, window: datetime) -> tuple[int, int, int, int] | None:
         """(used leads, used micros, held leads, held micros) of one window: for tests and ops."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        CapCounter.used_leads,
-                        CapCounter.used_micros,
-                        CapCounter.held_leads,
-                        CapCounter.held_micros,
-                    ).where(CapCounter.cap_key == key, CapCounter.window_start == window)
-                )
-            ).first()
+
+        def work(conn: Connection) -> Any:
+            return conn.execute(self._sql.counter, {"key": key, "window": window}).first()
+
+        row = await self._read(work)
         return None if row is None else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     # --- admission ----------------------------------------------------------------------------
@@ -373,45 +618,37 @@ class RoutingStore:
         if duplicate is None and not claims:
             return None
         now = datetime.now(UTC)
+
+        def work(conn: Connection) -> None:
+            if duplicate is not None:
+                self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
+            self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
+
         try:
-            async with self._engine.begin() as conn:
-                if duplicate is not None:
-                    await self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
-                await self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
+            await self._write(work, one_statement=not claims)
         except _Refused as refused:
             return refused.refusal
         return None
 
-    async def _claim_duplicate(
+    def _claim_duplicate(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         lead_id: str,
         duplicate: DuplicateClaim,
         now: datetime,
         hold_until: datetime,
     ) -> None:
-        insert = self._insert(DuplicateKey)
-        statement = (
-            insert.values(
-                flow_id=duplicate.flow_id,
-                digest=duplicate.digest,
-                lead_id=lead_id,
-                committed=False,
-                expires_time=hold_until,
-            )
-            .on_conflict_do_update(
-                index_elements=["flow_id", "digest"],
-                set_={
-                    "lead_id": insert.excluded.lead_id,
-                    "committed": False,
-                    "expires_time": insert.excluded.expires_time,
-                },
-                # Taken over only when the earlier lead's key has lapsed (or it is this lead).
-                where=(DuplicateKey.expires_time < now) | (DuplicateKey.lead_id == lead_id),
-            )
-            .returning(DuplicateKey.lead_id)
-        )
-        if (await conn.execute(statement)).first() is None:
+        row = conn.execute(
+            self._sql.claim_duplicate,
+            {
+                "flow_id": duplicate.flow_id,
+                "digest": duplicate.digest,
+                "lead_id": lead_id,
+                "expires_time": hold_until,
+                "now": now,
+            },
+        ).first()
+        if row is None:
             raise _Refused(Refusal("duplicates", duplicate.reason))
 
     # --- the end of a lead --------------------------------------------------------------------
@@ -432,121 +669,112 @@ class RoutingStore:
         commit = {step_scope(sale.stage_index, sale.step_index) for sale in sales}
         if accepted:
             commit.add(LEAD_SCOPE)
-        async with self._engine.begin() as conn:
+
+        def work(conn: Connection) -> tuple[int, int]:
             # The duplicate key before any counter, as in admission: one lock order.
             if duplicate is not None:
-                key = (DuplicateKey.flow_id == duplicate.flow_id) & (
-                    DuplicateKey.digest == duplicate.digest
-                )
+                key = {
+                    "dup_flow": duplicate.flow_id,
+                    "dup_digest": duplicate.digest,
+                    "dup_lead": lead_id,
+                }
                 if accepted and duplicate_until is not None:
-                    await conn.execute(
-                        update(DuplicateKey)
-                        .where(key, DuplicateKey.lead_id == lead_id)
-                        .values(committed=True, expires_time=duplicate_until)
-                    )
+                    conn.execute(self._sql.commit_duplicate, {**key, "until": duplicate_until})
                 else:
-                    await conn.execute(
-                        delete(DuplicateKey).where(key, DuplicateKey.lead_id == lead_id)
-                    )
+                    conn.execute(self._sql.drop_duplicate, key)
             for sale in sorted(sales, key=lambda s: (s.flow_id, s.stage_index, s.buyer_id)):
-                await self._count_sale(conn, sale, sold_time)
+                conn.execute(
+                    self._sql.count_sale,
+                    {
+                        "flow_id": sale.flow_id,
+                        "stage_index": sale.stage_index,
+                        "buyer_id": sale.buyer_id,
+                        "day": sale.day,
+                        "when": sold_time,
+                    },
+                )
             if unknown:
                 # SPEC 8.1: an offer whose fate is unknown keeps its holds, never lapsing, until
                 # ResolveStep commits or releases them (a hold already resolved is not here).
-                await conn.execute(
-                    update(CapHold)
-                    .where(CapHold.lead_id == lead_id, CapHold.scope.in_(list(unknown)))
-                    .values(expires_time=NEVER)
+                conn.execute(
+                    self._sql.keep_holds,
+                    {"lead_id": lead_id, "scopes": list(unknown), "expires_time": NEVER},
                 )
-            return await self._settle_holds(conn, lead_id, None, commit, keep=unknown)
+            return self._settle_holds(conn, lead_id, None, commit, keep=unknown)
 
-    async def _count_sale(self, conn: AsyncConnection, sale: SaleRecord, when: datetime) -> None:
-        insert = self._insert(StageSale)
-        await conn.execute(
-            insert.values(
-                flow_id=sale.flow_id,
-                stage_index=sale.stage_index,
-                buyer_id=sale.buyer_id,
-                day=sale.day,
-                sales=1,
-                last_sold_time=when,
-            ).on_conflict_do_update(
-                index_elements=["flow_id", "stage_index", "buyer_id", "day"],
-                set_={
-                    "sales": StageSale.sales + 1,
-                    "last_sold_time": insert.excluded.last_sold_time,
-                },
-            )
-        )
+        return await self._write(work)
 
     # --- strategies' state --------------------------------------------------------------------
 
     async def rotate(self, flow_id: str, stage_index: int, eligible: Sequence[int]) -> int:
         """Move a round-robin cursor to the next eligible step after it and return that step."""
         ordered = sorted(set(eligible))
-        cursor = RotationCursor.last_step
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                self._insert(RotationCursor)
+        cursor = CURSORS.c
+
+        def work(conn: Connection) -> Any:
+            conn.execute(
+                self._sql._insert(CURSORS)
                 .values(flow_id=flow_id, stage_index=stage_index, last_step=-1)
                 .on_conflict_do_nothing(index_elements=["flow_id", "stage_index"])
             )
-            row = (
-                await conn.execute(
-                    update(RotationCursor)
-                    .where(
-                        RotationCursor.flow_id == flow_id,
-                        RotationCursor.stage_index == stage_index,
-                    )
-                    .values(last_step=case(*[(cursor < i, i) for i in ordered], else_=ordered[0]))
-                    .returning(RotationCursor.last_step)
+            return conn.execute(
+                update(CURSORS)
+                .where(cursor.flow_id == flow_id, cursor.stage_index == stage_index)
+                .values(
+                    last_step=case(*[(cursor.last_step < i, i) for i in ordered], else_=ordered[0])
                 )
+                .returning(cursor.last_step)
             ).first()
+
+        row = await self._write(work)
         assert row is not None
         return int(row[0])
 
     async def sales_on(self, flow_id: str, stage_index: int, day: str) -> dict[str, int]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(StageSale.buyer_id, StageSale.sales).where(
-                    StageSale.flow_id == flow_id,
-                    StageSale.stage_index == stage_index,
-                    StageSale.day == day,
-                )
+        def work(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(
+                self._sql.sales_on, {"flow_id": flow_id, "stage_index": stage_index, "day": day}
             )
             return {buyer: int(sales) for buyer, sales in rows}
 
+        return await self._read(work)
+
     async def last_sales(self, flow_id: str, stage_index: int) -> dict[str, datetime]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(StageSale.buyer_id, func.max(StageSale.last_sold_time))
-                .where(StageSale.flow_id == flow_id, StageSale.stage_index == stage_index)
-                .group_by(StageSale.buyer_id)
+        def work(conn: Connection) -> dict[str, datetime]:
+            rows = conn.execute(
+                self._sql.last_sales, {"flow_id": flow_id, "stage_index": stage_index}
             )
             return {buyer: db_time(when) for buyer, when in rows if when is not None}
+
+        return await self._read(work)
 
     # --- housekeeping -------------------------------------------------------------------------
 
     async def purge(self, now: datetime) -> None:
         """Delete what no decision reads any more: lapsed holds (giving back what they held),
         ended windows, lapsed duplicate keys and old sales."""
-        async with self._engine.connect() as conn:
-            lapsed = (
-                await conn.execute(
-                    select(CapHold.cap_key, CapHold.window_start)
-                    .where(CapHold.expires_time < now)
+        hold = HOLDS.c
+
+        def find(conn: Connection) -> list[Any]:
+            return list(
+                conn.execute(
+                    select(hold.cap_key, hold.window_start)
+                    .where(hold.expires_time < now)
                     .distinct()
-                )
-            ).all()
-        for key, window in sorted(lapsed):
-            async with self._engine.begin() as conn:
-                await self._sweep(conn, key, window, now)
+                ).all()
+            )
+
+        for key, window in sorted(await self._read(find)):
+            await self._write(partial(self._sweep, key=key, window=window, now=now))
         day_ago = now - timedelta(days=1)
-        async with self._engine.begin() as conn:
-            await conn.execute(delete(CapCounter).where(CapCounter.window_end < day_ago))
-            await conn.execute(delete(DuplicateKey).where(DuplicateKey.expires_time < now))
-            oldest = (now - timedelta(days=SALES_KEPT_DAYS)).date().isoformat()
-            await conn.execute(delete(StageSale).where(StageSale.day < oldest))
+        oldest = (now - timedelta(days=SALES_KEPT_DAYS)).date().isoformat()
+
+        def drop(conn: Connection) -> None:
+            conn.execute(delete(COUNTERS).where(COUNTERS.c.window_end < day_ago))
+            conn.execute(delete(DUPLICATES).where(DUPLICATES.c.expires_time < now))
+            conn.execute(delete(SALES).where(SALES.c.day < oldest))
+
+        await self._write(drop)
 
 
 def db_time(value: datetime | str) -> datetime:

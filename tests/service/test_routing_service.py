@@ -31,7 +31,7 @@ from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
 from leadflow.wire import LeadData, from_proto, to_proto
 from pricing_service.server import create_server as create_pricing
-from routing_service.caps import window_start
+from routing_service.caps import CapRule, Claim, window_start
 from routing_service.peers import Addresses, Peers
 from routing_service.router import Router, SoldStep
 from routing_service.routing import RoutingPlan, lead_claims
@@ -222,6 +222,35 @@ async def test_a_reservation_nobody_settles_expires_instead_of_blocking_the_cap(
         assert await store.reserve(fresh.id, LEAD_SCOPE, claims, timedelta(minutes=5)) is None
         window = claims[0].window
         assert await store.counter("flow:auto:0", window) == (0, 0, 1, 1_000_000)
+
+
+async def test_a_cap_no_lead_fits_refuses_all_or_nothing_and_a_retry_counts_once(
+    database: Database,
+) -> None:
+    # A reservation creates a window's counter and takes from it in one statement: a cap that
+    # cannot take even one lead (max 0, or less money than the lead's price) must still refuse,
+    # and the windows taken before it in the same reservation must be given back.
+    now = datetime.now(UTC)
+
+    def claim(key: str, max_leads: int | None, max_micros: int | None, micros: int) -> Claim:
+        rule = CapRule(key, "buyer", "day", 1, "UTC", max_leads, max_micros, None, f"{key} full")
+        return Claim(rule, rule.window(now), micros)
+
+    roomy = claim("buyer:a-roomy:0", 5, None, 2_000_000)
+    zero = claim("buyer:b-zero:0", 0, None, 2_000_000)
+    small = claim("buyer:c-small:0", None, 1_000_000, 2_000_000)
+    ttl = timedelta(minutes=5)
+    async with stores(database, 1) as (store,):
+        refused = await store.reserve("L1", "step:0:0", [zero, roomy], ttl)
+        assert refused is not None and refused.reason == "buyer:b-zero:0 full"
+        refused = await store.reserve("L1", "step:0:0", [small, roomy], ttl)
+        assert refused is not None and refused.reason == "buyer:c-small:0 full"
+        assert await store.counter("buyer:a-roomy:0", roomy.window) is None
+        assert await store.reserve("L2", "step:0:0", [roomy], ttl) is None
+        assert await store.reserve("L2", "step:0:0", [roomy], ttl) is None  # a retried request
+        assert await store.counter("buyer:a-roomy:0", roomy.window) == (0, 0, 1, 2_000_000)
+        assert await store.settle("L2", "step:0:0", True) == 1
+        assert await store.counter("buyer:a-roomy:0", roomy.window) == (1, 2_000_000, 0, 0)
 
 
 async def test_commit_counts_the_final_amount_and_release_gives_capacity_back(

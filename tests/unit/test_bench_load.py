@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 
 import pytest
 
 from bench.load import LoadResult, realistic_lead, run_load
+from bench.run import FLOWS, cpu_seconds
+from leadflow.config import load_config
 from leadflow.fields import parse_lead
 
 
@@ -33,3 +37,32 @@ def test_quantiles_come_from_the_recorded_latencies() -> None:
     assert result.per_s == 500
     assert result.quantile_ms(0.5) == pytest.approx(500.5, abs=1)
     assert result.quantile_ms(0.99) == pytest.approx(990, abs=2)
+
+
+def test_a_run_tag_keeps_emails_apart_across_runs() -> None:
+    # The production flow checks duplicates on email: a second run must not repeat the first's.
+    first = realistic_lead(random.Random(1), 7, ".run1")
+    second = realistic_lead(random.Random(1), 7, ".run2")
+    assert first["email"] != second["email"]
+    email = parse_lead(second, {})["email"]
+    assert isinstance(email, dict) and email["valid"] is True
+
+
+def test_the_production_flow_has_what_issue_14_measures() -> None:
+    config = load_config(FLOWS["production"])
+    assert all(buyer.caps for buyer in config.buyers)
+    flow = config.flows[0]
+    assert flow.duplicates is not None and flow.duplicates.fields == ["email"]
+    steps = flow.stages[0].steps
+    assert flow.stages[0].exclusive and len(steps) == 2
+    assert sum(1 for step in steps if step.caps) == 1
+    assert flow.acceptance is not None and flow.pricing is not None
+
+
+def test_cpu_seconds_reads_a_process_cpu_and_zero_once_it_has_gone() -> None:
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert cpu_seconds(os.getpid()) > before
+    assert cpu_seconds(2**22 + 1) == 0.0  # above Linux's largest pid: never a process
