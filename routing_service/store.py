@@ -159,10 +159,10 @@ class _Statements:
         self.keep_holds = (
             update(HOLDS)
             .where(
-                hold.lead_id == bindparam("lead_id"),
-                hold.scope.in_(bindparam("scopes", expanding=True)),
+                hold.lead_id == bindparam("held_lead"),
+                hold.scope.in_(bindparam("held_scopes", expanding=True)),
             )
-            .values(expires_time=bindparam("expires_time"))
+            .values(expires_time=bindparam("until"))
         )
         self.move = (
             update(COUNTERS)
@@ -698,7 +698,7 @@ class RoutingStore:
                 # ResolveStep commits or releases them (a hold already resolved is not here).
                 conn.execute(
                     self._sql.keep_holds,
-                    {"lead_id": lead_id, "scopes": list(unknown), "expires_time": NEVER},
+                    {"held_lead": lead_id, "held_scopes": list(unknown), "until": NEVER},
                 )
             return self._settle_holds(conn, lead_id, None, commit, keep=unknown)
 
