@@ -919,6 +919,18 @@ def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
+def _ipv6_format(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """LeadConduit's IPv6 form: an IPv4 address a.b.c.d is ffff::<ab>:<cd> (not ::ffff:a.b.c.d),
+    written here directly: building an IPv6Address per lead cost more than parsing the lead."""
+    if address.version == 6:
+        return address.compressed
+    value = int(address)
+    high, low = value >> 16, value & 0xFFFF
+    if high:
+        return f"ffff::{high:x}:{low:x}"
+    return f"ffff::{low:x}" if low else "ffff::"
+
+
 def _parse_ip(raw: str) -> Field:
     text = raw.strip()
     if text.startswith("[") and text.endswith("]"):
@@ -934,12 +946,7 @@ def _parse_ip(raw: str) -> Field:
         "is_ipv4": address.version == 4,
         "version": address.version,
         "is_private": address.is_private,
-        # LeadConduit's IPv6 form of an IPv4 address is ffff::<v4>, not ::ffff:<v4>.
-        "ipv6_format": (
-            ipaddress.IPv6Address(f"ffff::{address}").compressed
-            if address.version == 4
-            else address.compressed
-        ),
+        "ipv6_format": _ipv6_format(address),
     }
 
 

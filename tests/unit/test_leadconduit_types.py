@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import date
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from leadflow.fields import FIELD_TYPES, STANDARD_FIELDS, parse_lead, parse_value
 from leadflow.rules import compile_rule_set, operator_allowed
@@ -167,3 +170,9 @@ def test_new_components_are_known_to_the_checker(path: str, expected: str) -> No
 )
 def test_operators_of_the_new_types(op: str, type_name: str, allowed: bool) -> None:
     assert operator_allowed(op, type_name) is allowed
+
+
+@given(st.ip_addresses(v=4))
+def test_the_ipv6_form_of_an_ipv4_address_is_leadconduits(address: ipaddress.IPv4Address) -> None:
+    field = parsed("ip", str(address))
+    assert field["ipv6_format"] == ipaddress.IPv6Address(f"ffff::{address}").compressed
