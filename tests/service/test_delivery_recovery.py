@@ -252,9 +252,12 @@ async def test_recovery_books_a_recorded_answer_and_leaves_a_silent_one_to_opera
     past = datetime.now(UTC) - timedelta(minutes=1)
     answered = deliver_request("L2", "plain")
     silent = deliver_request("L3", "plain")
+    # L2 becomes an orphan only later: recovery must not take it for a silent one before its
+    # answer is recorded below (it runs concurrently).
+    later = datetime.now(UTC) + timedelta(minutes=1)
     await running.store.record_sent(
         [
-            SentAttempt("L2-1", "plain", "L2", answered.SerializeToString(), past, past),
+            SentAttempt("L2-1", "plain", "L2", answered.SerializeToString(), past, later),
             SentAttempt("L3-1", "plain", "L3", silent.SerializeToString(), past, past),
         ]
     )
