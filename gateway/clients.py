@@ -115,23 +115,36 @@ class Downstream:
         self.delivery = delivery_service_pb2_grpc.DeliveryServiceStub(self._channels["delivery"])
         self.ledger = ledger_service_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
 
+        # Health checks on connections of their own: on the leads' connections they would wait
+        # behind megabytes of leads in flight (HTTP/2 flow control), and /healthz with them.
+        self._health = {
+            name: kit.channel(address, own_connection=True)
+            for name, address in (
+                ("pricing", addresses.pricing),
+                ("routing", addresses.routing),
+                ("delivery", addresses.delivery),
+                ("ledger", addresses.ledger),
+            )
+        }
+
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in (*self._channels.values(), *self._health.values()):
             await channel.close()
 
     async def unhealthy(self) -> list[str]:
-        """Names of the services that do not answer SERVING."""
-        down = []
-        for name, channel in self._channels.items():
+        """Names of the services that do not answer SERVING (asked at once)."""
+
+        async def serving(channel: grpc.aio.Channel) -> bool:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_DEADLINE_S)
             except grpc.aio.AioRpcError:
-                down.append(name)
-                continue
-            if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                down.append(name)
-        return down
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        names = list(self._health)
+        answers = await asyncio.gather(*(serving(self._health[name]) for name in names))
+        return [name for name, up in zip(names, answers, strict=True) if not up]
 
     async def purchase_price(
         self, lead: LeadData, override_price_text: str, deadline_s: float
