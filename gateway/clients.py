@@ -115,24 +115,13 @@ class Downstream:
         self.delivery = delivery_service_pb2_grpc.DeliveryServiceStub(self._channels["delivery"])
         self.ledger = ledger_service_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
 
-        # Health checks on connections of their own: on the leads' connections they would wait
-        # behind megabytes of leads in flight (HTTP/2 flow control), and /healthz with them.
-        self._health = {
-            name: kit.channel(address, own_connection=True)
-            for name, address in (
-                ("pricing", addresses.pricing),
-                ("routing", addresses.routing),
-                ("delivery", addresses.delivery),
-                ("ledger", addresses.ledger),
-            )
-        }
-
     async def close(self) -> None:
-        for channel in (*self._channels.values(), *self._health.values()):
+        for channel in self._channels.values():
             await channel.close()
 
     async def unhealthy(self) -> list[str]:
-        """Names of the services that do not answer SERVING (asked at once)."""
+        """Names of the services that do not answer SERVING (asked at once). On the leads' own
+        channels: SERVING then also means the gateway's connection to it is up."""
 
         async def serving(channel: grpc.aio.Channel) -> bool:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -142,8 +131,8 @@ class Downstream:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-        names = list(self._health)
-        answers = await asyncio.gather(*(serving(self._health[name]) for name in names))
+        names = list(self._channels)
+        answers = await asyncio.gather(*(serving(self._channels[name]) for name in names))
         return [name for name, up in zip(names, answers, strict=True) if not up]
 
     async def purchase_price(

@@ -275,9 +275,8 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return call
 
 
-def channel(target: str, *, own_connection: bool = False) -> grpc.aio.Channel:
-    """One channel per dependency per process, with client metrics. `own_connection`: a TCP
-    connection of its own (gRPC otherwise shares one between channels to the same target)."""
+def channel(target: str) -> grpc.aio.Channel:
+    """One channel per dependency per process, with client metrics."""
     return grpc.aio.insecure_channel(
         target,
         # Tracing's first, so that its span (and the context it sends) covers the whole call.
@@ -292,7 +291,6 @@ def channel(target: str, *, own_connection: bool = False) -> grpc.aio.Channel:
             # lists each ready pod), not only the first one connected.
             ("grpc.lb_policy_name", "round_robin"),
             *_MESSAGE_LIMITS,
-            *([("grpc.use_local_subchannel_pool", 1)] if own_connection else []),
         ],
     )
 
