@@ -504,6 +504,17 @@ class Flow(Model):
         return {entry.source: entry for entry in self.sources}
 
 
+def sale_pricing(step: Step, buyer: Buyer) -> Literal["none", "rules", "service"]:
+    """Where a step's sale price comes from before delivery (step pricing, then the buyer's):
+    `service` when a pricing service may be called, `rules` when rules alone decide, `none`
+    when nothing is configured ($0.00, layer `none`). Pricing quotes `rules` steps with the
+    purchase price; routing quotes `service` steps itself and prices `none` steps at zero."""
+    blocks = [block for block in (step.pricing, buyer.pricing) if block is not None]
+    if any(block.service is not None for block in blocks):
+        return "service"
+    return "rules" if blocks else "none"
+
+
 class Config(Model):
     account: Account
     sources: list[Source] = []

@@ -96,11 +96,16 @@ class _MethodMetrics:
     takes a lock on every call."""
 
     def __init__(
-        self, metrics: tuple[Counter, Counter, Histogram], service: str, method: str
+        self,
+        metrics: tuple[Counter, Counter, Histogram],
+        service: str,
+        method: str,
+        kind: str = "unary",
     ) -> None:
         started, self._handled, seconds = metrics
-        self._started = started.labels("unary", service, method)
-        self._seconds = seconds.labels("unary", service, method)
+        self._kind = kind
+        self._started = started.labels(kind, service, method)
+        self._seconds = seconds.labels(kind, service, method)
         self._service = service
         self._method = method
         self._by_code: dict[str, Any] = {}
@@ -113,7 +118,7 @@ class _MethodMetrics:
         handled = self._by_code.get(label)
         if handled is None:
             handled = self._by_code[label] = self._handled.labels(
-                "unary", self._service, self._method, label
+                self._kind, self._service, self._method, label
             )
         handled.inc()
         self._seconds.observe(seconds)
@@ -138,8 +143,11 @@ _UNREAD: Any = object()
 def _observed(
     handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary, and
-    the request's lead (if it is about one) in the log context of the call."""
+    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary or
+    bidirectional streaming, and the request's lead (if it is about one) in the log context of
+    the call."""
+    if handler.stream_stream is not None:
+        return _observed_stream(handler, service, method)
     if handler.unary_unary is None:
         return handler
     inner: Any = handler.unary_unary  # an async callable on an aio server
@@ -168,6 +176,35 @@ def _observed(
             metrics.finish(code, perf_counter() - start)
 
     return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _observed_stream(
+    handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A bidirectional stream counted as one call when it ends (the handler reads and writes
+    with `context.read()` and `context.write()`)."""
+    inner: Any = handler.stream_stream
+    metrics = _MethodMetrics(_SERVER_METRICS, service, method, "bidi_stream")
+
+    async def observed(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metrics.start()
+        start = perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            result = await inner(requests, context)
+            code = context.code() or grpc.StatusCode.OK
+            return result
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.finish(code, perf_counter() - start)
+
+    return grpc.stream_stream_rpc_method_handler(
         observed,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,

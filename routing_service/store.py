@@ -662,10 +662,11 @@ class RoutingStore:
         sales: Sequence[SaleRecord],
         sold_time: datetime,
         unknown: Collection[str] = (),
+        final: Sequence[Claim] = (),
     ) -> tuple[int, int]:
         """Commit (accepted) or release the lead's admission; commit the holds of sold steps
-        that were not settled yet (SettleStep never arrived), keep those of the `unknown` step
-        scopes held until they are resolved, and release every other; count its sales."""
+        (at the `final` amounts: the sale prices after delivery), keep those of the `unknown`
+        step scopes held until they are resolved, and release every other; count its sales."""
         commit = {step_scope(sale.stage_index, sale.step_index) for sale in sales}
         if accepted:
             commit.add(LEAD_SCOPE)
@@ -700,7 +701,7 @@ class RoutingStore:
                     self._sql.keep_holds,
                     {"held_lead": lead_id, "held_scopes": list(unknown), "until": NEVER},
                 )
-            return self._settle_holds(conn, lead_id, None, commit, keep=unknown)
+            return self._settle_holds(conn, lead_id, None, commit, final, keep=unknown)
 
         return await self._write(work)
 

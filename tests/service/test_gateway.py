@@ -175,16 +175,21 @@ async def in_process_suite(
         ports = {}
         server, ports["pricing"], _ = await pricing_server.create_server("127.0.0.1:0", config)
         stack.push_async_callback(server.stop, None)
+        server, ports["delivery"], _ = await delivery_server.create_server(
+            DeliverySettings(service=_settings()), config
+        )
+        stack.push_async_callback(server.stop, None)
         routing_store = await RoutingStore.open(database.url, database.schema)
         stack.push_async_callback(routing_store.close)
-        peers = RoutingPeers(RoutingAddresses())
+        # Routing offers the leads: it calls delivery (and pricing for service quotes).
+        peers = RoutingPeers(
+            RoutingAddresses(
+                pricing=f"127.0.0.1:{ports['pricing']}", delivery=f"127.0.0.1:{ports['delivery']}"
+            )
+        )
         stack.push_async_callback(peers.close)
         server, ports["routing"], _ = await routing_server.create_server(
             "127.0.0.1:0", config, routing_store, peers
-        )
-        stack.push_async_callback(server.stop, None)
-        server, ports["delivery"], _ = await delivery_server.create_server(
-            DeliverySettings(service=_settings()), config
         )
         stack.push_async_callback(server.stop, None)
         ledger = Ledger(database)
