@@ -12,7 +12,6 @@ from time import perf_counter
 from typing import Any
 
 import grpc
-import orjson
 from google.type import money_pb2
 
 from delivery_service import metrics
@@ -254,10 +253,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             return "lead is required", None
         try:
             lead = LeadData.from_proto(request.lead)
-        except (orjson.JSONDecodeError, ValueError, OverflowError):
-            return "lead.fields_json is not valid JSON", None
-        if not isinstance(lead.fields, dict):
-            return "lead.fields_json must be a JSON object", None
+        except ValueError:  # a stored lead's legacy JSON that is not JSON
+            return "lead.legacy_fields_json is not valid JSON", None
         if lead.flow_id not in self._config.flows_by_id:
             return f"lead.flow_id: unknown flow {lead.flow_id!r}", None
         if lead.source_id not in self._config.sources_by_id:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.feedback_api import ledger_sections
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2
@@ -38,7 +36,7 @@ def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
             "flow_id": lead.flow_id,
             "source_id": lead.source_id,
             "submit_time": lead.submit_time.isoformat(),
-            "fields": orjson.Fragment(reply.lead.fields_json or b"{}"),
+            "fields": lead.fields,
         },
         "source_event": {
             "outcome": outcome_from_proto(source.outcome),

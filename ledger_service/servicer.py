@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
+import orjson
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
@@ -23,7 +24,9 @@ from leadflow.wire import (
     OUTCOMES,
     DeliveryAttempt,
     PriceAudit,
+    fields_to_proto,
     from_proto,
+    lead_fields,
     outcome_to_proto,
     to_proto,
 )
@@ -439,15 +442,15 @@ def _lead_from_proto(lead: lead_pb2.Lead) -> Lead:
     if not lead.HasField("submit_time"):
         raise InvalidRecord("lead.submit_time", "required")
     try:
-        fields_json = lead.fields_json.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRecord("lead.fields_json", "not UTF-8") from None
+        # Stored as the JSON the lead's fields read as (reports and GET /leads/{id} show it).
+        fields_json = orjson.dumps(lead_fields(lead), default=str).decode()
+    except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise InvalidRecord("lead.fields", str(exc)) from None
     return Lead(
         id=lead.id,
         flow_id=lead.flow_id,
         source_id=lead.source_id,
-        # Empty means no fields, as wire.LeadData reads it.
-        fields_json=fields_json or "{}",
+        fields_json=fields_json,
         submit_time=_time("lead.submit_time", lead.submit_time),
     )
 
@@ -488,12 +491,10 @@ def _recorded_to_proto(recorded: RecordedLead) -> pb.GetLeadResponse:
     record = recorded.record
     currency = record.currency
     lead = lead_pb2.Lead(
-        id=record.lead.id,
-        flow_id=record.lead.flow_id,
-        source_id=record.lead.source_id,
-        fields_json=record.lead.fields_json.encode("utf-8"),
+        id=record.lead.id, flow_id=record.lead.flow_id, source_id=record.lead.source_id
     )
     lead.submit_time.FromDatetime(record.lead.submit_time)
+    fields_to_proto(orjson.loads(record.lead.fields_json), lead.fields)
     source = record.source_event
     response = pb.GetLeadResponse(
         lead=lead,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import grpc
-import orjson
 
 from leadflow import logs
 from leadflow.ledger.v1 import ledger_service_pb2
@@ -64,12 +63,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def _lead(self, request: Any, context: Context) -> LeadData:
         if not request.HasField("lead"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead is required")
-        try:
-            lead = LeadData.from_proto(request.lead)
-        except (orjson.JSONDecodeError, ValueError, OverflowError):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead.fields_json is not JSON")
-        if not isinstance(lead.fields, dict):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead.fields_json: an object")
+        lead = LeadData.from_proto(request.lead)
         config = self._router.plan.config
         flow = config.flows_by_id.get(lead.flow_id)
         if flow is None:

@@ -490,16 +490,6 @@ async def test_request_without_a_lead_is_invalid(delivery: pb_grpc.DeliveryServi
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_lead_with_unreadable_fields_is_invalid(
-    delivery: pb_grpc.DeliveryServiceStub,
-) -> None:
-    request = _request("json-buyer")
-    request.lead.fields_json = b"{not json"
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await delivery.DeliverLead(request)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
 async def test_batch_buyer_without_storage_is_an_error_not_a_crash(buyers: Buyers) -> None:
     tree = yaml.safe_load(_config_text(buyers.url, True))
     tree["buyers"].append(

@@ -17,7 +17,7 @@ from leadflow.common.v1 import lead_pb2
 from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from leadflow.wire import to_proto
+from leadflow.wire import fields_from_proto, fields_to_proto, to_proto
 from ledger_service.config import Settings
 from ledger_service.server import create_server
 from ledger_service.store import LedgerStore
@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 
 SUBMIT_TIME = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 # Exact decimal text that a float round trip would lose: the ledger keeps the JSON as sent.
-FIELDS_JSON = (
-    b'{"email":{"type":"email","raw":"a@example.com","valid":true},'
-    b'"price":{"raw":"12.50","normal":12.50}}'
-)
+FIELDS = {
+    "email": {"kind": "email", "raw": "a@example.com", "normal": "a@example.com", "valid": True},
+    "price": {"kind": "number", "raw": "12.50", "normal": "12.50", "valid": True, "number": 12.5},
+    "tags": ["a", "b"],
+    "extra": {"note": {"kind": "string", "raw": "", "normal": "", "valid": False}},
+}
 
 
 def _settings(database: Database) -> Settings:
@@ -86,7 +88,8 @@ def _recipient(event_id: str, outcome: int, sale_price: str, **extra: Any) -> pb
 
 def record_request(lead_id: str = "01JLEAD0000000000000000001") -> pb.RecordLeadRequest:
     """A lead with every field of every event set, three buyer steps in a non-sorted id order."""
-    lead = lead_pb2.Lead(id=lead_id, flow_id="solar", source_id="acme", fields_json=FIELDS_JSON)
+    lead = lead_pb2.Lead(id=lead_id, flow_id="solar", source_id="acme")
+    fields_to_proto(FIELDS, lead.fields)
     lead.submit_time.FromDatetime(SUBMIT_TIME)
     return pb.RecordLeadRequest(
         lead=lead,
@@ -190,7 +193,7 @@ async def test_recorded_lead_round_trips_every_field(ledger: Any) -> None:
 
     assert recorded.created
     assert got.lead == request.lead
-    assert got.lead.fields_json == FIELDS_JSON
+    assert fields_from_proto(got.lead.fields) == FIELDS
     assert got.lead.submit_time.ToDatetime(tzinfo=UTC) == SUBMIT_TIME
     assert got.source_event == request.source_event
     assert list(got.recipient_events) == list(request.recipient_events)
