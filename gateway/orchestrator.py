@@ -26,7 +26,7 @@ from leadflow import logs, tracing
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, Flow
 from leadflow.context import lead_context
-from leadflow.deadlines import distribution_deadline, pricing_deadline
+from leadflow.deadlines import distribution_deadlines, pricing_deadline
 from leadflow.fields import parse_lead
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_micros
@@ -95,8 +95,8 @@ class Orchestrator:
         self._outbox = outbox
         self._store = store  # inbound pings
         self._pricing_deadline = pricing_deadline(config)
-        self._distribution_deadline = {
-            flow.id: distribution_deadline(config, flow) for flow in config.flows
+        self._distribution_deadlines = {
+            flow.id: distribution_deadlines(config, flow) for flow in config.flows
         }
 
     async def submit(
@@ -222,7 +222,7 @@ class Orchestrator:
             sale_quotes=run.sale_quotes,
         )
         recipients = run.recipients
-        stream = self._downstream.distribute(request, self._distribution_deadline[flow.id])
+        stream = self._downstream.distribute(request, self._distribution_deadlines[flow.id])
         try:
             # aclosing: leaving at the last message ends the stream's call at once.
             async with aclosing(stream):

@@ -72,6 +72,10 @@ class Report(Protocol):
         """An offer is about to leave: returns once the caller has it, raises if it is gone
         (the offer is then not made)."""
 
+    async def flush(self) -> None:
+        """Send what was decided now (a stage is over and another follows): the caller hears
+        from routing at least once per stage."""
+
 
 class PriceUnavailable(Exception):
     """A step's sale price could not be had: the lead cannot go on."""
@@ -168,6 +172,8 @@ class Distributor:
                     sales += 1
             if stage.exclusive and sales:
                 return
+            if stage.index + 1 < len(flow.stages):
+                await run.report.flush()
 
     async def _price(self, stage: StagePlan, offer: Offer, run: _Run) -> tuple[Decimal, Any]:
         if offer.price is not None:  # routing priced it: a winning bid, a price strategy's quote
