@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -147,7 +148,11 @@ def _observed(
     bidirectional streaming, and the request's lead (if it is about one) in the log context of
     the call."""
     if handler.stream_stream is not None:
-        return _observed_stream(handler, service, method)
+        # A stream handler that is an async generator (reflection's) is served as it is: only
+        # a coroutine reading and writing through its context can be awaited whole.
+        if inspect.iscoroutinefunction(handler.stream_stream):
+            return _observed_stream(handler, service, method)
+        return handler
     if handler.unary_unary is None:
         return handler
     inner: Any = handler.unary_unary  # an async callable on an aio server
