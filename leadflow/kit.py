@@ -6,11 +6,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -147,7 +156,11 @@ def _observed(
     bidirectional streaming, and the request's lead (if it is about one) in the log context of
     the call."""
     if handler.stream_stream is not None:
-        return _observed_stream(handler, service, method)
+        # A stream handler that is an async generator (reflection's) is served as it is: only
+        # a coroutine reading and writing through its context can be awaited whole.
+        if inspect.iscoroutinefunction(handler.stream_stream):
+            return _observed_stream(handler, service, method)
+        return handler
     if handler.unary_unary is None:
         return handler
     inner: Any = handler.unary_unary  # an async callable on an aio server
@@ -190,19 +203,25 @@ def _observed_stream(
     inner: Any = handler.stream_stream
     metrics = _MethodMetrics(_SERVER_METRICS, service, method, "bidi_stream")
 
-    async def observed(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    # An async generator that yields nothing (the handler writes through its context): with
+    # tracing on, OpenTelemetry's server interceptor iterates every response-streaming handler
+    # with `async for`, and a coroutine there fails every call (TypeError).
+    async def observed(
+        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         metrics.start()
         start = perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
-            result = await inner(requests, context)
+            await inner(requests, context)
             code = context.code() or grpc.StatusCode.OK
-            return result
         except BaseException:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         finally:
             metrics.finish(code, perf_counter() - start)
+        return
+        yield  # pragma: no cover - unreachable: makes this function an async generator
 
     return grpc.stream_stream_rpc_method_handler(
         observed,

@@ -211,7 +211,13 @@ class Distributor:
                 return "skip"
         event.outcome, event.reason = UNKNOWN, IN_FLIGHT
         await run.report.offering(event)
+        # From here the buyer may have the lead. Should this call be cut short before its answer
+        # (the gateway then records the offering as `unknown`), the settlement in `distribute`'s
+        # `finally` keeps the step's holds for ResolveStep (SPEC 8.1) instead of releasing them.
+        in_flight = SoldStep(stage.index, step.index, step.buyer_id, price)
+        run.unknown.append(in_flight)
         outcome = await self._deliver(event, offer, run)
+        run.unknown.remove(in_flight)
         sold = SoldStep(stage.index, step.index, step.buyer_id, from_proto(event.sale_price))
         if outcome in SOLD:
             run.sales.append(sold)  # its holds are committed with the lead's settlement
