@@ -64,6 +64,8 @@ __all__ = [
     "STANDARD_FIELDS",
     "is_field",
     "parse_boolean",
+    "date_normal",
+    "date_text",
     "parse_date",
     "parse_lead",
     "parse_value",
@@ -291,14 +293,15 @@ def _parse_range(raw: str) -> Field:
 
 # --- booleans -------------------------------------------------------------------------------
 
-_TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1", "on"})
-_FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0", "off"})
+# LeadConduit's words; "on"/"off" are not among them (an HTML checkbox's "on" is no answer).
+_TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1"})
+_FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0"})
 _ALNUM_RUN = re.compile(r"[a-z0-9]+")
 _LONGEST_WORD: Final = max(map(len, _TRUE_WORDS | _FALSE_WORDS))
 
 
 def parse_boolean(value: object) -> bool | None:
-    """True/False for yes/y/1/true/t/on and no/n/0/false/f/off (any case), else None."""
+    """True/False for yes/y/1/true/t and no/n/0/false/f (any case), else None."""
     if isinstance(value, bool):
         return value
     # The letters and digits of the text, read only until they are too many to be a word.
@@ -402,11 +405,23 @@ def parse_date(value: object, today: date | None = None) -> date | None:
     return None
 
 
+def date_normal(day: date) -> str:
+    """A date's normal value as LeadConduit records it (its JSON form of midnight UTC);
+    templates and rules read the calendar date, :func:`date_text`."""
+    return f"{day.isoformat()}T00:00:00.000Z"
+
+
+def date_text(field: Mapping[str, object]) -> str:
+    """The calendar date (``YYYY-MM-DD``) of a valid date or dob field, as LeadConduit renders
+    it in a delivery; any other field's normal value as text."""
+    return str(field["normal"])[:10] if field["valid"] else str(field["normal"])
+
+
 def _parse_date(type_name: str, raw: str, original: object, today: date | None) -> Field:
     day = parse_date(original if isinstance(original, date) else raw, today)
     if day is None:
         return _invalid(type_name, raw)
-    field: Field = {"kind": type_name, "raw": raw, "normal": day.isoformat(), "valid": True}
+    field: Field = {"kind": type_name, "raw": raw, "normal": date_normal(day), "valid": True}
     field["year"] = day.year
     if type_name == "dob":
         now = today or date.today()
@@ -484,6 +499,34 @@ def _nanp_field(
     }
 
 
+def _invalid_phone(raw: str, number: phonenumbers.PhoneNumber, hint: str | None) -> Field:
+    """A number phonenumbers reads but does not call valid (555-555-5555): invalid, with the
+    digits and parts LeadConduit reports for it, so a rule or mapping on them sees the same."""
+    nsn = phonenumbers.national_significant_number(number)
+    if not nsn:
+        return _invalid("phone", raw)
+    area_length = phonenumbers.length_of_national_destination_code(number)
+    nanp = number.country_code == 1
+    # LeadConduit cuts a +1 subscriber number without an area code to seven digits.
+    subscriber = nsn[area_length:][:7] if nanp else nsn[area_length:]
+    area = nsn[:area_length] or None
+    return {
+        "kind": "phone",
+        "raw": raw,
+        "normal": _phone_normal(nsn, number.extension),
+        "valid": False,
+        "area": area,
+        "exchange": subscriber[:3] if nanp else None,
+        "line": subscriber[3:] if nanp else None,
+        "number": subscriber,
+        "extension": number.extension or None,
+        "country_code": phonenumbers.region_code_for_country_code(number.country_code or 0),
+        "country_calling_code": number.country_code,
+        "type": hint,
+        "is_tollfree": nanp and area in _TOLLFREE_AREAS,
+    }
+
+
 def _parse_phone(raw: str) -> Field:
     text = raw.strip()
     if not text:
@@ -501,15 +544,14 @@ def _parse_phone(raw: str) -> Field:
     if m:
         digits = m.group(1) + m.group(2) + m.group(3)
         region = _nanp_region(digits[:6])
-        if region is None:
-            return _invalid("phone", raw)
-        return _nanp_field(raw, region, digits, extension, hint)
+        if region is not None:
+            return _nanp_field(raw, region, digits, extension, hint)
     try:
         number = phonenumbers.parse(text, "US")
     except phonenumbers.NumberParseException:
         return _invalid("phone", raw)
     if not phonenumbers.is_valid_number(number):
-        return _invalid("phone", raw)
+        return _invalid_phone(raw, number, hint)
     region = phonenumbers.region_code_for_number(number) or ""
     extension = number.extension or extension
     nsn = phonenumbers.national_significant_number(number)
@@ -868,22 +910,19 @@ def _parse_state(raw: str) -> Field:
     words = raw.replace(".", "").split(None, _STATE_MAX_WORDS)
     code = _STATE_LOOKUP.get(" ".join(words).lower()) if len(words) <= _STATE_MAX_WORDS else None
     if code is None:
-        return _invalid("state", raw)
+        # LeadConduit names an unknown state by its text (and calls it valid: we do not).
+        return {**_invalid("state", raw), "name": raw}
     return {"kind": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
 
 
+# LeadConduit's words only: a rule on `gender.abbr` copied from it sees the same values.
 _GENDERS: Final[dict[str, str]] = {
     "m": "male",
     "male": "male",
-    "man": "male",
     "f": "female",
     "female": "female",
-    "woman": "female",
     "o": "other",
     "other": "other",
-    "x": "other",
-    "nonbinary": "other",
-    "non-binary": "other",
 }
 _GENDER_ABBR: Final = {"male": "M", "female": "F", "other": "O"}
 
@@ -891,7 +930,7 @@ _GENDER_ABBR: Final = {"male": "M", "female": "F", "other": "O"}
 def _parse_gender(raw: str) -> Field:
     gender = _GENDERS.get(raw.strip().lower())
     if gender is None:
-        return _invalid("gender", raw)
+        return {**_invalid("gender", raw), "abbr": None}
     return {
         "kind": "gender",
         "raw": raw,
@@ -1155,7 +1194,8 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
     if not text.strip():
         return {"kind": type_name, "raw": text, "normal": "", "valid": False}
     if type_name in _TEXT_TYPES:
-        return {"kind": type_name, "raw": text, "normal": text.strip(), "valid": True}
+        # Untrimmed, as LeadConduit keeps text: a rule or template sees what the vendor sent.
+        return {"kind": type_name, "raw": text, "normal": text, "valid": True}
     if type_name == "credential":
         return {"kind": "credential", "raw": text, "normal": text, "valid": True, "masked": False}
     if len(text) > MAX_VALUE_CHARS:

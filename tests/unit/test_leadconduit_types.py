@@ -61,7 +61,10 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
         ("dob", "2008-12-03", {"age": 18}),
         ("dob", "2008-12-04", {"age": 17.9}),
         # the name and place types are text
-        ("first_name", " Ada ", {"normal": "Ada", "valid": True, "kind": "first_name"}),
+        # text is kept as sent (LeadConduit: " Ada  Lovelace " stays so for every text type)
+        ("first_name", " Ada ", {"normal": " Ada ", "valid": True, "kind": "first_name"}),
+        ("city", " Ada  Lovelace ", {"normal": " Ada  Lovelace "}),
+        ("string", " Ada  Lovelace ", {"normal": " Ada  Lovelace "}),
         ("last_name", "Lovelace", {"normal": "Lovelace", "valid": True}),
         ("city", "Austin", {"normal": "Austin", "valid": True}),
         # street: a number then a name
