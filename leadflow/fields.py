@@ -247,6 +247,10 @@ _RANGE_PAIR = re.compile(
 )
 
 
+# An unreadable range still has LeadConduit's components, all None.
+_NO_RANGE: Final = {"min": None, "max": None, "avg": None, "mid": None}
+
+
 def _parse_range(raw: str) -> Field:
     text = raw.strip()
     low: Decimal | None
@@ -255,7 +259,7 @@ def _parse_range(raw: str) -> Field:
     if m:
         low, high = to_decimal(m.group(1)), None
         if low is None:
-            return _invalid("range", raw)
+            return {**_invalid("range", raw), **_NO_RANGE}
         normal = f"{_decimal_text(low)}+"
     else:
         m = _RANGE_PAIR.fullmatch(text)
@@ -264,7 +268,7 @@ def _parse_range(raw: str) -> Field:
         else:
             low = high = to_decimal(text)
         if low is None or high is None:
-            return _invalid("range", raw)
+            return {**_invalid("range", raw), **_NO_RANGE}
         if low > high:
             low, high = high, low
         normal = (
@@ -287,7 +291,7 @@ def _parse_range(raw: str) -> Field:
         field["mid"] = _json_number(avg.to_integral_value(ROUND_DOWN))
     bounded = ("min", "max", "avg", "mid") if high is not None else ("min",)
     if any(field[key] is None for key in bounded):
-        return _invalid("range", raw)  # beyond what a float can hold
+        return {**_invalid("range", raw), **_NO_RANGE}  # beyond what a float can hold
     return field
 
 
@@ -417,17 +421,23 @@ def date_text(field: Mapping[str, object]) -> str:
     return str(field["normal"])[:10] if field["valid"] else str(field["normal"])
 
 
+def _invalid_date(type_name: str, raw: str) -> Field:
+    # A dob is unmasked whether or not it reads, as LeadConduit's.
+    field = _invalid(type_name, raw)
+    return {**field, "masked": False} if type_name == "dob" else field
+
+
 def _parse_date(type_name: str, raw: str, original: object, today: date | None) -> Field:
     day = parse_date(original if isinstance(original, date) else raw, today)
     if day is None:
-        return _invalid(type_name, raw)
+        return _invalid_date(type_name, raw)
     field: Field = {"kind": type_name, "raw": raw, "normal": date_normal(day), "valid": True}
     field["year"] = day.year
     if type_name == "dob":
         now = today or date.today()
         age = now.year - day.year - ((now.month, now.day) < (day.month, day.day))
         if day > now or age > 130:
-            return _invalid(type_name, raw)
+            return _invalid_date(type_name, raw)
         field["age"] = _fractional_age(day, now, age)
         field["masked"] = False
     return field

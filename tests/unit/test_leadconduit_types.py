@@ -110,6 +110,19 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
             "https://cert.trustedform.com/11NgkzK_mroUbOD1-x66NigDliU1kdvbaCtLGvyja1K80vU1sKh9grlwP78vzKSp4ncwAfJAlNPNVY8f",
             {"valid": True, "type": None},  # encrypted: its type needs TrustedForm's key
         ),
+        # values below are LeadConduit's own output (leadconduit-types 4.23)
+        ("date", "06/02/2014", {"normal": "2014-06-02T00:00:00.000Z", "valid": True}),
+        ("dob", "1980-05-17", {"normal": "1980-05-17T00:00:00.000Z", "year": 1980}),
+        ("dob", "junk", {"valid": False, "masked": False}),  # LeadConduit: valid, 2026-06-01
+        ("range", "abc", {"valid": False, "min": None, "max": None, "avg": None, "mid": None}),
+        ("gender", "man", {"normal": "man", "valid": False, "abbr": None}),
+        ("gender", "unknown", {"valid": False, "abbr": None}),
+        ("boolean", "on", {"valid": False}),
+        ("boolean", "off", {"valid": False}),
+        ("state", "Narnia", {"name": "Narnia", "valid": False}),  # LeadConduit: valid
+        ("phone", "555-555-5555", {"normal": "5555555555", "area": "555", "valid": False}),
+        ("phone", "555-555-5555", {"exchange": "555", "line": "5555", "number": "5555555"}),
+        ("last_name", " lovelace ", {"normal": " lovelace "}),
     ],
 )
 def test_types_agree_with_leadconduit(
@@ -179,3 +192,16 @@ def test_operators_of_the_new_types(op: str, type_name: str, allowed: bool) -> N
 def test_the_ipv6_form_of_an_ipv4_address_is_leadconduits(address: ipaddress.IPv4Address) -> None:
     field = parsed("ip", str(address))
     assert field["ipv6_format"] == ipaddress.IPv6Address(f"ffff::{address}").compressed
+
+
+def test_a_date_is_recorded_as_a_timestamp_and_shown_as_its_calendar_date() -> None:
+    # LeadConduit records 2014-06-02T00:00:00.000Z and delivers `{{lead.dob}}` as 2014-06-02.
+    from leadflow.variables import display  # noqa: PLC0415
+
+    field = parsed("dob", "06/02/2014")
+    assert field["normal"] == "2014-06-02T00:00:00.000Z"
+    assert display(field) == "2014-06-02"
+    rule = compile_rule_set([{"lhv": "dob", "op": "is equal to", "rhv": "2014-06-02"}])
+    assert rule.evaluate(build_context({"dob": field})).passed
+    other = compile_rule_set([{"lhv": "dob", "op": "is equal to", "rhv": "2014-06-03"}])
+    assert not other.evaluate(build_context({"dob": field})).passed
