@@ -62,10 +62,10 @@ from publicsuffixlist import PublicSuffixList
 __all__ = [
     "FIELD_TYPES",
     "STANDARD_FIELDS",
-    "is_field",
-    "parse_boolean",
     "date_normal",
     "date_text",
+    "is_field",
+    "parse_boolean",
     "parse_date",
     "parse_lead",
     "parse_value",

@@ -231,7 +231,10 @@ XML_CASES = [
             "phone": {"_": "1", "type": "cell"},
         },
     ),
-    (b'<lead xmlns="urn:default"><state>CA</state></lead>', {"xmlns": "urn:default", "state": "CA"}),
+    (
+        b'<lead xmlns="urn:default"><state>CA</state></lead>',
+        {"xmlns": "urn:default", "state": "CA"},
+    ),
     (
         b'<lead xmlns="urn:default"><state xmlns="urn:s">CA</state></lead>',
         {"xmlns": "urn:default", "state": {"_": "CA", "xmlns": "urn:s"}},

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from leadflow.fields import FIELD_TYPES, STANDARD_FIELDS, parse_lead, parse_value
 from leadflow.rules import compile_rule_set, operator_allowed
-from leadflow.variables import build_context, variable_type
+from leadflow.variables import build_context, display, variable_type
 
 TODAY = date(2026, 12, 3)
 
@@ -196,8 +196,6 @@ def test_the_ipv6_form_of_an_ipv4_address_is_leadconduits(address: ipaddress.IPv
 
 def test_a_date_is_recorded_as_a_timestamp_and_shown_as_its_calendar_date() -> None:
     # LeadConduit records 2014-06-02T00:00:00.000Z and delivers `{{lead.dob}}` as 2014-06-02.
-    from leadflow.variables import display  # noqa: PLC0415
-
     field = parsed("dob", "06/02/2014")
     assert field["normal"] == "2014-06-02T00:00:00.000Z"
     assert display(field) == "2014-06-02"
