@@ -6,21 +6,23 @@ can be stored, sent over gRPC as JSON and read by rules and templates without cu
 Decisions (beyond SPEC section 4):
 
 - An invalid value is data, never an exception: ``valid`` is False and ``normal`` is the trimmed
-  raw text. Empty or missing values give ``{"kind", "raw": "", "normal": "", "valid": False}``
-  (``raw`` keeps whitespace as sent).
+  raw text (an invalid phone or email that still has parts keeps them, as LeadConduit's do).
+  Empty or missing values give ``{"kind", "raw": "", "normal": "", "valid": False}`` (``raw``
+  keeps whitespace as sent).
 - ``raw`` is the value as given, as text: ``True`` becomes ``"true"``, numbers lose float
   artifacts. An unknown type name parses as ``string``.
-- phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits; the extension is
-  the ``extension`` component, not part of ``normal``. Other countries normalise to the national
-  significant number, with ``country_code`` holding the ISO region. The ``type``
+- Text types (string, city, first_name, last_name) keep the text as sent, as LeadConduit's.
+- phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits, the extension
+  after an ``x`` (``5127891111x44``) and in ``extension``. Other countries normalise to the
+  national significant number, with ``country_code`` holding the ISO region. The ``type``
   component (home/work/mobile, from a trailing ``h``/``w``/``c``/``m`` hint) keeps LeadConduit's
   name, so every parsed value names its own field type ``kind``. Plain NANP numbers skip
   phonenumbers' full parser; validity is still phonenumbers' verdict (cached per area code and
   exchange).
 - email: lower-cased as a whole; never any DNS lookup. ``tld`` is the last label, or the last two
   for a few well-known second-level registries (``co.uk``); ``host`` is the domain without it.
-- postal_code: US ``12345`` / ``12345-6789`` and Canadian ``K1A 0B1`` (``fsa``/``ldu``
-  components, ``zip`` None). A bare integer 2134 from JSON is zero-padded to ``02134``.
+- postal_code: US ``12345`` / ``12345-6789``, Canadian ``K1A 0B1`` (``fsa``/``ldu``
+  components, ``zip`` None) and UK postcodes, as LeadConduit's patterns read them. A bare integer 2134 from JSON is zero-padded to ``02134``.
 - state: US states, DC, territories and Canadian provinces, by code, full name or common
   abbreviation (``Calif.``), normalise to the 2-letter code; anything else is invalid.
 - number: ``normal`` is a decimal string (``"$1,000.50"`` -> ``"1000.50"``); ``number`` is an
@@ -28,9 +30,10 @@ Decisions (beyond SPEC section 4):
 - range: ``"700-749"``, ``"700 to 749"``, ``"10+"``, ``"700"``. ``avg`` is the mean, ``mid`` the
   mean truncated to an int; an open range (``10+``) has ``max``, ``avg`` and ``mid`` None.
 - date/dob: ISO, US ``M/D/YYYY`` (also with ``-`` or ``.``, and day-first when the first number
-  cannot be a month), ``YYYYMMDD``/``MMDDYYYY``, and month names. Two-digit years pivot on
-  today's year. dob ``age`` is completed years on ``today`` (a parameter, default the local
-  date); a dob in the future or more than 130 years ago is invalid.
+  cannot be a month), ``YYYYMMDD``/``MMDDYYYY``, and month names. ``normal`` is LeadConduit's
+  record of the day, ``2014-06-02T00:00:00.000Z``; templates and rules read the date. Two-digit
+  years pivot on today's year. dob ``age`` is in years rounded down to a tenth on ``today`` (a
+  parameter, default the local date); a dob in the future or more than 130 years ago is invalid.
 - ip: ``is_ipv4``, ``version``, ``is_private`` components; IPv6 may be bracketed.
 - url: http(s) only; a value without a scheme is read as ``http://``.
 - trustedform_url: an http(s) URL on ``cert.trustedform.com`` or ``ping.trustedform.com`` with a
@@ -353,7 +356,10 @@ for _i, _name in enumerate(
 _MONTHS["sept"] = 9
 
 _DATE_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[t ]\S*+)?")
-_DATE_US = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})")
+# A time after a US date is read past, as LeadConduit's forgiving parse does ("6/2/2014 10:30").
+_DATE_US = re.compile(
+    r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})(?:\s++\d{1,2}:\d{2}(?::\d{2})?+(?:\s*+[ap]m)?+)?+"
+)
 _DATE_8 = re.compile(r"\d{8}")
 _DATE_MONTH_FIRST = re.compile(
     r"(?:[a-z]{3,9}\.?,?\s++)?([a-z]{3,9})\.?\s++(\d{1,2})(?:st|nd|rd|th)?,?\s++(\d{4})"
@@ -389,7 +395,9 @@ def parse_date(value: object, today: date | None = None) -> date | None:
         return None
     m = _DATE_ISO.fullmatch(text)
     if m:
-        return _make_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        year, first, second = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        # Month first; LeadConduit also reads YYYY-DD-MM when the month cannot be one.
+        return _make_date(year, first, second) or _make_date(year, second, first)
     m = _DATE_US.fullmatch(text)
     if m:
         year = _full_year(m.group(3), today or date.today())
@@ -727,15 +735,26 @@ def _parse_email(raw: str) -> Field:
     try:
         result = validate_email(text, check_deliverability=False)
     except (EmailNotValidError, ValueError, UnicodeError):
-        return _invalid("email", raw)
+        return _invalid_email(raw)
     return _email_field(raw, result.local_part.lower(), result.domain.lower())
+
+
+def _invalid_email(raw: str) -> Field:
+    """Invalid; when the text is still one user and one domain (``ada@localhost``, an address
+    LeadConduit accepts), with their parts, so a rule on ``email.domain`` sees them."""
+    sent = raw.strip()
+    user, at, domain = sent.partition("@")
+    if not (user and at and domain) or "@" in domain or any(ch.isspace() for ch in sent):
+        return _invalid("email", raw)
+    return {**_email_field(raw, user, domain), "valid": False}
 
 
 # --- postal codes, states, gender -----------------------------------------------------------
 
-# `\s*(?:-\s*)?`, not `\s*-?\s*`: two adjacent `\s*` share every split of a run of spaces.
-_ZIP_US = re.compile(r"(\d{5})(?:\s*+(?:-\s*+)?(\d{4}))?")
-_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*+(?:-\s*+)?(\d[a-z]\d)", re.IGNORECASE)
+# `\s*+(?:-\s*+)?`, not `\s*-?\s*`: two adjacent `\s*` share every split of a run of spaces.
+# As LeadConduit's: a ZIP may end in its separator ("78751-"); a Canadian code has no hyphen.
+_ZIP_US = re.compile(r"(\d{5})\s*+(?:-\s*+)?(\d{4})?")
+_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*+(\d[a-z]\d)", re.IGNORECASE)
 # UK: outward code (A9, A99, AA9, AA99, A9A, AA9A) and inward code (9AA), as LeadConduit reads it.
 _POSTCODE_GB = re.compile(r"([a-z]{1,2}\d{1,2}[a-z\d]?)\s*+(\d[a-z]{2})", re.IGNORECASE)
 
@@ -849,6 +868,10 @@ _STATES: Final[dict[str, str]] = {
     "MP": "Northern Mariana Islands",
     "PR": "Puerto Rico",
     "VI": "U.S. Virgin Islands",
+    # The freely associated states USPS serves, on LeadConduit's list too.
+    "FM": "Federated States of Micronesia",
+    "MH": "Marshall Islands",
+    "PW": "Palau",
     "AA": "Armed Forces Americas",
     "AE": "Armed Forces Europe",
     "AP": "Armed Forces Pacific",

@@ -123,6 +123,18 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
         ("phone", "555-555-5555", {"normal": "5555555555", "area": "555", "valid": False}),
         ("phone", "555-555-5555", {"exchange": "555", "line": "5555", "number": "5555555"}),
         ("last_name", " lovelace ", {"normal": " lovelace "}),
+        ("date", "6/2/2014 10:30", {"normal": "2014-06-02T00:00:00.000Z", "valid": True}),
+        ("date", "2014-18-07", {"normal": "2014-07-18T00:00:00.000Z", "valid": True}),
+        ("postal_code", "78751-", {"normal": "78751", "zip": "78751", "four": None}),
+        ("postal_code", "78751-", {"code": "78751-", "valid": True}),
+        ("postal_code", "K1A-0B1", {"valid": False}),
+        ("state", "MH", {"normal": "MH", "name": "Marshall Islands", "valid": True}),
+        ("state", "PW", {"normal": "PW", "name": "Palau", "valid": True}),
+        # invalid here (LeadConduit: valid), with the parts LeadConduit gives
+        ("email", "a@-example.com", {"valid": False, "user": "a", "domain": "-example.com"}),
+        ("email", "a@-example.com", {"host": "-example", "tld": "com", "is_free": False}),
+        ("email", "ada@localhost", {"valid": False, "user": "ada", "domain": "localhost"}),
+        ("email", "ada@", {"valid": False, "normal": "ada@"}),
     ],
 )
 def test_types_agree_with_leadconduit(
