@@ -22,7 +22,8 @@ Decisions (beyond SPEC section 4):
 - email: lower-cased as a whole; never any DNS lookup. ``tld`` is the last label, or the last two
   for a few well-known second-level registries (``co.uk``); ``host`` is the domain without it.
 - postal_code: US ``12345`` / ``12345-6789``, Canadian ``K1A 0B1`` (``fsa``/``ldu``
-  components, ``zip`` None) and UK postcodes, as LeadConduit's patterns read them. A bare integer 2134 from JSON is zero-padded to ``02134``.
+  components, ``zip`` None) and UK postcodes, as LeadConduit's patterns read them. A bare
+  integer 2134 from JSON is zero-padded to ``02134``.
 - state: US states, DC, territories and Canadian provinces, by code, full name or common
   abbreviation (``Calif.``), normalise to the 2-letter code; anything else is invalid.
 - number: ``normal`` is a decimal string (``"$1,000.50"`` -> ``"1000.50"``); ``number`` is an
