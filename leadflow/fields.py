@@ -1229,7 +1229,9 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
         return {"kind": type_name, "raw": text, "normal": "", "valid": False}
     if type_name in _TEXT_TYPES:
         # Untrimmed, as LeadConduit keeps text: a rule or template sees what the vendor sent.
-        return {"kind": type_name, "raw": text, "normal": text, "valid": True}
+        # A JSON number or boolean is no name or city (LeadConduit: invalid); any text is a string.
+        valid = type_name == "string" or isinstance(raw, str)
+        return {"kind": type_name, "raw": text, "normal": text, "valid": valid}
     if type_name == "credential":
         return {"kind": "credential", "raw": text, "normal": text, "valid": True, "masked": False}
     if len(text) > MAX_VALUE_CHARS:

@@ -135,6 +135,10 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
         ("email", "a@-example.com", {"host": "-example", "tld": "com", "is_free": False}),
         ("email", "ada@localhost", {"valid": False, "user": "ada", "domain": "localhost"}),
         ("email", "ada@", {"valid": False, "normal": "ada@"}),
+        # JSON values that are no text: a name or city is invalid, a string is their text
+        ("first_name", 123, {"valid": False, "normal": "123"}),
+        ("city", True, {"valid": False, "normal": "true"}),
+        ("string", 42, {"valid": True, "normal": "42"}),
     ],
 )
 def test_types_agree_with_leadconduit(
