@@ -522,7 +522,7 @@ def _invalid_phone(raw: str, number: phonenumbers.PhoneNumber, hint: str | None)
     """A number phonenumbers reads but does not call valid (555-555-5555): invalid, with the
     digits and parts LeadConduit reports for it, so a rule or mapping on them sees the same."""
     nsn = phonenumbers.national_significant_number(number)
-    if not nsn:
+    if not nsn or "*" in raw:  # a masked number's digits are not its number
         return _invalid("phone", raw)
     area_length = phonenumbers.length_of_national_destination_code(number)
     nanp = number.country_code == 1
