@@ -488,6 +488,10 @@ async def _send(
             b'{"first_name": "Ada", "state": "CA"}',
             "redir_url=https%3A%2F%2Fvendor.example%2Fthanks%3Fx%3D1",
         ),
+        (  # given twice: the first, as LeadConduit
+            b'{"first_name": "Ada", "state": "CA"}',
+            "redir_url=https%3A%2F%2Fvendor.example%2Fthanks%3Fx%3D1&redir_url=http://b.example/",
+        ),
     ],
 )
 async def test_redir_url_answers_303_to_it_after_the_lead_is_handled(
@@ -520,7 +524,7 @@ async def test_redir_url_outweighs_respond_async_and_is_kept_with_the_idempotent
     [
         "redir_url=scooby.doo",
         "redir_url=ftp%3A%2F%2Fx.example%2F",
-        "redir_url=http://a.example/&redir_url=http://b.example/",
+        "redir_url=ftp://a.example/&redir_url=http://b.example/",  # the first is the one
     ],
 )
 async def test_a_redir_url_that_is_no_http_url_is_a_400_and_no_lead(

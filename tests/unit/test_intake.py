@@ -91,7 +91,7 @@ def test_query_pairs_merge_over_body_values() -> None:
         ("text/plain", "text/plain"),
         ("text/*", "text/xml"),
         ("text/plain;q=0.5, application/json;q=0.9", "application/json"),
-        ("application/json;q=0, */*;q=0.1", "application/xml"),
+        ("application/json;q=0, */*;q=0.1", "text/xml"),
         ("image/png", None),
         ("application/json;q=0", None),
     ],
@@ -219,17 +219,37 @@ XML_CASES = [
     (b'<lead source="web"><a>1</a></lead>', {"source": "web", "a": "1"}),
     # An attribute and a child element of one name are a list, as repeated elements.
     (b'<lead><car year="2019"><year>2020</year></car></lead>', {"car": {"year": ["2019", "2020"]}}),
-    # Namespaces are dropped from element and attribute names.
+    # Namespaces are dropped from element and attribute names (SPEC 5.1; LeadConduit keeps
+    # the prefix: `l:first_name`); declarations are attributes, kept as LeadConduit keeps them.
     (
         b'<l:lead xmlns:l="urn:lead" xmlns:x="urn:x"><l:first_name>Ada</l:first_name>'
         b'<x:phone x:type="cell">1</x:phone></l:lead>',
-        {"first_name": "Ada", "phone": {"_": "1", "type": "cell"}},
+        {
+            "xmlns:l": "urn:lead",
+            "xmlns:x": "urn:x",
+            "first_name": "Ada",
+            "phone": {"_": "1", "type": "cell"},
+        },
     ),
-    (b'<lead xmlns="urn:default"><state>CA</state></lead>', {"state": "CA"}),
-    (b'<lead xmlns:a="urn:a" xmlns:b="urn:b"><a:x>1</a:x><b:x>2</b:x></lead>', {"x": ["1", "2"]}),
-    # Repeated elements are a list; empty elements an empty string; text is trimmed.
+    (
+        b'<lead xmlns="urn:default"><state>CA</state></lead>',
+        {"xmlns": "urn:default", "state": "CA"},
+    ),
+    (
+        b'<lead xmlns="urn:default"><state xmlns="urn:s">CA</state></lead>',
+        {"xmlns": "urn:default", "state": {"_": "CA", "xmlns": "urn:s"}},
+    ),
+    (
+        b'<lead xmlns:a="urn:a" xmlns:b="urn:b"><a:x>1</a:x><b:x>2</b:x></lead>',
+        {"xmlns:a": "urn:a", "xmlns:b": "urn:b", "x": ["1", "2"]},
+    ),
+    # Repeated elements are a list; empty elements an empty string; text is kept as sent.
     (b"<lead><a>1</a><a>2</a><a>3</a></lead>", {"a": ["1", "2", "3"]}),
-    (b"<lead><a/><b></b><c>  x  </c></lead>", {"a": "", "b": "", "c": "x"}),
+    (
+        b"<lead><a/><b></b><c>  x  </c><d>  </d></lead>",
+        {"a": "", "b": "", "c": "  x  ", "d": "  "},
+    ),
+    (b"<lead><a>\n x <b>1</b>\n</a></lead>", {"a": {"_": "\n x \n", "b": "1"}}),
     (b"<lead><![CDATA[]]><a><![CDATA[<b>]]></a></lead>", {"a": "<b>"}),
     # Mixed content: the element's own text under "_" beside its children.
     (b"<lead><a>x<b>1</b>y</a></lead>", {"a": {"b": "1", "_": "xy"}}),
@@ -263,7 +283,8 @@ NEGOTIATION = [
     ("", "application/json"),
     ("*/*", "application/json"),  # LeadConduit: */* means JSON
     ("*", "application/json"),  # Java's URLConnection
-    ("*/*;q=0.8", "application/json"),
+    ("*/*;q=0.8", "text/xml"),  # only a bare */* means JSON to LeadConduit
+    ("text/html, */*;q=0.1", "text/xml"),
     ("application/*", "application/xml"),  # LeadConduit's matcher picks XML
     ("APPLICATION/*", "application/xml"),
     ("text/*", "text/xml"),
@@ -276,8 +297,9 @@ NEGOTIATION = [
     ("text/plain", "text/plain"),
     ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/xml"),
     ("text/plain;q=0.5, application/json;q=0.9", "application/json"),
-    ("application/xml;q=0.5, */*", "application/json"),  # quality before specificity (RFC 9110)
-    ("application/json;q=0, */*;q=0.1", "application/xml"),
+    # quality before specificity (RFC 9110; LeadConduit's matcher: application/xml)
+    ("application/xml;q=0.5, */*", "text/xml"),
+    ("application/json;q=0, */*;q=0.1", "text/xml"),
     ("application/json;q=abc", None),
     ("application/json;q=2", "application/json"),
     ("image/png", None),
@@ -338,6 +360,20 @@ def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
     assert redirect_target(url) == url
 
 
+def test_a_repeated_redirect_url_is_its_first() -> None:
+    # LeadConduit takes the first of `redir_url=http://a.com&redir_url=http://b.com`.
+    assert redirect_target(["http://a.com", "http://b.com"]) == "http://a.com"
+    with pytest.raises(BadRequest):
+        redirect_target(["ftp://a.com", "http://b.com"])
+
+
+def test_a_form_body_is_trimmed_before_it_is_read() -> None:
+    # LeadConduit trims the body: "  first_name=Ada  " is first_name "Ada".
+    assert parse_body("application/x-www-form-urlencoded", b"  first_name=Ada  ") == {
+        "first_name": "Ada"
+    }
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -355,7 +391,6 @@ def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
         "http://example.com:port/",
         "http://[::1/",
         "http://example.com/" + "x" * 2048,
-        ["http://a.example/", "http://b.example/"],  # repeated
         {"x": "http://example.com/"},  # redir_url.x=…
     ],
 )
