@@ -62,6 +62,7 @@ from ledger_service.feedback import (
 )
 from ledger_service.journal import LeadKey, Posting
 from ledger_service.ledger import (
+    FINAL_OUTCOMES,
     PENDING_OUTCOMES,
     CompletedEvent,
     DeliveryOutcome,
@@ -1065,7 +1066,7 @@ def _realtime_results(record: LeadRecord, record_time: datetime) -> list[dict[st
             "record_time": record_time,
         }
         for event in record.recipient_events
-        if event.outcome in ("success", "failure", "error")
+        if event.outcome in FINAL_OUTCOMES
     ]
 
 
