@@ -1,4 +1,4 @@
-"""DeliverLead over gRPC: proto <-> domain, status codes, and replies to retried requests."""
+"""DeliveryService over gRPC: proto <-> domain (delivery_service.dispatch) and status codes."""
 
 from __future__ import annotations
 
@@ -249,12 +249,12 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         adapter = self._adapters.get(buyer.id)
         kind = buyer.delivery.type if buyer.delivery is not None else "none"
         start = perf_counter()
-        route = plan(buyer, has_adapter=adapter is not None, has_queue=self._runner is not None)
-        if route.route is Route.NONE:
-            result = DeliveryResult("error", route.reason)
-        elif route.route is not Route.HTTP:
+        planned = plan(buyer, has_adapter=adapter is not None, has_queue=self._runner is not None)
+        if planned.route is Route.NONE:
+            result = DeliveryResult("error", planned.reason)
+        elif planned.route is not Route.HTTP:
             result = await self._deliver_file(
-                buyer, lead, message_id, route.route, sale_price, purchase_price
+                buyer, lead, message_id, planned.route, sale_price, purchase_price
             )
         elif (refusal := self._breakers.admit(buyer.id))[0] is not None:
             result = DeliveryResult("error", refusal[0])  # the buyer is not called at all
