@@ -1,11 +1,10 @@
-"""DeliverLead over gRPC: proto <-> domain, status codes, and replies to retried requests."""
+"""DeliveryService over gRPC: proto <-> domain (delivery_service.dispatch) and status codes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from decimal import Decimal
 from time import perf_counter
@@ -15,8 +14,9 @@ import grpc
 from google.type import money_pb2
 
 from delivery_service import metrics
-from delivery_service.batches import REALTIME, Batch, QueueState, batch_spec
+from delivery_service.batches import Batch, QueueState
 from delivery_service.breaker import Breakers
+from delivery_service.dispatch import RecentResults, Route, plan, retry_key
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from delivery_service.ping import Pinger, ping_response
 from delivery_service.recovery import AttemptLog
@@ -47,8 +47,6 @@ _BATCH_ERRORS = {
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
-
 
 class _NotRecorded(Exception):
     """The attempt could not be written before its request would leave: it is not sent."""
@@ -60,33 +58,6 @@ async def _record_answer(attempt_log: AttemptLog, event_id: str, result: Deliver
     except Exception:
         # The caller still gets the answer; recovery would resend (idempotent buyers) or drop it.
         log.exception("the answer to delivery %s was not recorded", event_id)
-
-
-class RecentResults:
-    """The latest deliveries by (buyer, request id), oldest forgotten first.
-
-    Holding the task rather than its result means a retry that arrives while the first call is
-    still talking to the buyer waits for that call instead of sending the lead again.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._items: OrderedDict[Key, asyncio.Task[DeliveryResult]] = OrderedDict()
-
-    def get(self, key: Key) -> asyncio.Task[DeliveryResult] | None:
-        task = self._items.get(key)
-        if task is not None:
-            self._items.move_to_end(key)
-        return task
-
-    def put(self, key: Key, task: asyncio.Task[DeliveryResult]) -> None:
-        self._items[key] = task
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _price(
@@ -126,7 +97,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self._config = config
         self._adapters = adapters
         self._runner = runner
-        self._recent = RecentResults(recent_results)
+        # Tasks, not results: a retry during the first call waits for it (dispatch.RecentResults).
+        self._recent: RecentResults[asyncio.Task[DeliveryResult]] = RecentResults(recent_results)
         self._breakers = Breakers(
             {
                 buyer.id: buyer.delivery.circuit_breaker
@@ -170,11 +142,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         if lead is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         assert lead is not None
-        key = (buyer.id, request.request_id)
-        task = self._recent.get(key) if request.request_id else None
+        key = retry_key(buyer.id, request.request_id)
+        task = self._recent.get(key) if key is not None else None
         if task is None:
-            retriable = bool(request.request_id)
-            if not retriable:
+            if key is None:
                 request.request_id = uuid.uuid4().hex
             task = asyncio.create_task(
                 self._deliver(
@@ -189,7 +160,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            if retriable:
+            if key is not None:
                 self._recent.put(key, task)
         # A caller that gives up (deadline) must not cut the exchange with the buyer short.
         result = await asyncio.shield(task)
@@ -278,16 +249,17 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         adapter = self._adapters.get(buyer.id)
         kind = buyer.delivery.type if buyer.delivery is not None else "none"
         start = perf_counter()
-        files = batch_spec(buyer)
-        if files is not None:
+        planned = plan(buyer, has_adapter=adapter is not None, has_queue=self._runner is not None)
+        if planned.route is Route.NONE:
+            result = DeliveryResult("error", planned.reason)
+        elif planned.route is not Route.HTTP:
             result = await self._deliver_file(
-                buyer, lead, message_id, files.schedule, sale_price, purchase_price
+                buyer, lead, message_id, planned.route, sale_price, purchase_price
             )
-        elif adapter is None:
-            result = DeliveryResult("error", f"buyer {buyer.id!r} has no delivery")
         elif (refusal := self._breakers.admit(buyer.id))[0] is not None:
             result = DeliveryResult("error", refusal[0])  # the buyer is not called at all
         else:
+            assert adapter is not None
             probe, errored = refusal[1], None
             attempt_log = self.attempt_log if durable is not None else None
             try:
@@ -340,21 +312,18 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         buyer: Buyer,
         lead: LeadData,
         event_id: str,
-        schedule: str,
+        route: Route,
         sale_price: Decimal | None,
         purchase_price: Decimal | None,
     ) -> DeliveryResult:
-        """SFTP and email buyers: a file or mail now (realtime), else into the durable queue."""
-        if self._runner is None:
-            return DeliveryResult("error", "the batch queue is not available (no storage)")
+        """SFTP and email buyers: a file or mail now (Route.FILE_NOW), else into the queue."""
+        runner = self._runner
+        assert runner is not None  # plan() routes files only when there is a queue
+        price = sale_price or Decimal(0)
         try:
-            if schedule == REALTIME:
-                return await self._runner.deliver_realtime(
-                    buyer, lead, event_id, sale_price or Decimal(0), purchase_price
-                )
-            return await self._runner.queue(
-                buyer, lead, event_id, sale_price or Decimal(0), purchase_price
-            )
+            if route is Route.FILE_NOW:
+                return await runner.deliver_realtime(buyer, lead, event_id, price, purchase_price)
+            return await runner.queue(buyer, lead, event_id, price, purchase_price)
         except Exception:
             log.exception("file delivery of lead %s to buyer %s failed", lead.id, buyer.id)
             return DeliveryResult("error", "internal error while delivering")
