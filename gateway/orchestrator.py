@@ -68,17 +68,6 @@ class LeadRun:
     recipients: dict[str, ledger_service_pb2.RecipientEvent] = field(default_factory=dict)
 
     @property
-    def revenue(self) -> Decimal:
-        return sum(
-            (
-                from_proto(r.sale_price)
-                for r in self.recipients.values()
-                if r.outcome == lead_pb2.OUTCOME_SUCCESS
-            ),
-            ZERO,
-        )
-
-    @property
     def price_paid(self) -> Decimal:
         return self.purchase_price if self.outcome == "success" else ZERO
 
@@ -247,7 +236,6 @@ class Orchestrator:
             purchase_price=to_proto(run.purchase_price),
             price_paid=to_proto(run.price_paid),
             price_audit=run.purchase_audit.to_proto(),
-            revenue=to_proto(run.revenue),
             duration_ms=int(duration * 1000),
         )
         request = ledger_service_pb2.RecordLeadRequest(

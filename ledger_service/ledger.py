@@ -221,7 +221,7 @@ def check_record(record: LeadRecord) -> None:
             raise InvalidRecord(f"recipient_events[{index}].id", "repeated within the lead")
         seen.add(event.id)
     revenue = expected_revenue(record.recipient_events)
-    if source.revenue != revenue:
+    if source.revenue != revenue:  # computed so by the servicer: a check of the domain's input
         raise InvalidRecord(
             "source_event.revenue",
             f"must be {revenue}, the sum of the sale prices of successful recipient events",

