@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from time import perf_counter
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.wire import LeadData, PriceAudit, from_proto, outcome_from_proto, to_proto
 from routing_service.quotes import SaleQuotes
 from routing_service.router import Router, SoldStep
-from routing_service.routing import FlowPlan, LeadFacts, Offer, StagePlan
+from routing_service.routing import FlowPlan, LeadFacts, Offer, Screen, StagePlan, screen
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,17 @@ class Distributor:
         refuses it or `require_sale` finds no buyer, `error` when it cannot go on."""
         flow = self._plan.flow(lead.flow_id)
         facts = self._plan.facts(lead, purchase_price)
-        admission = await self._router.admit(flow, facts, purchase_price)
+        # The first stage is screened before admission (pure: nothing is written) so that
+        # admission also reads its steps' caps, in the same round trip.
+        first = screen(flow.stages[0], facts, ())
+        admission = await self._router.admit(flow, facts, purchase_price, first)
         if not admission.admitted:
             return "failure", admission.reason
         quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
         run = _Run(lead, proto, facts, purchase_price, quotes, report)
         outcome, reason = "error", NOT_PROCESSED
         try:
-            await self._stages(flow, run)
+            await self._stages(flow, run, first, admission.full)
         except PriceUnavailable:
             pass
         else:
@@ -150,10 +154,17 @@ class Distributor:
             await self._settle(flow, run, accepted=outcome == "success")
         return outcome, reason
 
-    async def _stages(self, flow: FlowPlan, run: _Run) -> None:
+    async def _stages(
+        self, flow: FlowPlan, run: _Run, first: Screen, full: set[tuple[str, datetime]] | None
+    ) -> None:
         for stage in flow.stages:
             ranking = await self._router.rank(
-                stage, run.facts, run.sold_buyers, run.purchase_price, run.quotes
+                stage,
+                run.facts,
+                run.sold_buyers,
+                run.purchase_price,
+                run.quotes,
+                *((first, full) if stage.index == 0 else (None, None)),
             )
             for step, reason, attempts in ranking.skipped:
                 event = run.event(stage, step.index, step.buyer_id)

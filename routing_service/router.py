@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from leadflow.wire import LeadData
@@ -25,6 +25,7 @@ from routing_service.routing import (
     LeftOut,
     Offer,
     RoutingPlan,
+    Screen,
     StagePlan,
     StepPlan,
     admission_hours,
@@ -70,6 +71,7 @@ class Admission:
     admitted: bool
     reason: str = ""
     check: str = ""  # hours | duplicates | caps
+    full: set[tuple[str, datetime]] | None = None  # the first stage's full cap windows
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,31 @@ class Router:
         digest = duplicate_key(lead.fields, flow.duplicates.fields)
         return DuplicateClaim(flow.id, digest, flow.duplicates.reason) if digest else None
 
-    async def admit(self, flow: FlowPlan, facts: LeadFacts, purchase_price: Decimal) -> Admission:
-        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2)."""
+    async def admit(
+        self,
+        flow: FlowPlan,
+        facts: LeadFacts,
+        purchase_price: Decimal,
+        first_stage: Screen | None = None,
+    ) -> Admission:
+        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2).
+        With the first stage's screen, an admitted lead also learns which of its eligible steps'
+        caps are full, in the same round trip (`Admission.full`, for `rank`)."""
         reason = admission_hours(flow, facts)
         if reason is not None:
             return Admission(False, reason, "hours")
         lead = facts.lead
         claims = lead_claims(flow, facts, purchase_price)
-        refusal = await self._store.admit(lead.id, self._duplicate(flow, lead), claims, self._hold)
+        probe = self._probe(first_stage.eligible, facts) if first_stage is not None else {}
+        refusal, full = await self._store.admit_and_probe(
+            lead.id,
+            self._duplicate(flow, lead),
+            claims,
+            self._hold,
+            [c for cs in probe.values() for c in cs],
+        )
         if refusal is None:
-            return Admission(True)
+            return Admission(True, full=full)
         if refusal.rule is not None:
             metrics.CAP_REJECTIONS.labels(refusal.rule.scope).inc()
         return Admission(False, refusal.reason, refusal.check)
@@ -122,26 +139,36 @@ class Router:
         sold_buyer_ids: Collection[str],
         purchase_price: Decimal,
         quotes: SaleQuotes,
+        screened: Screen | None = None,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> Ranking:
-        screened = screen(stage, facts, sold_buyer_ids)
-        skipped = screened.skipped
-        eligible, capped_out = await self._within_caps(screened.eligible, facts)
+        """The stage's offers in its strategy's order and its skipped steps. `screened` and
+        `full` are the stage's screen and full cap windows when admission already has them."""
+        if screened is None:
+            screened = screen(stage, facts, sold_buyer_ids)
+        skipped = list(screened.skipped)
+        eligible, capped_out = await self._within_caps(screened.eligible, facts, full)
         skipped += capped_out
         if not eligible:
             return Ranking(stage, [], skipped)
         offers, left_out = await self._order(stage, eligible, facts, purchase_price, quotes)
         return Ranking(stage, offers, skipped + left_out)
 
+    def _probe(self, steps: Sequence[StepPlan], facts: LeadFacts) -> dict[int, list[Claim]]:
+        """The claims to check for room, by step: what the lead would take of each step's caps."""
+        return {step.index: step_claims(step, facts, PROBE_AMOUNT) for step in steps if step.caps}
+
     async def _within_caps(
-        self, steps: list[StepPlan], facts: LeadFacts
+        self,
+        steps: list[StepPlan],
+        facts: LeadFacts,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> tuple[list[StepPlan], list[LeftOut]]:
-        claims: dict[int, list[Claim]] = {}
-        for step in steps:
-            if step.caps:
-                claims[step.index] = step_claims(step, facts, PROBE_AMOUNT)
+        claims = self._probe(steps, facts)
         if not any(claims.values()):
             return steps, []
-        full = await self._store.usage([c for cs in claims.values() for c in cs])
+        if full is None:
+            full = await self._store.usage([c for cs in claims.values() for c in cs])
         if not full:
             return steps, []
         eligible: list[StepPlan] = []

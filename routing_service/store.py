@@ -556,45 +556,48 @@ class RoutingStore:
         return committed + released
 
     async def usage(self, claims: Sequence[Claim]) -> set[tuple[str, datetime]]:
-        """The claimed windows that cannot take this lead now (read only: ReserveStep decides).
+        """The claimed windows that cannot take this lead now (read only: reserving decides).
 
         Holds past their expiry are not counted, so an abandoned reservation never keeps a
         step out of the ranking; the next reservation on that window sweeps it.
         """
         if not claims:
             return set()
-        pairs = list({(c.rule.key, c.window) for c in claims})
         now = datetime.now(UTC)
+        return await self._read(lambda conn: self._full(conn, claims, now))
 
-        def work(conn: Connection) -> set[tuple[str, datetime]]:
-            counters = {
-                (key, window): (int(leads), int(micros))
-                for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
-            }
-            full = [claim for claim in claims if not _fits(claim, counters)]
-            if not full:
-                return set()
-            hold = HOLDS.c
-            expired = {
-                (key, window): (int(n), int(micros or 0))
-                for key, window, n, micros in conn.execute(
-                    select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
-                    .where(
-                        tuple_(hold.cap_key, hold.window_start).in_(
-                            [(c.rule.key, c.window) for c in full]
-                        ),
-                        hold.expires_time < now,
-                    )
-                    .group_by(hold.cap_key, hold.window_start)
+    def _full(
+        self, conn: Connection, claims: Sequence[Claim], now: datetime
+    ) -> set[tuple[str, datetime]]:
+        if not claims:
+            return set()
+        pairs = list({(c.rule.key, c.window) for c in claims})
+        counters = {
+            (key, window): (int(leads), int(micros))
+            for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
+        }
+        full = [claim for claim in claims if not _fits(claim, counters)]
+        if not full:
+            return set()
+        hold = HOLDS.c
+        expired = {
+            (key, window): (int(n), int(micros or 0))
+            for key, window, n, micros in conn.execute(
+                select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
+                .where(
+                    tuple_(hold.cap_key, hold.window_start).in_(
+                        [(c.rule.key, c.window) for c in full]
+                    ),
+                    hold.expires_time < now,
                 )
-            }
-            live = {
-                pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
-                for pair, (leads, micros) in counters.items()
-            }
-            return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
-
-        return await self._read(work)
+                .group_by(hold.cap_key, hold.window_start)
+            )
+        }
+        live = {
+            pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
+            for pair, (leads, micros) in counters.items()
+        }
+        return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
 
     async def counter(self, key: str, window: datetime) -> tuple[int, int, int, int] | None:
         """(used leads, used micros, held leads, held micros) of one window: for tests and ops."""
@@ -615,20 +618,34 @@ class RoutingStore:
         ttl: timedelta,
     ) -> Refusal | None:
         """Claim the duplicate key, then reserve the flow and source caps: all or nothing."""
+        refusal, _ = await self.admit_and_probe(lead_id, duplicate, claims, ttl)
+        return refusal
+
+    async def admit_and_probe(
+        self,
+        lead_id: str,
+        duplicate: DuplicateClaim | None,
+        claims: Sequence[Claim],
+        ttl: timedelta,
+        probe: Sequence[Claim] = (),
+    ) -> tuple[Refusal | None, set[tuple[str, datetime]]]:
+        """`admit`, and in the same round trip `usage(probe)` (the first stage's step caps) for
+        an admitted lead: one transaction where there were two."""
         if duplicate is None and not claims:
-            return None
+            return None, await self.usage(probe)
         now = datetime.now(UTC)
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> set[tuple[str, datetime]]:
             if duplicate is not None:
                 self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
             self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
+            return self._full(conn, probe, now)
 
         try:
-            await self._write(work, one_statement=not claims)
+            # Without caps to reserve the writes are one statement; the probe only reads.
+            return None, await self._write(work, one_statement=not claims)
         except _Refused as refused:
-            return refused.refusal
-        return None
+            return refused.refusal, set()
 
     def _claim_duplicate(
         self,
