@@ -6,6 +6,7 @@ lead, whatever happens to this process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class _Run:
     quotes: SaleQuotes
     report: Report
     recipients: int = 0
+    offers: int = 0  # offerings reported: from the first, a buyer may have the lead
     sold_buyers: list[str] = field(default_factory=list)
     allocated: int = 0
     sales: list[SoldStep] = field(default_factory=list)
@@ -140,18 +142,26 @@ class Distributor:
         quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
         run = _Run(lead, proto, facts, purchase_price, quotes, report)
         outcome, reason = "error", NOT_PROCESSED
+        settle = True
         try:
             await self._stages(flow, run, first, admission.full)
         except PriceUnavailable:
             pass
+        except asyncio.CancelledError:
+            # Cut off before any offer left: the gateway may start this lead again (admission
+            # is idempotent per lead) and settling now could release what that call holds;
+            # left alone, the holds lapse after the hold time or the new call settles them.
+            settle = run.offers > 0
+            raise
         else:
             outcome, reason = "success", ""
             if flow.require_sale and not run.allocated:
                 outcome, reason = "failure", NO_BUYER
         finally:
-            # Also when this call is cut short: what was sold stays sold, the rest is released
-            # now rather than lapsing after the hold time.
-            await self._settle(flow, run, accepted=outcome == "success")
+            # Also when this call is cut short after an offer: what was sold stays sold, the
+            # rest is released now rather than lapsing after the hold time.
+            if settle:
+                await self._settle(flow, run, accepted=outcome == "success")
         return outcome, reason
 
     async def _stages(
@@ -222,6 +232,7 @@ class Distributor:
                 return "skip"
         event.outcome, event.reason = UNKNOWN, IN_FLIGHT
         await run.report.offering(event)
+        run.offers += 1
         # From here the buyer may have the lead. Should this call be cut short before its answer
         # (the gateway then records the offering as `unknown`), the settlement in `distribute`'s
         # `finally` keeps the step's holds for ResolveStep (SPEC 8.1) instead of releasing them.
