@@ -25,7 +25,6 @@ from delivery_service.batches import (
     OutcomeReport,
     QueueState,
     batch_spec,
-    new_batch_id,
     next_run,
 )
 from delivery_service.files import FileBuilder, OutgoingFile, QueuedLead, buyer_time_zone
@@ -33,7 +32,7 @@ from delivery_service.http_adapter import DeliveryResult
 from delivery_service.mail_adapter import MailAdapter
 from delivery_service.sftp_adapter import NameCallback, SendResult, SftpAdapter
 from delivery_service.store import MAX_BATCH_LEADS, DeliveryStore
-from leadflow import kit
+from leadflow import ids, kit
 from leadflow.config import Buyer, Config, SftpDelivery
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.templates import TemplateError
@@ -367,7 +366,7 @@ class BatchRunner:
         self, target: FileBuyer, kind: str, request_id: str | None
     ) -> Batch | None:
         now = _now()
-        batch_id = new_batch_id()
+        batch_id = ids.new_id()
         opened = await self._store.open_batch(
             batch_id=batch_id,
             buyer_id=target.buyer.id,
@@ -403,7 +402,7 @@ class BatchRunner:
         source = original.resend_of if original.kind == "resend" and original.resend_of else None
         leads = await self._store.batch_leads(source or original.id)
         now = _now()
-        new_id = new_batch_id()
+        new_id = ids.new_id()
         batch, created = await self._store.open_resend(
             batch_id=new_id,
             original=replace(original, id=source or original.id),

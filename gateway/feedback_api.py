@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import time
 from typing import Any
 
 import grpc
@@ -25,6 +23,7 @@ from gateway.intake import (
 )
 from gateway.outbox import LedgerOutbox
 from leadflow.config import Buyer, Config
+from leadflow.ids import new_id
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.money import CENT, is_price, parse_amount
 from leadflow.wire import from_proto, outcome_from_proto, to_proto
@@ -62,7 +61,7 @@ def feedback_id(buyer_id: str, idempotency_key: str | None) -> str:
     """Time-ordered and unguessable; derived from the buyer's Idempotency-Key when it sends one,
     so a retried POST names the same feedback and the ledger returns the first result."""
     if idempotency_key is None:
-        return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+        return new_id()
     digest = hashlib.sha256(f"{buyer_id}\n{idempotency_key}".encode()).hexdigest()
     return f"k{digest[:23]}"
 

@@ -21,9 +21,9 @@ from aiohttp import web
 from gateway.clients import pricing_deadline
 from gateway.http_api import CONFIG_KEY, DOWNSTREAM_KEY, STORE_KEY, read_vendor_request
 from gateway.intake import render
-from gateway.orchestrator import new_lead_id
 from gateway.store import PingQuote
 from leadflow.fields import parse_lead
+from leadflow.ids import new_lead_id
 from leadflow.money import ZERO, to_micros
 from leadflow.wire import LeadData, from_proto
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Insert,
     and_,
     case,
     event,
@@ -27,8 +26,6 @@ from sqlalchemy import (
     text,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
@@ -385,7 +382,7 @@ class LedgerStore:
                 )
 
             inserted = await conn.execute(
-                self._insert_ignore(DeliveryResultRow)
+                db.insert_ignore(DeliveryResultRow, self._engine.dialect)
                 .values(
                     recipient_event_id=outcome.recipient_event_id,
                     lead_id=key.lead_id,
@@ -536,7 +533,7 @@ class LedgerStore:
                     return record, False, []
                 raise DecisionRefused(f"Return already {record.status}")
             inserted = await conn.execute(
-                self._insert_ignore(FeedbackDecisionRow)
+                db.insert_ignore(FeedbackDecisionRow, self._engine.dialect)
                 .values(feedback_id=feedback_id, decision=wanted, decide_time=now)
                 .returning(FeedbackDecisionRow.feedback_id)
             )
@@ -580,7 +577,7 @@ class LedgerStore:
                 key, record.id, record.buyer_id, lead.price_paid_micros, at
             )
             inserted = await conn.execute(
-                self._insert_ignore(PostingRow)
+                db.insert_ignore(PostingRow, self._engine.dialect)
                 .values(**_posting_values(chargeback, now))
                 .returning(PostingRow.id)
             )
@@ -803,12 +800,6 @@ class LedgerStore:
         async with self._engine.connect() as conn:
             return list(await conn.execute(query))
 
-    def _insert_ignore(self, entity: Any) -> Insert:
-        """INSERT … ON CONFLICT DO NOTHING: idempotent by key, never aborting the transaction."""
-        if self._postgres:
-            return pg_insert(entity).on_conflict_do_nothing()
-        return sqlite_insert(entity).on_conflict_do_nothing()
-
     async def _lock(self, conn: AsyncConnection, key: str) -> None:
         # SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL needs a lock that
         # every replica sees, held until the transaction ends.
@@ -894,24 +885,11 @@ def _feedback_record(row: Any) -> FeedbackRecord:
         outcome_reason=mapping["outcome_reason"],
         initial_status=mapping["initial_status"],
         return_to_source=bool(mapping["return_to_source"]),
-        sale_time=_aware(mapping["sale_time"]),
-        create_time=_aware_required(mapping["create_time"]),
+        sale_time=db.aware(mapping["sale_time"]),
+        create_time=db.aware(mapping["create_time"]),
         decision=mapping["decision"],
-        decide_time=_aware(mapping["decide_time"]),
+        decide_time=db.aware(mapping["decide_time"]),
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Core selects of ORM columns keep the TypeDecorator; this guards raw SQLite strings too.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _aware_required(value: datetime) -> datetime:
-    aware = _aware(value)
-    assert aware is not None
-    return aware
 
 
 def _feedback_values(record: FeedbackRecord) -> dict[str, Any]:
@@ -985,7 +963,7 @@ async def _find_sale(conn: AsyncConnection, request: FeedbackRequest) -> Sale:
         )
     ).one()
     event_id, price, sale_time = (
-        (sold.recipient_event_id, sold.sale_price_micros, _aware(sold.complete_time))
+        (sold.recipient_event_id, sold.sale_price_micros, db.aware(sold.complete_time))
         if sold is not None
         else (offered[0].id, offered[0].sale_price_micros, None)
     )
