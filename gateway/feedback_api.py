@@ -22,6 +22,7 @@ from gateway.intake import (
     render,
 )
 from gateway.outbox import LedgerOutbox
+from gateway.submission import checked_idempotency_key
 from leadflow.config import Buyer, Config
 from leadflow.ids import new_id
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
@@ -29,7 +30,6 @@ from leadflow.money import CENT, is_price, parse_amount
 from leadflow.wire import from_proto, outcome_from_proto, to_proto
 
 JSON = "application/json"
-MAX_IDEMPOTENCY_KEY = 255
 MAX_REASON = 500
 TYPES = {"return": pb.FEEDBACK_TYPE_RETURN, "conversion": pb.FEEDBACK_TYPE_CONVERSION}
 TYPE_NAMES = {value: name for name, value in TYPES.items()}
@@ -151,12 +151,8 @@ def add_feedback_routes(
         buyer = authenticated_buyer(config, request)
         if buyer is None:
             return error_response(401, "Unauthorized buyer", media)
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-            return error_response(
-                400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media
-            )
         try:
+            key = checked_idempotency_key(request.headers.get("Idempotency-Key"))
             message = feedback_request(config, buyer, await _parameters(request), key)
         except Refused as exc:
             from gateway.http_api import refused_response  # http_api registers these routes

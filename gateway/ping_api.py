@@ -51,9 +51,7 @@ async def ping(request: web.Request) -> web.Response:
         return vendor
     config = request.app[CONFIG_KEY]
     flow, flow_id, source_id = vendor.flow, vendor.flow.id, vendor.source_id
-    media, fields = vendor.media, vendor.fields
-    fields.pop("price", None)
-    fields.pop("ping_id", None)
+    media, fields = vendor.media, vendor.lead.fields  # a ping has no price override nor ping id
     now = datetime.now(UTC)
     lead = LeadData(new_lead_id(), flow_id, source_id, parse_lead(fields, flow.fields), now)
     try:

@@ -32,6 +32,7 @@ from pydantic import (
 from leadflow.fields import FIELD_TYPES
 from leadflow.money import MAX_PRICE, parse_amount
 from leadflow.patterns import PatternError, check_pattern
+from leadflow.payload import unflatten
 
 if TYPE_CHECKING:
     from leadflow.expressions import Expression
@@ -306,6 +307,22 @@ class HttpDelivery(Model):
     response: ResponseRules = ResponseRules()
     signing_secret: str | None = None
     circuit_breaker: CircuitBreakerSpec | None = None
+
+    @property
+    def nests_mapping(self) -> bool:
+        """A JSON or XML body nests the mapping's dot keys (`a.b` -> `{a: {b: …}}`)."""
+        return self.mapping is not None and self.format in ("json", "xml") and self.method != "GET"
+
+    @model_validator(mode="after")
+    def _placeable_mapping(self) -> HttpDelivery:
+        """A dot key that cannot be nested (`a` beside `a.b`, `a..b`) is refused at load rather
+        than sent in a shape the mapping does not describe."""
+        if self.nests_mapping:
+            try:
+                unflatten(self.mapping or {})
+            except ValueError as exc:
+                raise ValueError(f"mapping: {exc}") from None
+        return self
 
     @field_validator("signing_secret")
     @classmethod

@@ -18,7 +18,7 @@ from gateway.intake import (
     redirect_target,
     rename_trustedform,
     render,
-    unflatten,
+    vendor_fields,
 )
 
 
@@ -62,17 +62,24 @@ def test_body_in_a_wrong_charset_is_a_bad_request() -> None:
 
 
 def test_dot_keys_unflatten_into_objects() -> None:
-    assert unflatten({"a.b": "1", "a.c": "2", "d": "3"}) == {"a": {"b": "1", "c": "2"}, "d": "3"}
+    fields = vendor_fields({"a.b": "1", "a.c": "2", "d": "3"})
+    assert fields == {"a": {"b": "1", "c": "2"}, "d": "3"}
 
 
 def test_a_key_that_is_both_a_value_and_an_object_is_refused() -> None:
     with pytest.raises(BadRequest, match="both a value and an object"):
-        unflatten({"a": "1", "a.b": "2"})
+        vendor_fields({"a": "1", "a.b": "2"})
 
 
 def test_too_many_fields_are_refused() -> None:
     with pytest.raises(BadRequest, match="too many fields"):
-        unflatten({f"f{i}": "x" for i in range(1001)})
+        vendor_fields({f"f{i}": "x" for i in range(1001)})
+
+
+def test_dot_keys_inside_nested_objects_may_not_exceed_the_depth() -> None:
+    nested = {".".join(["b"] * 20): {".".join(["c"] * 20): 1}}
+    with pytest.raises(BadRequest, match="nested deeper"):
+        vendor_fields(nested)
 
 
 def test_query_pairs_merge_over_body_values() -> None:
