@@ -311,6 +311,39 @@ async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProc
     assert suite.buyers.received == []
 
 
+async def test_a_repeated_grpc_idempotency_key_returns_the_first_answer(
+    suite: InProcessSuite,
+) -> None:
+    request = gateway_service_pb2.SubmitLeadRequest(
+        flow_id="auto",
+        source_id="vendor",
+        api_key=KEY,
+        fields_json=orjson.dumps({**LEAD, "redir_url": "https://vendor.example/thanks"}),
+        idempotency_key="g1",
+    )
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        first = await stub.SubmitLead(request, timeout=10)
+        again = await stub.SubmitLead(request, timeout=10)
+    assert again == first
+    assert first.lead_id
+    assert len(suite.buyers.received) == 1
+    assert "redir_url" not in suite.buyers.received[0][1]  # read as HTTP reads it: no lead field
+
+
+async def test_grpc_submission_to_an_unknown_source_is_not_found(suite: InProcessSuite) -> None:
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SubmitLead(
+                gateway_service_pb2.SubmitLeadRequest(
+                    flow_id="auto", source_id="nobody", api_key=KEY
+                ),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_a_lead_sold_while_the_ledger_is_down_is_recorded_when_it_returns(
     suite: InProcessSuite,
 ) -> None:

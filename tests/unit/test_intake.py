@@ -20,6 +20,7 @@ from gateway.intake import (
     render,
     vendor_fields,
 )
+from gateway.submission import checked_idempotency_key, read_vendor_parameters
 
 
 def test_json_body_is_read_as_an_object() -> None:
@@ -369,3 +370,26 @@ def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
 def test_anything_else_as_redirect_url_is_a_bad_request(value: object) -> None:
     with pytest.raises(BadRequest, match="redir_url"):
         redirect_target(value)
+
+
+def test_vendor_parameters_take_out_what_is_no_lead_field() -> None:
+    read = read_vendor_parameters(
+        {"first_name": "Ada", "price": "12.50", "ping_id": "p1", "redir_url": "https://v.example/"}
+    )
+    assert read.submission.fields == {"first_name": "Ada"}
+    assert read.submission.override_price == "12.50"
+    assert read.submission.ping_id == "p1"
+    assert read.redirect == "https://v.example/"
+
+
+def test_a_nested_price_is_no_override() -> None:
+    read = read_vendor_parameters({"price.amount": "1"})
+    assert read.submission.override_price == "not a single value"
+    assert "price" not in read.submission.fields
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_idempotency_key_must_be_1_to_255_characters(key: str) -> None:
+    with pytest.raises(BadRequest, match="Idempotency-Key"):
+        checked_idempotency_key(key)
+    assert checked_idempotency_key("k" * 255) == "k" * 255
