@@ -539,6 +539,19 @@ class Config(Model):
     def flows_by_id(self) -> dict[str, Flow]:
         return {flow.id: flow for flow in self.flows}
 
+    def step(self, flow_id: str, stage_index: int, step_index: int) -> Step:
+        """A configured step by its place, or LookupError naming what is missing (the flow,
+        the stage or the step)."""
+        flow = self.flows_by_id.get(flow_id)
+        if flow is None:
+            raise LookupError(f"unknown flow {flow_id!r}")
+        if not 0 <= stage_index < len(flow.stages):
+            raise LookupError(f"flow {flow_id!r} has no stage {stage_index}")
+        steps = flow.stages[stage_index].steps
+        if not 0 <= step_index < len(steps):
+            raise LookupError(f"stage {stage_index} of flow {flow_id!r} has no step {step_index}")
+        return steps[step_index]
+
     def pricing_blocks(self) -> list[Pricing | None]:
         """Every pricing block in the configuration: buyers, flows, flow sources and steps."""
         blocks = [buyer.pricing for buyer in self.buyers]
