@@ -45,8 +45,12 @@ from gateway.recipients_api import add_recipient_routes
 from gateway.reports_api import add_report_routes
 from gateway.store import GatewayStore, IntakeRow, StoredResponse
 from gateway.submission import (
+    KeyInUse,
+    RateLimited,
     Submissions,
     SubmitRefused,
+    Unauthorized,
+    UnknownSource,
     checked_idempotency_key,
     read_vendor_parameters,
 )
@@ -159,15 +163,20 @@ async def read_vendor_request(
     return VendorRequest(flow, source_id, media, parameters.submission, parameters.redirect)
 
 
-_REFUSAL_STATUS = {"unknown": 404, "unauthorized": 401, "rate_limited": 429, "in_progress": 409}
+_REFUSAL_STATUS: dict[type[SubmitRefused], int] = {
+    UnknownSource: 404,
+    Unauthorized: 401,
+    KeyInUse: 409,
+}
 
 
 def refusal_response(exc: SubmitRefused, media: str = "application/json") -> web.Response:
-    """A refused submission as HTTP; a rate-limited one says when to retry."""
-    response = error_response(_REFUSAL_STATUS[exc.kind], str(exc), media=media)
-    if exc.retry_after is not None:
+    """A refused submission as HTTP; a rate-limited one says when to retry in its header."""
+    if isinstance(exc, RateLimited):
+        response = error_response(429, "Rate limit exceeded", media=media)
         response.headers["Retry-After"] = str(exc.retry_after)
-    return response
+        return response
+    return error_response(_REFUSAL_STATUS[type(exc)], str(exc), media=media)
 
 
 def refused_response(exc: Refused, media: str) -> web.Response:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from gateway.async_intake import AsyncIntake, Submission
 from gateway.intake import (
@@ -25,17 +25,31 @@ from leadflow.config import Config, Flow
 
 MAX_IDEMPOTENCY_KEY = 255
 
-Refusal = Literal["unknown", "unauthorized", "rate_limited", "in_progress"]
-
 
 class SubmitRefused(Exception):
-    """A submission refused before a lead is made; each transport answers `kind` its own way
-    (404/401/429/409, NOT_FOUND/UNAUTHENTICATED/RESOURCE_EXHAUSTED/ABORTED)."""
+    """A submission refused before a lead is made; each transport answers each kind its own way
+    (HTTP 404/401/429/409; gRPC NOT_FOUND/UNAUTHENTICATED/RESOURCE_EXHAUSTED/ABORTED)."""
 
-    def __init__(self, kind: Refusal, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
+
+class UnknownSource(SubmitRefused, LookupError):
+    def __init__(self) -> None:
+        super().__init__("Unknown flow or source")
+
+
+class Unauthorized(SubmitRefused):
+    def __init__(self) -> None:
+        super().__init__("Unauthorized source")
+
+
+class RateLimited(SubmitRefused):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Rate limit exceeded; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+class KeyInUse(SubmitRefused):
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still in progress")
 
 
 @dataclass(frozen=True)
@@ -89,15 +103,15 @@ class Submissions:
         limited), or SubmitRefused."""
         flow = self._config.flows_by_id.get(flow_id)
         if flow is None or source_id not in flow.sources_by_id:
-            raise SubmitRefused("unknown", "Unknown flow or source")
+            raise UnknownSource()
         expected = self._config.sources_by_id[source_id].api_key
         if api_key is None or not hmac.compare_digest(api_key.encode(), expected.encode()):
-            raise SubmitRefused("unauthorized", "Unauthorized source")
+            raise Unauthorized()
         # After authentication, so nobody without the key can spend a vendor's budget.
         source = self._config.sources_by_id[source_id]
         retry_after = self._rate_limiter.take(source_id, source.rate_limit)
         if retry_after is not None:
-            raise SubmitRefused("rate_limited", "Rate limit exceeded", retry_after)
+            raise RateLimited(retry_after)
         return flow
 
     async def once(
@@ -113,9 +127,7 @@ class Submissions:
         try:
             first = await self._store.claim(source_id, key)
         except KeyInProgress:
-            raise SubmitRefused(
-                "in_progress", "A request with this Idempotency-Key is still in progress"
-            ) from None
+            raise KeyInUse() from None
         if first is not None:
             return first
         try:
