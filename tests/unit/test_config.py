@@ -6,25 +6,9 @@ import pytest
 
 from leadflow.cli import main
 from leadflow.config import ConfigError, load_config, parse_config
+from tests.unit.helpers_config import BASE
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-
-BASE = """
-account: {name: Test}
-sources:
-  - {id: vendor, name: Vendor, api_key: k}
-buyers:
-  - id: acme
-    name: Acme
-    delivery: {type: http, url: "http://127.0.0.1:9/leads"}
-flows:
-  - id: auto
-    name: Auto
-    sources: [{source: vendor}]
-    stages:
-      - name: main
-        steps: [{buyer: acme}]
-"""
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
