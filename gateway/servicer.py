@@ -13,10 +13,12 @@ from gateway.orchestrator import Orchestrator
 from gateway.rate_limit import RateLimiter
 from gateway.store import GatewayStore, StoredResponse
 from gateway.submission import (
+    MAX_IDEMPOTENCY_KEY,
     KeyInUse,
     RateLimited,
     Submissions,
     Unauthorized,
+    checked_idempotency_key,
     read_vendor_parameters,
 )
 from leadflow import kit
@@ -71,6 +73,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             return StoredResponse(201, PROTO_CONTENT_TYPE, response.SerializeToString())
 
         # gRPC and HTTP answers differ in form, so their keys live in separate namespaces.
-        key = KEY_PREFIX + request.idempotency_key if request.idempotency_key else None
+        given = checked_idempotency_key(
+            request.idempotency_key or None, MAX_IDEMPOTENCY_KEY - len(KEY_PREFIX)
+        )
+        key = None if given is None else KEY_PREFIX + given
         stored = await submissions.once(request.source_id, key, answer)
         return pb.SubmitLeadResponse.FromString(stored.body)

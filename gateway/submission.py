@@ -74,10 +74,11 @@ def read_vendor_parameters(data: Mapping[str, Any], *, ping: bool = False) -> Ve
     return VendorParameters(Submission(fields, override, ping_id), redirect)
 
 
-def checked_idempotency_key(key: str | None) -> str | None:
-    """An Idempotency-Key as given, or BadRequest when it is empty or too long to keep."""
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+def checked_idempotency_key(key: str | None, limit: int = MAX_IDEMPOTENCY_KEY) -> str | None:
+    """An Idempotency-Key as given, or BadRequest when it is empty or too long to keep (`limit`
+    leaves room for a transport's namespace prefix)."""
+    if key is not None and not 0 < len(key) <= limit:
+        raise BadRequest(f"Idempotency-Key must be 1 to {limit} characters")
     return key
 
 

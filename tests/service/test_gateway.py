@@ -152,6 +152,25 @@ async def test_grpc_submission_to_an_unknown_source_is_not_found(suite: InProces
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_grpc_idempotency_key_too_long_to_keep_is_invalid(suite: InProcessSuite) -> None:
+    # "grpc:" and 251 characters would not fit the 255 a key is stored in.
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SubmitLead(
+                gateway_service_pb2.SubmitLeadRequest(
+                    flow_id="auto",
+                    source_id="vendor",
+                    api_key=KEY,
+                    fields_json=orjson.dumps(LEAD),
+                    idempotency_key="k" * 251,
+                ),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert suite.buyers.received == []
+
+
 async def test_a_lead_sold_while_the_ledger_is_down_is_recorded_when_it_returns(
     suite: InProcessSuite,
 ) -> None:
