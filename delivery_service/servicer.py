@@ -20,7 +20,8 @@ from delivery_service.dispatch import RecentResults, Route, plan, retry_key
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from delivery_service.ping import Pinger, ping_response
 from delivery_service.recovery import AttemptLog
-from delivery_service.runner import BatchError, BatchRunner
+from delivery_service.runner import BatchRunner
+from leadflow import kit
 from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
@@ -39,10 +40,6 @@ _BATCH_KIND = {
     "manual": delivery_service_pb2.BATCH_KIND_MANUAL,
     "retry": delivery_service_pb2.BATCH_KIND_RETRY,
     "resend": delivery_service_pb2.BATCH_KIND_RESEND,
-}
-_BATCH_ERRORS = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 log = logging.getLogger(__name__)
@@ -328,6 +325,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             log.exception("file delivery of lead %s to buyer %s failed", lead.id, buyer.id)
             return DeliveryResult("error", "internal error while delivering")
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def ListBatches(
         self,
         request: delivery_service_pb2.ListBatchesRequest,
@@ -338,12 +336,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be positive")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         buyer_id = request.buyer_id or None
-        try:
-            batches = await runner.list_batches(buyer_id, size + 1, request.page_token or None)
-            queues = await runner.queues(buyer_id)
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise  # unreachable: abort raises
+        batches = await runner.list_batches(buyer_id, size + 1, request.page_token or None)
+        queues = await runner.queues(buyer_id)
         response = delivery_service_pb2.ListBatchesResponse(
             queues=[queue_to_proto(queue) for queue in queues],
             batches=[batch_to_proto(batch) for batch in batches[:size]],
@@ -352,6 +346,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             response.next_page_token = batches[size - 1].id
         return response
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def DeliverPending(
         self,
         request: delivery_service_pb2.DeliverPendingRequest,
@@ -360,19 +355,16 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         runner = await self._batch_runner(context)
         if not request.buyer_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "buyer_id is required")
-        try:
-            # Shielded: a caller giving up must not cut a file off halfway.
-            batch = await asyncio.shield(
-                runner.deliver_pending(request.buyer_id, "manual", request.request_id or None)
-            )
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise
+        # Shielded: a caller giving up must not cut a file off halfway.
+        batch = await asyncio.shield(
+            runner.deliver_pending(request.buyer_id, "manual", request.request_id or None)
+        )
         response = delivery_service_pb2.DeliverPendingResponse()
         if batch is not None:
             response.batch.CopyFrom(batch_to_proto(batch))
         return response
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def ResendBatch(
         self,
         request: delivery_service_pb2.ResendBatchRequest,
@@ -381,13 +373,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         runner = await self._batch_runner(context)
         if not request.batch_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch_id is required")
-        try:
-            batch = await asyncio.shield(
-                runner.resend(request.batch_id, request.request_id or None)
-            )
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise
+        batch = await asyncio.shield(runner.resend(request.batch_id, request.request_id or None))
         return delivery_service_pb2.ResendBatchResponse(batch=batch_to_proto(batch))
 
     async def _batch_runner(self, context: grpc.aio.ServicerContext[Any, Any]) -> BatchRunner:

@@ -18,6 +18,7 @@ from aiohttp import web
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
+from leadflow import payload
 from leadflow.money import format_money
 
 MAX_FIELDS = 1000
@@ -213,34 +214,16 @@ def pairs_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return result
 
 
-def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a.b": 1}` -> `{"a": {"b": 1}}`, recursively; a key that is both a value and an object
-    (`a=1` beside `a.b=2`) is refused rather than silently dropping one of them."""
-    if len(data) > MAX_FIELDS:
-        raise BadRequest(f"too many fields (more than {MAX_FIELDS})")
-    result: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            value = unflatten(value)
-        parts = [part for part in str(key).split(".")]
-        if any(not part for part in parts):
-            raise BadRequest(f"bad field name {key!r}")
-        if len(parts) > MAX_DEPTH:
-            raise BadRequest(f"field name {str(key)[:40]!r}… has more than {MAX_DEPTH} parts")
-        node = result
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise BadRequest(f"field {part!r} is both a value and an object")
-            node = child
-        last = parts[-1]
-        if last in node and (isinstance(node[last], dict) or isinstance(value, dict)):
-            if not (isinstance(node[last], dict) and isinstance(value, dict)):
-                raise BadRequest(f"field {last!r} is both a value and an object")
-            node[last].update(value)
-        else:
-            node[last] = value
-    return result
+def vendor_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A vendor's parameters as lead fields: dot keys unflattened (leadflow.payload) within the
+    intake's limits, then the depth checked again (dot keys inside nested objects can multiply
+    it); a key that cannot be placed is a 400."""
+    try:
+        fields = payload.unflatten(data, max_fields=MAX_FIELDS, max_parts=MAX_DEPTH)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    check_depth(fields)
+    return fields
 
 
 def override_text(value: object) -> str:

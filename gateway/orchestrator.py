@@ -6,8 +6,6 @@ the distribution (one DistributeLead stream per lead, which streams back each re
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from leadflow.config import Config, Flow
 from leadflow.context import lead_context
 from leadflow.deadlines import distribution_deadlines, pricing_deadline
 from leadflow.fields import parse_lead
+from leadflow.ids import new_lead_id
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_micros
 from leadflow.routing.v1 import routing_service_pb2
@@ -43,11 +42,6 @@ from leadflow.wire import (
 log = logging.getLogger(__name__)
 
 NOT_PROCESSED = "Lead could not be processed, try again later"
-
-
-def new_lead_id() -> str:
-    """Sortable by arrival (milliseconds first), unguessable after that."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 @dataclass

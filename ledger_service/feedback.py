@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from leadflow.errors import RuleRefused
 from leadflow.money import ZERO, format_money
 
 RETURN = "return"
@@ -262,10 +263,19 @@ def feedback_record(
 class UnknownSale(LookupError):
     """The buyer was never offered this lead or event (or it does not exist): NOT_FOUND."""
 
+    def __init__(self, named: str) -> None:
+        # The caller is told no more: which of its leads exist is not another buyer's business.
+        super().__init__("no such lead or recipient event was offered to this buyer")
+        self.named = named
+
 
 class UnknownFeedback(LookupError):
     """No feedback with this id."""
 
+    def __init__(self, feedback_id: str) -> None:
+        super().__init__(f"no feedback {feedback_id}")
+        self.feedback_id = feedback_id
 
-class DecisionRefused(Exception):
+
+class DecisionRefused(RuleRefused):
     """The feedback is not a pending return, or already carries the other decision."""

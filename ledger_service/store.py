@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Insert,
     and_,
     case,
     event,
@@ -27,8 +26,6 @@ from sqlalchemy import (
     text,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
@@ -380,7 +377,7 @@ class LedgerStore:
             )
             completion = complete(recorded, outcome)
             inserted = await conn.execute(
-                self._insert_ignore(DeliveryResultRow)
+                db.insert_ignore(DeliveryResultRow, self._engine.dialect)
                 .values(**_completion_values(completion, now))
                 .returning(DeliveryResultRow.recipient_event_id)
             )
@@ -492,7 +489,7 @@ class LedgerStore:
             if decided is None:
                 return record, False, []
             inserted = await conn.execute(
-                self._insert_ignore(FeedbackDecisionRow)
+                db.insert_ignore(FeedbackDecisionRow, self._engine.dialect)
                 .values(feedback_id=feedback_id, decision=decided.decision, decide_time=now)
                 .returning(FeedbackDecisionRow.feedback_id)
             )
@@ -525,7 +522,7 @@ class LedgerStore:
         posted = [due.credit]
         if due.chargeback is not None:
             inserted = await conn.execute(
-                self._insert_ignore(PostingRow)
+                db.insert_ignore(PostingRow, self._engine.dialect)
                 .values(**_posting_values(due.chargeback, now))
                 .returning(PostingRow.id)
             )
@@ -748,12 +745,6 @@ class LedgerStore:
         async with self._engine.connect() as conn:
             return list(await conn.execute(query))
 
-    def _insert_ignore(self, entity: Any) -> Insert:
-        """INSERT … ON CONFLICT DO NOTHING: idempotent by key, never aborting the transaction."""
-        if self._postgres:
-            return pg_insert(entity).on_conflict_do_nothing()
-        return sqlite_insert(entity).on_conflict_do_nothing()
-
     async def _lock(self, conn: AsyncConnection, key: str) -> None:
         # SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL needs a lock that
         # every replica sees, held until the transaction ends.
@@ -839,24 +830,11 @@ def _feedback_record(row: Any) -> FeedbackRecord:
         outcome_reason=mapping["outcome_reason"],
         initial_status=mapping["initial_status"],
         return_to_source=bool(mapping["return_to_source"]),
-        sale_time=_aware(mapping["sale_time"]),
-        create_time=_aware_required(mapping["create_time"]),
+        sale_time=db.aware(mapping["sale_time"]),
+        create_time=db.aware(mapping["create_time"]),
         decision=mapping["decision"],
-        decide_time=_aware(mapping["decide_time"]),
+        decide_time=db.aware(mapping["decide_time"]),
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Core selects of ORM columns keep the TypeDecorator; this guards raw SQLite strings too.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _aware_required(value: datetime) -> datetime:
-    aware = _aware(value)
-    assert aware is not None
-    return aware
 
 
 def _feedback_values(record: FeedbackRecord) -> dict[str, Any]:
@@ -933,7 +911,7 @@ async def _find_sale(conn: AsyncConnection, request: FeedbackRequest) -> Sale:
         delivered = Delivered(
             sold.recipient_event_id,
             from_micros(sold.sale_price_micros),
-            _aware_required(sold.complete_time),
+            db.aware(sold.complete_time),
         )
     terms = LeadTerms(
         lead.flow_id, lead.source_id, lead.currency, from_micros(lead.price_paid_micros)

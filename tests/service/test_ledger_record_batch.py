@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.wire import to_proto
 from ledger_service.store import LedgerStore
-from tests.service.test_ledger_service import _bad_request_fields, record_request, running_ledger
+from tests.service.helpers_ledger import bad_request_fields, record_request, running_ledger
 
 if TYPE_CHECKING:
     from conftest import Database
@@ -194,7 +194,7 @@ async def test_more_than_500_records_is_invalid_argument_and_records_nothing(
         await stub.RecordLeads(request, timeout=30)
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _bad_request_fields(raised.value) == ["records"]
+    assert bad_request_fields(raised.value) == ["records"]
     assert await store.postings() == []
 
 

@@ -18,8 +18,9 @@ from gateway.intake import (
     redirect_target,
     rename_trustedform,
     render,
-    unflatten,
+    vendor_fields,
 )
+from gateway.submission import checked_idempotency_key, read_vendor_parameters
 
 
 def test_json_body_is_read_as_an_object() -> None:
@@ -62,17 +63,24 @@ def test_body_in_a_wrong_charset_is_a_bad_request() -> None:
 
 
 def test_dot_keys_unflatten_into_objects() -> None:
-    assert unflatten({"a.b": "1", "a.c": "2", "d": "3"}) == {"a": {"b": "1", "c": "2"}, "d": "3"}
+    fields = vendor_fields({"a.b": "1", "a.c": "2", "d": "3"})
+    assert fields == {"a": {"b": "1", "c": "2"}, "d": "3"}
 
 
 def test_a_key_that_is_both_a_value_and_an_object_is_refused() -> None:
     with pytest.raises(BadRequest, match="both a value and an object"):
-        unflatten({"a": "1", "a.b": "2"})
+        vendor_fields({"a": "1", "a.b": "2"})
 
 
 def test_too_many_fields_are_refused() -> None:
     with pytest.raises(BadRequest, match="too many fields"):
-        unflatten({f"f{i}": "x" for i in range(1001)})
+        vendor_fields({f"f{i}": "x" for i in range(1001)})
+
+
+def test_dot_keys_inside_nested_objects_may_not_exceed_the_depth() -> None:
+    nested = {".".join(["b"] * 20): {".".join(["c"] * 20): 1}}
+    with pytest.raises(BadRequest, match="nested deeper"):
+        vendor_fields(nested)
 
 
 def test_query_pairs_merge_over_body_values() -> None:
@@ -397,3 +405,26 @@ def test_a_form_body_is_trimmed_before_it_is_read() -> None:
 def test_anything_else_as_redirect_url_is_a_bad_request(value: object) -> None:
     with pytest.raises(BadRequest, match="redir_url"):
         redirect_target(value)
+
+
+def test_vendor_parameters_take_out_what_is_no_lead_field() -> None:
+    read = read_vendor_parameters(
+        {"first_name": "Ada", "price": "12.50", "ping_id": "p1", "redir_url": "https://v.example/"}
+    )
+    assert read.submission.fields == {"first_name": "Ada"}
+    assert read.submission.override_price == "12.50"
+    assert read.submission.ping_id == "p1"
+    assert read.redirect == "https://v.example/"
+
+
+def test_a_nested_price_is_no_override() -> None:
+    read = read_vendor_parameters({"price.amount": "1"})
+    assert read.submission.override_price == "not a single value"
+    assert "price" not in read.submission.fields
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_idempotency_key_must_be_1_to_255_characters(key: str) -> None:
+    with pytest.raises(BadRequest, match="Idempotency-Key"):
+        checked_idempotency_key(key)
+    assert checked_idempotency_key("k" * 255) == "k" * 255

@@ -23,6 +23,7 @@ from leadflow.rules import (
     operator_allowed,
 )
 from leadflow.variables import build_context
+from tests.unit.helpers_config import BASE
 
 TODAY = date(2024, 5, 15)
 CUSTOM = {
@@ -638,7 +639,6 @@ def test_leadflow_check_refuses_a_backreference_pattern(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from leadflow.cli import main
-    from tests.unit.test_config import BASE
 
     path = tmp_path / "flow.yaml"
     path.write_text(
