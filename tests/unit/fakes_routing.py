@@ -67,6 +67,8 @@ class FakeStore:
     cursors: dict[tuple[str, int], int] = field(default_factory=dict)
     sales: list[tuple[SaleRecord, datetime]] = field(default_factory=list)
     settled: list[SettledLead] = field(default_factory=list)
+    # Scopes another replica fills between the read-only cap check and the reservation.
+    filled_meanwhile: set[str] = field(default_factory=set)
 
     # --- what tests read ---------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class FakeStore:
         self, lead_id: str, scope: str, claims: Sequence[Claim], ttl: timedelta
     ) -> Refusal | None:
         self.trail.append(f"reserve {scope}")
+        if scope in self.filled_meanwhile and claims:
+            return Refusal("caps", claims[0].rule.reason, claims[0].rule)
         return self._hold(lead_id, scope, claims) if claims else None
 
     async def settle(
@@ -206,11 +210,13 @@ class FakeStore:
 @dataclass
 class FakePeers:
     """Delivery and pricing as the distribution calls them. `answers` scripts each buyer's
-    answer (a DeliverLeadResponse, or a status code the call fails with; unscripted buyers
-    decline); `quotes` scripts a pricing service's quote by (stage, step), or its failure."""
+    answer (a DeliverLeadResponse, a status code the call fails with, or an exception it
+    raises; unscripted buyers decline); `quotes` scripts a pricing service's quote by (stage, step), or its failure."""
 
     trail: Trail
-    answers: dict[str, DeliverLeadResponse | grpc.StatusCode] = field(default_factory=dict)
+    answers: dict[str, DeliverLeadResponse | grpc.StatusCode | BaseException] = field(
+        default_factory=dict
+    )
     quotes: dict[tuple[int, int], Quote | grpc.StatusCode] = field(default_factory=dict)
     delivered: list[delivery_service_pb2.DeliverLeadRequest] = field(default_factory=list)
     asked: list[tuple[int, int]] = field(default_factory=list)
@@ -223,6 +229,8 @@ class FakePeers:
         answer = self.answers.get(request.buyer_id, declined())
         if isinstance(answer, grpc.StatusCode):
             raise rpc_error(answer)
+        if isinstance(answer, BaseException):
+            raise answer
         return answer
 
     async def quote(

@@ -3,6 +3,7 @@ RoutingPlan and Router over the in-memory store, delivery and pricing of fakes_r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from leadflow.common.v1 import lead_pb2
 from leadflow.config import parse_config
 from leadflow.fields import parse_lead
 from leadflow.wire import LeadData, PriceAudit, from_proto, outcome_from_proto, to_proto
+from routing_service.caps import CAP_REACHED
 from routing_service.distribution import IN_FLIGHT, NO_BUYER, NOT_PROCESSED, Distributor
 from routing_service.hours import OUTSIDE_HOURS
 from routing_service.peers import Quote
@@ -108,7 +110,7 @@ MONDAY = datetime(2026, 11, 16, 18, 0, tzinfo=UTC)
 SUCCESS, FAILURE, ERROR, SKIP, UNKNOWN = "success", "failure", "error", "skip", "unknown"
 VIN = "1HGCM82633A004352"
 Event = tuple[str, str, str]  # (buyer, outcome, reason) of a decided recipient event
-Answers = dict[str, DeliverLeadResponse | grpc.StatusCode]
+Answers = dict[str, DeliverLeadResponse | grpc.StatusCode | BaseException]
 
 
 @dataclass
@@ -210,6 +212,29 @@ async def test_a_declined_steps_holds_are_released_before_the_next_offer(suite: 
     assert suite.store.counter("buyer:b:0") == (1, 0, 0)  # committed with the lead's settlement
     [settled] = suite.store.settled
     assert [(s.stage_index, s.step_index, s.buyer_id) for s in settled.sales] == [(0, 1, "b")]
+
+
+async def test_a_buyer_whose_cap_is_full_is_skipped_with_its_reason_and_never_reserved(
+    suite: Suite,
+) -> None:
+    rule = PLAN.step("one", 0, 0).caps[0]
+    suite.store.used[(rule.key, rule.window(MONDAY))] = [10, 0]  # max_leads: 10, all used
+    suite.peers.answers["b"] = sold()
+    await suite.distribute("one")
+    assert suite.events() == [("a", SKIP, CAP_REACHED), ("b", SUCCESS, "")]
+    assert suite.peers.buyers() == ["b"]
+    assert "reserve step:0:0" not in suite.trail
+
+
+async def test_a_step_whose_reservation_is_refused_is_skipped_and_the_next_offered(
+    suite: Suite,
+) -> None:
+    suite.store.filled_meanwhile.add("step:0:0")
+    suite.peers.answers.update(a=sold(), b=sold())
+    await suite.distribute("one")
+    assert suite.events() == [("a", SKIP, CAP_REACHED), ("b", SUCCESS, "")]
+    assert suite.peers.buyers() == ["b"]  # never offered: no offering either
+    assert [o.buyer_id for o in suite.report.offerings] == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -467,3 +492,15 @@ async def test_an_offering_the_caller_never_took_is_not_sent_and_the_lead_still_
     [settled] = suite.store.settled
     assert (settled.accepted, settled.sales, settled.unknown) == (False, [], [])
     assert suite.store.counter("buyer:a:0") == (0, 0, 0)  # never sent: its holds go back
+
+
+async def test_an_offer_cut_short_after_its_offering_keeps_its_holds_for_resolution(
+    suite: Suite,
+) -> None:
+    suite.peers.answers["a"] = asyncio.CancelledError()  # the caller went away mid-offer
+    with pytest.raises(asyncio.CancelledError):
+        await suite.distribute("one")
+    assert [o.buyer_id for o in suite.report.offerings] == ["a"]
+    [settled] = suite.store.settled
+    assert (settled.accepted, settled.unknown) == (False, ["step:0:0"])
+    assert suite.store.held_scopes("L1") == {"step:0:0"}
