@@ -88,6 +88,12 @@ flows:
     name: A pricing service prices the sale
     sources: [{{source: vendor}}]
     stages: [{{name: only, steps: [{{buyer: quoted}}, {{buyer: c}}]}}]
+  - id: sold-then-quoted
+    name: A sale before a step that cannot be priced
+    sources: [{{source: vendor}}]
+    stages:
+      - {{name: first, steps: [{{buyer: a}}]}}
+      - {{name: second, steps: [{{buyer: quoted}}, {{buyer: c}}]}}
   - id: closed
     name: Closed
     hours: {{monday: ["00:00-00:01"], time_zone: Pacific/Kiritimati}}
@@ -429,6 +435,23 @@ async def test_a_step_whose_sale_price_cannot_be_had_stops_the_lead_with_an_erro
     assert suite.peers.delivered == []  # the next step is not offered either
     [settled] = suite.store.settled
     assert settled.accepted is False
+
+
+async def test_a_lead_sold_before_a_step_that_cannot_be_priced_stays_a_success(
+    suite: Suite,
+) -> None:
+    suite.peers.quotes[(1, 0)] = grpc.StatusCode.UNAVAILABLE
+    suite.peers.answers.update(a=sold(), c=sold())
+    # Buyer a has the lead: it is not an unprocessed lead the vendor may submit again.
+    assert await suite.distribute("sold-then-quoted") == (SUCCESS, "")
+    assert suite.events() == [
+        ("a", SUCCESS, ""),
+        ("quoted", ERROR, "Sale price unavailable: UNAVAILABLE"),
+    ]
+    assert suite.peers.buyers() == ["a"]  # the lead still goes no further
+    [settled] = suite.store.settled
+    assert settled.accepted is True  # its admission and duplicate key are committed
+    assert suite.store.counter("buyer:a:0") == (1, 0, 0)
 
 
 @pytest.mark.parametrize(
