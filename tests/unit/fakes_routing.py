@@ -117,26 +117,34 @@ class FakeStore:
                 counter[1] += amounts.get((c.rule.key, c.window), c.micros)
         return len(claims)
 
-    async def admit(
+    def _full(self, claims: Sequence[Claim]) -> set[Window]:
+        return {(c.rule.key, c.window) for c in claims if not self._fits(c)}
+
+    async def admit_and_probe(
         self,
         lead_id: str,
         duplicate: DuplicateClaim | None,
         claims: Sequence[Claim],
         ttl: timedelta,
-    ) -> Refusal | None:
+        probe: Sequence[Claim] = (),
+    ) -> tuple[Refusal | None, set[Window]]:
+        """The duplicate key, then the flow and source caps, all or nothing; for an admitted
+        lead, also the `probe` windows (the first stage's step caps) that are full."""
         self.trail.append("admit")
         if duplicate is not None:
             key = (duplicate.flow_id, duplicate.digest)
             if self.duplicates.get(key, lead_id) != lead_id:
-                return Refusal("duplicates", duplicate.reason)
+                return Refusal("duplicates", duplicate.reason), set()
         refusal = self._hold(lead_id, LEAD_SCOPE, claims) if claims else None
-        if refusal is None and duplicate is not None:
+        if refusal is not None:
+            return refusal, set()
+        if duplicate is not None:
             self.duplicates[(duplicate.flow_id, duplicate.digest)] = lead_id
-        return refusal
+        return None, self._full(probe)
 
     async def usage(self, claims: Sequence[Claim]) -> set[Window]:
         self.trail.append("usage")
-        return {(c.rule.key, c.window) for c in claims if not self._fits(c)}
+        return self._full(claims)
 
     async def reserve(
         self, lead_id: str, scope: str, claims: Sequence[Claim], ttl: timedelta
@@ -210,14 +218,17 @@ class FakeStore:
 @dataclass
 class FakePeers:
     """Delivery and pricing as the distribution calls them. `answers` scripts each buyer's
-    answer (a DeliverLeadResponse, a status code the call fails with, or an exception it
-    raises; unscripted buyers decline); `quotes` scripts a pricing service's quote by (stage, step), or its failure."""
+    answer: a DeliverLeadResponse, a status code the call fails with, or an exception it
+    raises (unscripted buyers decline). `quotes` scripts a pricing service's quote by (stage,
+    step) the same way: a Quote, a status code or an exception."""
 
     trail: Trail
     answers: dict[str, DeliverLeadResponse | grpc.StatusCode | BaseException] = field(
         default_factory=dict
     )
-    quotes: dict[tuple[int, int], Quote | grpc.StatusCode] = field(default_factory=dict)
+    quotes: dict[tuple[int, int], Quote | grpc.StatusCode | BaseException] = field(
+        default_factory=dict
+    )
     delivered: list[delivery_service_pb2.DeliverLeadRequest] = field(default_factory=list)
     asked: list[tuple[int, int]] = field(default_factory=list)
 
@@ -252,6 +263,8 @@ class FakePeers:
             if strict:
                 raise rpc_error(found)
             return None
+        if isinstance(found, BaseException):
+            raise found
         return found
 
     def buyers(self) -> list[str]:

@@ -86,6 +86,7 @@ flows:
     stages: [{{name: only, steps: [{{buyer: priced}}, {{buyer: c}}]}}]
   - id: quoted
     name: A pricing service prices the sale
+    caps: [{{max_leads: 100, per: day}}]
     sources: [{{source: vendor}}]
     stages: [{{name: only, steps: [{{buyer: quoted}}, {{buyer: c}}]}}]
   - id: sold-then-quoted
@@ -487,8 +488,7 @@ async def test_an_offering_is_reported_once_reserved_and_before_the_offer_leaves
     suite.peers.answers["a"] = sold()
     await suite.distribute("one")
     assert suite.trail == [
-        "admit",
-        "usage",
+        "admit",  # with the first stage's cap check: no read of its own
         "reserve step:0:0",
         "offering a",
         "deliver a",
@@ -527,3 +527,15 @@ async def test_an_offer_cut_short_after_its_offering_keeps_its_holds_for_resolut
     [settled] = suite.store.settled
     assert (settled.accepted, settled.unknown) == (False, ["step:0:0"])
     assert suite.store.held_scopes("L1") == {"step:0:0"}
+
+
+async def test_a_lead_cut_off_before_any_offer_left_is_not_settled_under_its_retry(
+    suite: Suite,
+) -> None:
+    suite.peers.quotes[(0, 0)] = asyncio.CancelledError()  # the gateway went away meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await suite.distribute("quoted")
+    assert suite.report.offerings == []
+    assert "settle_lead" not in suite.trail
+    # The gateway's retry of the lead (admission is idempotent per lead) settles these.
+    assert suite.store.held_scopes("L1") == {"lead"}
