@@ -130,7 +130,8 @@ class Distributor:
         report: Report,
     ) -> tuple[str, str]:
         """The lead's outcome after distribution, and its reason: `failure` when admission
-        refuses it or `require_sale` finds no buyer, `error` when it cannot go on."""
+        refuses it or `require_sale` finds no buyer, `error` when it cannot go on before any
+        buyer has it."""
         flow = self._plan.flow(lead.flow_id)
         facts = self._plan.facts(lead, purchase_price)
         # The first stage is screened before admission (pure: nothing is written) so that
@@ -146,7 +147,11 @@ class Distributor:
         try:
             await self._stages(flow, run, first, admission.full)
         except PriceUnavailable:
-            pass
+            if run.allocated:
+                # A buyer already has the lead: it goes no further, but it was processed (as
+                # `error` the vendor would go unpaid and its duplicate key would be released,
+                # so that resubmitting it could sell it again).
+                outcome, reason = "success", ""
         except asyncio.CancelledError:
             # Cut off before any offer left: the gateway may start this lead again (admission
             # is idempotent per lead) and settling now could release what that call holds;
