@@ -27,6 +27,7 @@ from leadflow.wire import LeadData, PriceAudit, from_proto, outcome_from_proto, 
 from routing_service.quotes import SaleQuotes
 from routing_service.router import Router, SoldStep
 from routing_service.routing import FlowPlan, LeadFacts, Offer, Screen, StagePlan, screen
+from routing_service.store import HeldStep, step_scope
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class _Run:
     purchase_price: Decimal
     quotes: SaleQuotes
     report: Report
+    held: HeldStep | None = None  # the first offer's step, reserved with the admission
     recipients: int = 0
     offers: int = 0  # offerings reported: from the first, a buyer may have the lead
     sold_buyers: list[str] = field(default_factory=list)
@@ -137,11 +139,11 @@ class Distributor:
         # The first stage is screened before admission (pure: nothing is written) so that
         # admission also reads its steps' caps, in the same round trip.
         first = screen(flow.stages[0], facts, ())
-        admission = await self._router.admit(flow, facts, purchase_price, first)
+        quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
+        admission = await self._router.admit(flow, facts, purchase_price, first, quotes)
         if not admission.admitted:
             return "failure", admission.reason
-        quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
-        run = _Run(lead, proto, facts, purchase_price, quotes, report)
+        run = _Run(lead, proto, facts, purchase_price, quotes, report, held=admission.held)
         outcome, reason = "error", NOT_PROCESSED
         settle = True
         try:
@@ -229,7 +231,11 @@ class Distributor:
         event.sale_price.CopyFrom(to_proto(price, self._currency))
         event.price_audit.CopyFrom((audit or PriceAudit(amount=price)).to_proto())
         if step.capped:
-            refusal = await self._router.reserve_step(run.facts, stage.index, step, price)
+            held, run.held = run.held, None
+            if held is not None and held.scope == step_scope(stage.index, step.index):
+                refusal = held.refusal  # reserved with the admission, at this quoted price
+            else:
+                refusal = await self._router.reserve_step(run.facts, stage.index, step, price)
             if refusal is not None:
                 event.outcome, event.reason = SKIP, refusal.reason
                 event.duration_ms = int((perf_counter() - started) * 1000)

@@ -104,9 +104,23 @@ class SaleRecord:
     day: str
 
 
+@dataclass(frozen=True)
+class HeldStep:
+    """A step reserved with the lead's admission: its scope, and the refusal if a cap was full."""
+
+    scope: str
+    refusal: Refusal | None
+
+
+# Given the first stage's full cap windows, the step the lead is offered first and the claims
+# to reserve for it (its scope and claims), or None: decided inside admission's transaction.
+FirstOffer = Callable[[set[tuple[str, datetime]]], tuple[str, Sequence[Claim]] | None]
+
+
 class _Refused(Exception):
-    def __init__(self, refusal: Refusal) -> None:
+    def __init__(self, refusal: Refusal, claim: Claim | None = None) -> None:
         self.refusal = refusal
+        self.claim = claim  # the cap claim that did not fit
 
 
 def _ordered(claims: Sequence[Claim]) -> list[Claim]:
@@ -453,7 +467,37 @@ class RoutingStore:
                 continue
             if self._sweep(conn, claim.rule.key, claim.window, now) and self._take(conn, claim):
                 continue
-            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule))
+            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule), claim)
+
+    def _try_reserve(
+        self,
+        conn: Connection,
+        lead_id: str,
+        scope: str,
+        claims: Sequence[Claim],
+        expires: datetime,
+        now: datetime,
+    ) -> Refusal | None:
+        """`_reserve_in` inside a larger transaction that must not fail with it: a refusal
+        undoes this scope's holds (the claims taken before the full one are given back; the
+        full one's hold row, never counted, is deleted) and is returned."""
+        try:
+            self._reserve_in(conn, lead_id, scope, claims, expires, now)
+        except _Refused as refused:
+            failed = refused.claim
+            assert failed is not None
+            hold = HOLDS.c
+            conn.execute(
+                delete(HOLDS).where(
+                    hold.lead_id == lead_id,
+                    hold.scope == scope,
+                    hold.cap_key == failed.rule.key,
+                    hold.window_start == failed.window,
+                )
+            )
+            self._settle_holds(conn, lead_id, [scope], [])
+            return refused.refusal
+        return None
 
     async def reserve(
         self, lead_id: str, scope: str, claims: Sequence[Claim], ttl: timedelta
@@ -618,7 +662,7 @@ class RoutingStore:
         ttl: timedelta,
     ) -> Refusal | None:
         """Claim the duplicate key, then reserve the flow and source caps: all or nothing."""
-        refusal, _ = await self.admit_and_probe(lead_id, duplicate, claims, ttl)
+        refusal, _, _ = await self.admit_and_probe(lead_id, duplicate, claims, ttl)
         return refusal
 
     async def admit_and_probe(
@@ -628,24 +672,35 @@ class RoutingStore:
         claims: Sequence[Claim],
         ttl: timedelta,
         probe: Sequence[Claim] = (),
-    ) -> tuple[Refusal | None, set[tuple[str, datetime]]]:
-        """`admit`, and in the same round trip `usage(probe)` (the first stage's step caps) for
-        an admitted lead: one transaction where there were two."""
-        if duplicate is None and not claims:
-            return None, await self.usage(probe)
+        first_offer: FirstOffer | None = None,
+    ) -> tuple[Refusal | None, set[tuple[str, datetime]], HeldStep | None]:
+        """`admit`, and in the same transaction, for an admitted lead, `usage(probe)` (the first
+        stage's step caps) and the reservation of the step `first_offer` picks from that usage
+        (the step the lead is offered first, when it is known without another round trip):
+        one transaction where there were three."""
         now = datetime.now(UTC)
 
-        def work(conn: Connection) -> set[tuple[str, datetime]]:
+        def work(conn: Connection) -> tuple[set[tuple[str, datetime]], HeldStep | None]:
             if duplicate is not None:
                 self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
             self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
-            return self._full(conn, probe, now)
+            full = self._full(conn, probe, now)
+            picked = first_offer(full) if first_offer is not None else None
+            if picked is None:
+                return full, None
+            scope, step_claims = picked
+            refusal = self._try_reserve(conn, lead_id, scope, step_claims, now + ttl, now)
+            return full, HeldStep(scope, refusal)
 
+        if duplicate is None and not claims and first_offer is None:
+            return None, await self.usage(probe), None
         try:
             # Without caps to reserve the writes are one statement; the probe only reads.
-            return None, await self._write(work, one_statement=not claims)
+            one = not claims and first_offer is None
+            full, held = await self._write(work, one_statement=one)
         except _Refused as refused:
-            return refused.refusal, set()
+            return refused.refusal, set(), None
+        return None, full, held
 
     def _claim_duplicate(
         self,

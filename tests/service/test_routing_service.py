@@ -286,6 +286,37 @@ async def test_a_cap_no_lead_fits_refuses_all_or_nothing_and_a_retry_counts_once
         assert await store.counter("buyer:a-roomy:0", roomy.window) == (1, 2_000_000, 0, 0)
 
 
+async def test_a_first_offer_refused_inside_admission_gives_back_its_taken_caps_and_admits(
+    database: Database,
+) -> None:
+    # Admission also reserves the first offer's step caps in its transaction: a full cap there
+    # must not fail the admission, and the step's caps taken before it must be given back.
+    now = datetime.now(UTC)
+
+    def claim(key: str, max_leads: int | None, max_micros: int | None, micros: int) -> Claim:
+        rule = CapRule(key, "buyer", "day", 1, "UTC", max_leads, max_micros, None, f"{key} full")
+        return Claim(rule, rule.window(now), micros)
+
+    flow_cap = claim("flow:f:0", 5, None, 1_000_000)
+    roomy = claim("buyer:a-roomy:0", 5, None, 2_000_000)
+    small = claim("step:f:0:0:0", None, 1_000_000, 2_000_000)  # less money than the price
+    duplicate = DuplicateClaim("f", "digest-1", "Seen")
+    ttl = timedelta(minutes=5)
+    async with stores(database, 1) as (store,):
+        refusal, full, held = await store.admit_and_probe(
+            "L1", duplicate, [flow_cap], ttl, (), lambda full: ("step:0:0", [roomy, small])
+        )
+        assert refusal is None and full == set()
+        assert held is not None and held.scope == "step:0:0"
+        assert held.refusal is not None and held.refusal.reason == "step:f:0:0:0 full"
+        assert await store.counter("buyer:a-roomy:0", roomy.window) == (0, 0, 0, 0)
+        assert await store.counter("flow:f:0", flow_cap.window) == (0, 0, 1, 1_000_000)
+        # The admission stands: the duplicate key is this lead's, its flow hold settles.
+        assert await store.admit("L2", duplicate, [], ttl) is not None
+        assert await store.settle_lead("L1", True, duplicate, now, [], now) == (1, 0)
+        assert await store.counter("flow:f:0", flow_cap.window) == (1, 1_000_000, 0, 0)
+
+
 async def test_commit_counts_the_final_amount_and_release_gives_capacity_back(
     config: Config, database: Database
 ) -> None:

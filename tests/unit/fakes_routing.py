@@ -17,7 +17,15 @@ from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.wire import to_proto
 from routing_service.caps import Claim
 from routing_service.peers import Quote
-from routing_service.store import LEAD_SCOPE, DuplicateClaim, Refusal, SaleRecord, step_scope
+from routing_service.store import (
+    LEAD_SCOPE,
+    DuplicateClaim,
+    FirstOffer,
+    HeldStep,
+    Refusal,
+    SaleRecord,
+    step_scope,
+)
 
 RecipientEvent = ledger_service_pb2.RecipientEvent
 DeliverLeadResponse = delivery_service_pb2.DeliverLeadResponse
@@ -127,20 +135,31 @@ class FakeStore:
         claims: Sequence[Claim],
         ttl: timedelta,
         probe: Sequence[Claim] = (),
-    ) -> tuple[Refusal | None, set[Window]]:
+        first_offer: FirstOffer | None = None,
+    ) -> tuple[Refusal | None, set[Window], HeldStep | None]:
         """The duplicate key, then the flow and source caps, all or nothing; for an admitted
-        lead, also the `probe` windows (the first stage's step caps) that are full."""
+        lead, also the `probe` windows (the first stage's step caps) that are full, and the
+        reservation of the step `first_offer` picks."""
         self.trail.append("admit")
         if duplicate is not None:
             key = (duplicate.flow_id, duplicate.digest)
             if self.duplicates.get(key, lead_id) != lead_id:
-                return Refusal("duplicates", duplicate.reason), set()
+                return Refusal("duplicates", duplicate.reason), set(), None
         refusal = self._hold(lead_id, LEAD_SCOPE, claims) if claims else None
         if refusal is not None:
-            return refusal, set()
+            return refusal, set(), None
         if duplicate is not None:
             self.duplicates[(duplicate.flow_id, duplicate.digest)] = lead_id
-        return None, self._full(probe)
+        full = self._full(probe)
+        picked = first_offer(full) if first_offer is not None else None
+        if picked is None:
+            return None, full, None
+        scope, step_claims = picked
+        self.trail.append(f"reserve {scope} with admission")
+        if scope in self.filled_meanwhile and step_claims:
+            rule = step_claims[0].rule
+            return None, full, HeldStep(scope, Refusal("caps", rule.reason, rule))
+        return None, full, HeldStep(scope, self._hold(lead_id, scope, step_claims))
 
     async def usage(self, claims: Sequence[Claim]) -> set[Window]:
         self.trail.append("usage")
