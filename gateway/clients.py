@@ -51,6 +51,22 @@ class MessageLate(grpc.aio.AioRpcError):
         )
 
 
+class StreamEnded(grpc.aio.AioRpcError):
+    """A write to a stream that had already ended (the peer went away): its status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+async def _send(call: Any, message: Any) -> None:
+    """Write to a stream call; one that ended meanwhile raises its own status, as a read would
+    (grpc.aio raises InvalidStateError instead)."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        raise StreamEnded(await call.code(), await call.details() or "") from None
+
+
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 RETRY_PAUSE_S = 0.1
 
@@ -148,7 +164,7 @@ class Downstream:
                 )
                 heard = False
                 try:
-                    await call.write(request)
+                    await _send(call, request)
                     while True:
                         wait = deadlines.gap if heard else deadlines.first
                         try:
@@ -166,10 +182,11 @@ class Downstream:
                             return
                         yield response
                         if response.HasField("offering"):
-                            await call.write(
+                            await _send(
+                                call,
                                 routing_service_pb2.DistributeLeadRequest(
                                     acknowledged_id=response.offering.id
-                                )
+                                ),
                             )
                 except grpc.aio.AioRpcError as exc:
                     if (

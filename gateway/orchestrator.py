@@ -221,6 +221,9 @@ class Orchestrator:
                         return
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: distribution: %s %s", run.lead.id, exc.code().name, exc.details())
+        except Exception:
+            # Never the vendor's 500: the lead ends `error` with what routing reported so far.
+            log.exception("lead %s: distribution failed", run.lead.id)
         run.fail("error", NOT_PROCESSED)
 
     async def _record(self, run: LeadRun, duration: float, result: bytes | None) -> None:

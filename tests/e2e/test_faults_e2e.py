@@ -327,6 +327,18 @@ def wait_outbox_drained(suite: Suite, storage: Storage) -> float:
     raise AssertionError(f"{waiting} lead records still in the outbox after {DRAIN_TIMEOUT_S}s")
 
 
+def wait_deliveries_settled(storage: Storage) -> None:
+    """Until delivery's recovery has settled every real-time delivery a kill left open (its
+    late outcome reported to the ledger): the ledger is read once it stopped changing."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        [(open_attempts,)] = storage.rows("delivery", "SELECT count(*) FROM http_attempts")
+        if open_attempts == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{open_attempts} deliveries still open after {DRAIN_TIMEOUT_S}s")
+
+
 def check_ledger(
     storage: Storage, answers: list[Answer], buyer: BuyerServer, *, resent: bool = False
 ) -> dict[str, Any]:
@@ -463,11 +475,13 @@ async def run_under_faults(
     try:
         answers = await run_load_with_faults(suite, count=count, rate=rate, faults=faults)
         drained = await asyncio.to_thread(wait_outbox_drained, suite, storage)
+        await asyncio.to_thread(wait_deliveries_settled, storage)
         counts = check_ledger(storage, answers, buyer)
     finally:
         code = await asyncio.to_thread(suite.stop)
     summary = tally(answers, faults)
     print(summary, counts, f"outbox drained in {drained:.1f}s")
+
     return FaultRun(answers, counts, summary, code, "".join(suite.output))
 
 
