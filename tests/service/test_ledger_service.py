@@ -14,12 +14,11 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from leadflow.common.v1 import lead_pb2
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from leadflow.wire import fields_from_proto, fields_to_proto, to_proto
 from ledger_service.config import Settings
-from ledger_service.server import create_server
+from ledger_service.server import Deps, create_server
 from ledger_service.store import LedgerStore
 
 if TYPE_CHECKING:
@@ -35,29 +34,17 @@ FIELDS = {
 }
 
 
-def _settings(database: Database) -> Settings:
-    service = ServiceSettings(
-        config_path="",
-        data_dir="",
-        database_url=database.url,
-        host="127.0.0.1",
-        port=0,
-        metrics_port=None,
-    )
-    return Settings(service=service, schema=database.schema)
-
-
 @asynccontextmanager
 async def running_ledger(database: Database) -> AsyncIterator[Any]:
     """A real ledger server on a free port and a stub talking to it over a real channel."""
     store = await LedgerStore.open(database.url, database.schema)
     try:
-        server, port, health = await create_server(_settings(database), store)
+        running = await create_server(Settings(host="127.0.0.1", grpc_port=0), Deps(store))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 yield pb_grpc.LedgerServiceStub(channel)
         finally:
-            await stop_server(server, health, grace=1)
+            await running.stop(1)
     finally:
         await store.close()
 

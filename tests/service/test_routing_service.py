@@ -23,19 +23,22 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from delivery_service.config import Settings as DeliverySettings
+from delivery_service.server import Deps as DeliveryDeps
 from delivery_service.server import create_server as create_delivery
 from leadflow.config import Config, parse_config
 from leadflow.fields import parse_lead
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
 from leadflow.wire import LeadData, from_proto, to_proto
+from pricing_service.config import Settings as PricingSettings
+from pricing_service.server import Deps as PricingDeps
 from pricing_service.server import create_server as create_pricing
 from routing_service.caps import CapRule, Claim, window_start
+from routing_service.config import Settings
 from routing_service.peers import Addresses, Peers
 from routing_service.router import Router, SoldStep
 from routing_service.routing import RoutingPlan, lead_claims
-from routing_service.server import create_server
+from routing_service.server import Deps, create_server
 from routing_service.store import LEAD_SCOPE, DuplicateClaim, RoutingStore
 from tests.conftest import Database
 
@@ -138,15 +141,17 @@ async def replicas(
             for store in opened:
                 peer = Peers(peers or Addresses())
                 peer_clients.append(peer)
-                server, port, health = await create_server("127.0.0.1:0", config, store, peer)
-                running.append((server, health))
-                channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+                server = await create_server(
+                    Settings(host="127.0.0.1", grpc_port=0), Deps(config, store, peer)
+                )
+                running.append(server)
+                channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
             yield [pb_grpc.RoutingServiceStub(channel) for channel in channels]
         finally:
             for channel in channels:
                 await channel.close()
-            for server, health in running:
-                await stop_server(server, health, grace=1)
+            for server in running:
+                await server.stop(1)
             for peer in peer_clients:
                 await peer.close()
 
@@ -619,16 +624,15 @@ async def test_auction_orders_by_bid_drops_low_and_late_bidders_and_sends_no_pii
     buyers = TestServer(app, host="127.0.0.1")
     await buyers.start_server()
     config = parse_config(AUCTION.replace("URL", str(buyers.make_url("")).rstrip("/")), {})
-    service = ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
+    delivery = await create_delivery(
+        DeliverySettings(host="127.0.0.1", grpc_port=0), DeliveryDeps(config)
     )
-    delivery, delivery_port, delivery_health = await create_delivery(
-        DeliverySettings(service=service), config
+    pricing = await create_pricing(
+        PricingSettings(host="127.0.0.1", grpc_port=0), PricingDeps(config)
     )
-    pricing, pricing_port, pricing_health = await create_pricing("127.0.0.1:0", config)
     try:
         peers = Addresses(
-            delivery=f"127.0.0.1:{delivery_port}", pricing=f"127.0.0.1:{pricing_port}"
+            delivery=f"127.0.0.1:{delivery.port}", pricing=f"127.0.0.1:{pricing.port}"
         )
         async with replicas(config, database, count=1, peers=peers) as (stub,):
             item = lead(first_name="Ada", email="ada@example.com", phone_1="5125550142", state="CA")
@@ -642,8 +646,8 @@ async def test_auction_orders_by_bid_drops_low_and_late_bidders_and_sends_no_pii
             elapsed = asyncio.get_running_loop().time() - started
             release.set()
     finally:
-        await stop_server(delivery, delivery_health, grace=1)
-        await stop_server(pricing, pricing_health, grace=1)
+        await delivery.stop(1)
+        await pricing.stop(1)
         await buyers.close()
     assert elapsed < 1.5, "the auction closes by its deadline"
     # A step without a ping bids its quoted sale price (the buyer's pricing: 6).
