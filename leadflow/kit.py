@@ -20,46 +20,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from leadflow import logs, tracing
+from leadflow import logs, metrics, tracing
 from leadflow.config import Config, ConfigError, load_config
 from leadflow.settings import LogSettings, ServiceSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
-SERVER_STARTED = Counter(
-    "grpc_server_started_total",
-    "RPCs started on the server.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-)
-SERVER_HANDLED = Counter(
-    "grpc_server_handled_total",
-    "RPCs completed on the server, by code.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-SERVER_SECONDS = Histogram(
-    "grpc_server_handling_seconds",
-    "Server RPC latency.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-CLIENT_STARTED = Counter(
-    "grpc_client_started_total",
-    "RPCs started by clients.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-)
-CLIENT_HANDLED = Counter(
-    "grpc_client_handled_total",
-    "RPCs completed by clients, by code.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-CLIENT_SECONDS = Histogram(
-    "grpc_client_handling_seconds",
-    "Client RPC latency.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-_SERVER_METRICS = (SERVER_STARTED, SERVER_HANDLED, SERVER_SECONDS)
-_CLIENT_METRICS = (CLIENT_STARTED, CLIENT_HANDLED, CLIENT_SECONDS)
+_SERVER_METRICS = (metrics.SERVER_STARTED, metrics.SERVER_HANDLED, metrics.SERVER_SECONDS)
+_CLIENT_METRICS = (metrics.CLIENT_STARTED, metrics.CLIENT_HANDLED, metrics.CLIENT_SECONDS)
 # Beyond ~1000 concurrent streams on one channel gRPC core starts cancelling calls.
 MAX_IN_FLIGHT_PER_CHANNEL = 500
 # A lead with many recipients carries every attempt's request and response text: more than
