@@ -42,7 +42,7 @@ async def create_server(settings: Settings, deps: Deps) -> kit.Running:
     router = Router(RoutingPlan(deps.config), deps.store, deps.peers, settings.hold)
     server, port, health = await kit.start_service(
         routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
-        RoutingServicer(router, Distributor(router, config)),
+        RoutingServicer(router, Distributor(router, deps.config)),
         SERVICE_NAME,
         settings.address,
     )
