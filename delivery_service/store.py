@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import CursorResult, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -50,7 +49,6 @@ class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._postgres = engine.dialect.name == "postgresql"
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
@@ -504,10 +502,9 @@ class DeliveryStore:
 
     async def record_sent(self, sent: Sequence[SentAttempt]) -> None:
         """Before their requests leave; a retried DeliverLead's row is already there."""
-        insert = (postgresql.insert if self._postgres else sqlite.insert)(HttpAttemptRow)
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert.on_conflict_do_nothing(index_elements=["event_id"]),
+                db.insert_ignore(HttpAttemptRow, self._engine.dialect, ["event_id"]),
                 [
                     {
                         "event_id": item.event_id,

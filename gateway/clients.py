@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadflow import kit
-from leadflow.deadlines import ROUTING_DEADLINE_S
+from leadflow.deadlines import ROUTING_DEADLINE_S, DistributionDeadlines
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
@@ -37,6 +37,18 @@ REPORT_DEADLINE_S = 60.0
 LIST_BATCHES_DEADLINE_S = 10.0
 # Sending a batch file now: connecting, uploading a large file, recording it.
 SEND_BATCH_DEADLINE_S = 300.0
+
+
+class MessageLate(grpc.aio.AioRpcError):
+    """Routing said nothing for longer than the distribution allows between two messages."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            f"no message from routing in {waited_s:.1f}s",
+        )
 
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
@@ -118,14 +130,17 @@ class Downstream:
         return await _idempotent(self.pricing.QuotePurchasePrice, request, deadline_s)
 
     async def distribute(
-        self, request: routing_service_pb2.DistributeLeadRequest, deadline_s: float
+        self,
+        request: routing_service_pb2.DistributeLeadRequest,
+        deadlines: DistributionDeadlines,
     ) -> AsyncGenerator[routing_service_pb2.DistributeLeadResponse, None]:
         """The lead's distribution as routing streams it, each `offering` acknowledged before
         routing sends it to the buyer. Started again within the deadline when routing went
         away (UNAVAILABLE) or dropped the call unstarted (CANCELLED) before anything came
-        back: no buyer can have the lead then, and admission is idempotent per lead."""
+        back: no buyer can have the lead then, and admission is idempotent per lead. A message
+        later than its deadline (routing hung) ends the call with DEADLINE_EXCEEDED."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + deadline_s
+        deadline = loop.time() + deadlines.total
         async with self._streams:
             while True:
                 call = self.routing.DistributeLead(
@@ -135,7 +150,12 @@ class Downstream:
                 try:
                     await call.write(request)
                     while True:
-                        read = await call.read()
+                        wait = deadlines.gap if heard else deadlines.first
+                        try:
+                            read = await asyncio.wait_for(call.read(), wait)
+                        except TimeoutError:
+                            call.cancel()
+                            raise MessageLate(wait) from None
                         if read is grpc.aio.EOF:
                             return
                         response = cast(routing_service_pb2.DistributeLeadResponse, read)
@@ -153,7 +173,8 @@ class Downstream:
                             )
                 except grpc.aio.AioRpcError as exc:
                     if (
-                        heard
+                        isinstance(exc, MessageLate)
+                        or heard
                         or exc.code() not in RETRYABLE
                         or loop.time() + RETRY_PAUSE_S >= deadline
                     ):

@@ -14,7 +14,9 @@ def _audit(message: lead_pb2.PriceAudit) -> dict[str, Any]:
     return PriceAudit.from_proto(message).to_json()
 
 
-def _attempt(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
+def attempt_json(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
+    """One exchange with a buyer as operators read it, on a lead's recipient event and on a
+    batch alike (OpenAPI `Attempt`)."""
     return {
         "number": attempt.number,
         "request": attempt.request,
@@ -60,7 +62,7 @@ def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
                 "sale_price": from_proto(event.sale_price),
                 "pricing": _audit(event.price_audit),
                 "reference": event.reference or None,
-                "attempts": [_attempt(attempt) for attempt in event.attempts],
+                "attempts": [attempt_json(attempt) for attempt in event.attempts],
                 "ms": event.duration_ms,
             }
             for event in reply.recipient_events

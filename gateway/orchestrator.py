@@ -6,8 +6,6 @@ the distribution (one DistributeLead stream per lead, which streams back each re
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,8 +24,9 @@ from leadflow import logs, tracing
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, Flow
 from leadflow.context import lead_context
-from leadflow.deadlines import distribution_deadline, pricing_deadline
+from leadflow.deadlines import distribution_deadlines, pricing_deadline
 from leadflow.fields import parse_lead
+from leadflow.ids import new_lead_id
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_micros
 from leadflow.routing.v1 import routing_service_pb2
@@ -43,11 +42,6 @@ from leadflow.wire import (
 log = logging.getLogger(__name__)
 
 NOT_PROCESSED = "Lead could not be processed, try again later"
-
-
-def new_lead_id() -> str:
-    """Sortable by arrival (milliseconds first), unguessable after that."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 @dataclass
@@ -68,17 +62,6 @@ class LeadRun:
     recipients: dict[str, ledger_service_pb2.RecipientEvent] = field(default_factory=dict)
 
     @property
-    def revenue(self) -> Decimal:
-        return sum(
-            (
-                from_proto(r.sale_price)
-                for r in self.recipients.values()
-                if r.outcome == lead_pb2.OUTCOME_SUCCESS
-            ),
-            ZERO,
-        )
-
-    @property
     def price_paid(self) -> Decimal:
         return self.purchase_price if self.outcome == "success" else ZERO
 
@@ -95,8 +78,8 @@ class Orchestrator:
         self._outbox = outbox
         self._store = store  # inbound pings
         self._pricing_deadline = pricing_deadline(config)
-        self._distribution_deadline = {
-            flow.id: distribution_deadline(config, flow) for flow in config.flows
+        self._distribution_deadlines = {
+            flow.id: distribution_deadlines(config, flow) for flow in config.flows
         }
 
     async def submit(
@@ -222,7 +205,7 @@ class Orchestrator:
             sale_quotes=run.sale_quotes,
         )
         recipients = run.recipients
-        stream = self._downstream.distribute(request, self._distribution_deadline[flow.id])
+        stream = self._downstream.distribute(request, self._distribution_deadlines[flow.id])
         try:
             # aclosing: leaving at the last message ends the stream's call at once.
             async with aclosing(stream):
@@ -247,7 +230,6 @@ class Orchestrator:
             purchase_price=to_proto(run.purchase_price),
             price_paid=to_proto(run.price_paid),
             price_audit=run.purchase_audit.to_proto(),
-            revenue=to_proto(run.revenue),
             duration_ms=int(duration * 1000),
         )
         request = ledger_service_pb2.RecordLeadRequest(

@@ -3,7 +3,9 @@ gateway and routing both bound their calls by these."""
 
 from __future__ import annotations
 
-from leadflow.config import Config, Delivery, Flow, HttpDelivery
+from dataclasses import dataclass
+
+from leadflow.config import Config, Delivery, Flow, HttpDelivery, Stage
 
 # Long enough to ride out a restart of the service (a few seconds): with wait_for_ready a call
 # made while it is down waits for it rather than failing the lead.
@@ -35,15 +37,41 @@ def delivery_deadline(delivery: Delivery | None) -> float:
     return (delivery.timeout_ms * attempts + backoff) / 1000 + 5.0
 
 
-def distribution_deadline(config: Config, flow: Flow) -> float:
-    """The longest a lead's distribution can take: every stage ranked (its pings and quotes)
-    and every step offered (quoted, then delivered with all its retries). A bound, not an
-    estimate: a lead stops at its first sales."""
+def ranking_deadline(config: Config, stage: Stage) -> float:
+    """A stage's ranking: price strategies ask pricing, an auction waits for its pings."""
+    deadline = ROUTING_DEADLINE_S
+    if stage.strategy in ("highest_price", "performance", "auction"):
+        deadline += pricing_deadline(config)
+    if stage.strategy == "auction":
+        deadline += stage.deadline_ms / 1000
+    return deadline
+
+
+@dataclass(frozen=True)
+class DistributionDeadlines:
+    """How long a lead's distribution stream may take: in all, until its first message (no
+    delivery happens before it: admission, the first stage's ranking and the first offer's
+    price), and between two messages (routing sends one at least per stage and per offer)."""
+
+    total: float
+    first: float
+    gap: float
+
+
+def distribution_deadlines(config: Config, flow: Flow) -> DistributionDeadlines:
     pricing = pricing_deadline(config)
     total = ROUTING_DEADLINE_S
+    slowest_offer = 0.0
     for stage in flow.stages:
-        total += pricing + stage.deadline_ms / 1000
+        total += ranking_deadline(config, stage)
         for step in stage.steps:
             buyer = config.buyers_by_id[step.buyer]
-            total += pricing + delivery_deadline(buyer.delivery)
-    return total
+            offer = pricing + delivery_deadline(buyer.delivery)
+            total += offer
+            slowest_offer = max(slowest_offer, offer)
+    slowest_ranking = max(ranking_deadline(config, stage) for stage in flow.stages)
+    return DistributionDeadlines(
+        total=total,
+        first=ranking_deadline(config, flow.stages[0]) + pricing,
+        gap=slowest_offer + slowest_ranking,
+    )

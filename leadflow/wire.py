@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -83,13 +83,15 @@ _INT64 = 1 << 63
 
 
 def fields_to_proto(fields: Mapping[str, Any], into: Any) -> None:
-    """Encode `fields` into a `map<string, Value>` field (`into`) of a message."""
+    """Encode `fields` into a `repeated Entry` field (`into`) of a message, in order."""
+    add = into.add
     for name, value in fields.items():
-        _to_value(value, into[name])
+        entry = add(name=name)
+        _to_value(value, entry.value)
 
 
-def fields_from_proto(values: Mapping[str, lead_pb2.Value]) -> dict[str, Any]:
-    return {name: _from_value(value) for name, value in values.items()}
+def fields_from_proto(entries: Iterable[lead_pb2.Entry]) -> dict[str, Any]:
+    return {entry.name: _from_value(entry.value) for entry in entries}
 
 
 def lead_fields(message: lead_pb2.Lead) -> dict[str, Any]:
@@ -111,15 +113,15 @@ def _to_value(value: Any, message: lead_pb2.Value) -> None:
             field_value.raw = value.get("raw") or ""
             field_value.valid = bool(value["valid"])
             _to_value(value["normal"], field_value.normal)
-            components = field_value.components
+            add = field_value.components.add
             for key, item in value.items():
                 if key not in _FIELD_KEYS:
-                    _to_value(item, components[key])
+                    _to_value(item, add(name=key).value)
         else:
-            entries = message.map.entries
             message.map.SetInParent()  # an empty object stays an object
+            add = message.map.entries.add
             for key, item in value.items():
-                _to_value(item, entries[key])
+                _to_value(item, add(name=key).value)
     elif isinstance(value, bool):
         message.flag = value
     elif isinstance(value, int):
@@ -134,10 +136,10 @@ def _to_value(value: Any, message: lead_pb2.Value) -> None:
     elif isinstance(value, Decimal):
         message.decimal = str(value)
     elif isinstance(value, (list, tuple)):
-        items = message.list.items
         message.list.SetInParent()  # an empty list stays a list
+        add_item = message.list.items.add
         for item in value:
-            _to_value(item, items.add())
+            _to_value(item, add_item())
     else:
         raise TypeError(f"not a lead value: {type(value).__name__}")
 
@@ -154,8 +156,8 @@ def _from_value(message: lead_pb2.Value) -> Any:
             "normal": _from_value(field_value.normal),
             "valid": field_value.valid,
         }
-        for key, item in field_value.components.items():
-            result[key] = _from_value(item)
+        for entry in field_value.components:
+            result[entry.name] = _from_value(entry.value)
         return result
     if kind == "flag":
         return message.flag
@@ -164,7 +166,7 @@ def _from_value(message: lead_pb2.Value) -> Any:
     if kind == "real":
         return message.real
     if kind == "map":
-        return {key: _from_value(item) for key, item in message.map.entries.items()}
+        return {entry.name: _from_value(entry.value) for entry in message.map.entries}
     if kind == "list":
         return [_from_value(item) for item in message.list.items]
     if kind == "decimal":

@@ -17,7 +17,6 @@ from leadflow.config import (
     Pricing,
     PricingServiceSpec,
     Source,
-    Step,
     sale_pricing,
 )
 from leadflow.context import lead_context
@@ -153,7 +152,7 @@ class Pricer:
         try:
             buyer, candidates = self._sale_steps[(flow.id, stage_index, step_index)]
         except KeyError:
-            find_step(self._config, lead.flow_id, stage_index, step_index)  # names what is missing
+            self._config.step(lead.flow_id, stage_index, step_index)  # names what is missing
             raise
         context = lead_context(self._config, lead, buyer=buyer, purchase_price=purchase_price)
         source = self._config.sources_by_id[lead.source_id]
@@ -272,14 +271,3 @@ def _with_note(quote: Quote, note: str) -> Quote:
         return quote
     joined = "; ".join(filter(None, (quote.audit.note, note)))
     return Quote(quote.price, dataclasses.replace(quote.audit, note=joined))
-
-
-def find_step(config: Config, flow_id: str, stage_index: int, step_index: int) -> Step:
-    """The configured step, or LookupError naming what is missing."""
-    flow = config.flows_by_id[flow_id]
-    if not 0 <= stage_index < len(flow.stages):
-        raise LookupError(f"flow {flow_id!r} has no stage {stage_index}")
-    steps = flow.stages[stage_index].steps
-    if not 0 <= step_index < len(steps):
-        raise LookupError(f"stage {stage_index} of flow {flow_id!r} has no step {step_index}")
-    return steps[step_index]

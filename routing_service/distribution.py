@@ -6,9 +6,11 @@ lead, whatever happens to this process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from time import perf_counter
 from typing import Any, Protocol
@@ -24,7 +26,8 @@ from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.wire import LeadData, PriceAudit, from_proto, outcome_from_proto, to_proto
 from routing_service.quotes import SaleQuotes
 from routing_service.router import Router, SoldStep
-from routing_service.routing import FlowPlan, LeadFacts, Offer, StagePlan
+from routing_service.routing import FlowPlan, LeadFacts, Offer, Screen, StagePlan, screen
+from routing_service.store import HeldStep, step_scope
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,10 @@ class Report(Protocol):
         """An offer is about to leave: returns once the caller has it, raises if it is gone
         (the offer is then not made)."""
 
+    async def flush(self) -> None:
+        """Send what was decided now (a stage is over and another follows): the caller hears
+        from routing at least once per stage."""
+
 
 class PriceUnavailable(Exception):
     """A step's sale price could not be had: the lead cannot go on."""
@@ -87,7 +94,9 @@ class _Run:
     purchase_price: Decimal
     quotes: SaleQuotes
     report: Report
+    held: HeldStep | None = None  # the first offer's step, reserved with the admission
     recipients: int = 0
+    offers: int = 0  # offerings reported: from the first, a buyer may have the lead
     sold_buyers: list[str] = field(default_factory=list)
     allocated: int = 0
     sales: list[SoldStep] = field(default_factory=list)
@@ -123,33 +132,56 @@ class Distributor:
         report: Report,
     ) -> tuple[str, str]:
         """The lead's outcome after distribution, and its reason: `failure` when admission
-        refuses it or `require_sale` finds no buyer, `error` when it cannot go on."""
+        refuses it or `require_sale` finds no buyer, `error` when it cannot go on before any
+        buyer has it."""
         flow = self._plan.flow(lead.flow_id)
         facts = self._plan.facts(lead, purchase_price)
-        admission = await self._router.admit(flow, facts, purchase_price)
+        # The first stage is screened before admission (pure: nothing is written) so that
+        # admission also reads its steps' caps, in the same round trip.
+        first = screen(flow.stages[0], facts, ())
+        quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
+        admission = await self._router.admit(flow, facts, purchase_price, first, quotes)
         if not admission.admitted:
             return "failure", admission.reason
-        quotes = SaleQuotes(given_quotes, proto, purchase_price, self._router.peers)
-        run = _Run(lead, proto, facts, purchase_price, quotes, report)
+        run = _Run(lead, proto, facts, purchase_price, quotes, report, held=admission.held)
         outcome, reason = "error", NOT_PROCESSED
+        settle = True
         try:
-            await self._stages(flow, run)
+            await self._stages(flow, run, first, admission.full)
         except PriceUnavailable:
-            pass
+            if run.allocated:
+                # A buyer already has the lead: it goes no further, but it was processed (as
+                # `error` the vendor would go unpaid and its duplicate key would be released,
+                # so that resubmitting it could sell it again).
+                outcome, reason = "success", ""
+        except asyncio.CancelledError:
+            # Cut off before any offer left: the gateway may start this lead again (admission
+            # is idempotent per lead) and settling now could release what that call holds;
+            # left alone, the holds lapse after the hold time or the new call settles them.
+            settle = run.offers > 0
+            raise
         else:
             outcome, reason = "success", ""
             if flow.require_sale and not run.allocated:
                 outcome, reason = "failure", NO_BUYER
         finally:
-            # Also when this call is cut short: what was sold stays sold, the rest is released
-            # now rather than lapsing after the hold time.
-            await self._settle(flow, run, accepted=outcome == "success")
+            # Also when this call is cut short after an offer: what was sold stays sold, the
+            # rest is released now rather than lapsing after the hold time.
+            if settle:
+                await self._settle(flow, run, accepted=outcome == "success")
         return outcome, reason
 
-    async def _stages(self, flow: FlowPlan, run: _Run) -> None:
+    async def _stages(
+        self, flow: FlowPlan, run: _Run, first: Screen, full: set[tuple[str, datetime]] | None
+    ) -> None:
         for stage in flow.stages:
             ranking = await self._router.rank(
-                stage, run.facts, run.sold_buyers, run.purchase_price, run.quotes
+                stage,
+                run.facts,
+                run.sold_buyers,
+                run.purchase_price,
+                run.quotes,
+                *((first, full) if stage.index == 0 else (None, None)),
             )
             for step, reason, attempts in ranking.skipped:
                 event = run.event(stage, step.index, step.buyer_id)
@@ -168,6 +200,8 @@ class Distributor:
                     sales += 1
             if stage.exclusive and sales:
                 return
+            if stage.index + 1 < len(flow.stages):
+                await run.report.flush()
 
     async def _price(self, stage: StagePlan, offer: Offer, run: _Run) -> tuple[Decimal, Any]:
         if offer.price is not None:  # routing priced it: a winning bid, a price strategy's quote
@@ -197,7 +231,11 @@ class Distributor:
         event.sale_price.CopyFrom(to_proto(price, self._currency))
         event.price_audit.CopyFrom((audit or PriceAudit(amount=price)).to_proto())
         if step.capped:
-            refusal = await self._router.reserve_step(run.facts, stage.index, step, price)
+            held, run.held = run.held, None
+            if held is not None and held.scope == step_scope(stage.index, step.index):
+                refusal = held.refusal  # reserved with the admission, at this quoted price
+            else:
+                refusal = await self._router.reserve_step(run.facts, stage.index, step, price)
             if refusal is not None:
                 event.outcome, event.reason = SKIP, refusal.reason
                 event.duration_ms = int((perf_counter() - started) * 1000)
@@ -205,7 +243,14 @@ class Distributor:
                 return "skip"
         event.outcome, event.reason = UNKNOWN, IN_FLIGHT
         await run.report.offering(event)
+        run.offers += 1
+        # From here the buyer may have the lead. Should this call be cut short before its answer
+        # (the gateway then records the offering as `unknown`), the settlement in `distribute`'s
+        # `finally` keeps the step's holds for ResolveStep (SPEC 8.1) instead of releasing them.
+        in_flight = SoldStep(stage.index, step.index, step.buyer_id, price)
+        run.unknown.append(in_flight)
         outcome = await self._deliver(event, offer, run)
+        run.unknown.remove(in_flight)
         sold = SoldStep(stage.index, step.index, step.buyer_id, from_proto(event.sale_price))
         if outcome in SOLD:
             run.sales.append(sold)  # its holds are committed with the lead's settlement

@@ -31,15 +31,20 @@ class SaleQuotes:
         self._peers = peers
         self._asked: dict[tuple[int, int], Quote] = {}
 
+    def known(self, stage_index: int, step: StepPlan) -> Quote | None:
+        """The step's quote when it needs no call: given with the purchase price, or zero."""
+        given = self._given.get((stage_index, step.index))
+        if given is not None:
+            return Quote(from_proto(given.price), PriceAudit.from_proto(given.audit))
+        return NO_PRICE if step.sale_pricing == "none" else None
+
     async def quote(self, stage_index: int, step: StepPlan, strict: bool = False) -> Quote | None:
         """The step's quote; None when its pricing service could not be asked (`strict`: the
         pricing call's error is raised instead)."""
+        known = self.known(stage_index, step)
+        if known is not None:
+            return known
         key = (stage_index, step.index)
-        given = self._given.get(key)
-        if given is not None:
-            return Quote(from_proto(given.price), PriceAudit.from_proto(given.audit))
-        if step.sale_pricing == "none":
-            return NO_PRICE
         found = self._asked.get(key)
         if found is None:
             found = await self._peers.quote(

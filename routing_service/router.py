@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from leadflow.wire import LeadData
@@ -25,6 +25,7 @@ from routing_service.routing import (
     LeftOut,
     Offer,
     RoutingPlan,
+    Screen,
     StagePlan,
     StepPlan,
     admission_hours,
@@ -34,6 +35,8 @@ from routing_service.routing import (
 )
 from routing_service.store import (
     DuplicateClaim,
+    FirstOffer,
+    HeldStep,
     Refusal,
     RoutingStore,
     SaleRecord,
@@ -70,6 +73,8 @@ class Admission:
     admitted: bool
     reason: str = ""
     check: str = ""  # hours | duplicates | caps
+    full: set[tuple[str, datetime]] | None = None  # the first stage's full cap windows
+    held: HeldStep | None = None  # the first offer's step, reserved with the admission
 
 
 @dataclass(frozen=True)
@@ -99,16 +104,41 @@ class Router:
         digest = duplicate_key(lead.fields, flow.duplicates.fields)
         return DuplicateClaim(flow.id, digest, flow.duplicates.reason) if digest else None
 
-    async def admit(self, flow: FlowPlan, facts: LeadFacts, purchase_price: Decimal) -> Admission:
-        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2)."""
+    async def admit(
+        self,
+        flow: FlowPlan,
+        facts: LeadFacts,
+        purchase_price: Decimal,
+        first_stage: Screen | None = None,
+        quotes: SaleQuotes | None = None,
+    ) -> Admission:
+        """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2).
+
+        With the first stage's screen, an admitted lead also learns which of its eligible steps'
+        caps are full (`Admission.full`, for `rank`) and, when the step it is offered first is
+        known without another round trip (a `priority` stage without ties, its price quoted),
+        has that step's caps reserved (`Admission.held`): all in admission's transaction."""
         reason = admission_hours(flow, facts)
         if reason is not None:
             return Admission(False, reason, "hours")
         lead = facts.lead
         claims = lead_claims(flow, facts, purchase_price)
-        refusal = await self._store.admit(lead.id, self._duplicate(flow, lead), claims, self._hold)
+        probe = self._probe(first_stage.eligible, facts) if first_stage is not None else {}
+        first_offer = None
+        if first_stage is not None and quotes is not None:
+            first_offer = self._first_offer(flow.stages[0], first_stage, probe, facts, quotes)
+        refusal, full, held = await self._store.admit_and_probe(
+            lead.id,
+            self._duplicate(flow, lead),
+            claims,
+            self._hold,
+            [c for cs in probe.values() for c in cs],
+            first_offer,
+        )
         if refusal is None:
-            return Admission(True)
+            if held is not None and held.refusal is not None and held.refusal.rule is not None:
+                metrics.CAP_REJECTIONS.labels(held.refusal.rule.scope).inc()
+            return Admission(True, full=full, held=held)
         if refusal.rule is not None:
             metrics.CAP_REJECTIONS.labels(refusal.rule.scope).inc()
         return Admission(False, refusal.reason, refusal.check)
@@ -122,26 +152,67 @@ class Router:
         sold_buyer_ids: Collection[str],
         purchase_price: Decimal,
         quotes: SaleQuotes,
+        screened: Screen | None = None,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> Ranking:
-        screened = screen(stage, facts, sold_buyer_ids)
-        skipped = screened.skipped
-        eligible, capped_out = await self._within_caps(screened.eligible, facts)
+        """The stage's offers in its strategy's order and its skipped steps. `screened` and
+        `full` are the stage's screen and full cap windows when admission already has them."""
+        if screened is None:
+            screened = screen(stage, facts, sold_buyer_ids)
+        skipped = list(screened.skipped)
+        eligible, capped_out = await self._within_caps(screened.eligible, facts, full)
         skipped += capped_out
         if not eligible:
             return Ranking(stage, [], skipped)
         offers, left_out = await self._order(stage, eligible, facts, purchase_price, quotes)
         return Ranking(stage, offers, skipped + left_out)
 
+    def _first_offer(
+        self,
+        stage: StagePlan,
+        screened: Screen,
+        probe: dict[int, list[Claim]],
+        facts: LeadFacts,
+        quotes: SaleQuotes,
+    ) -> FirstOffer | None:
+        """How admission's transaction picks the step the lead is offered first and its claims,
+        or None when that needs more than the caps' usage: another strategy, or priority ties
+        (last sales), or a price to ask a pricing service for."""
+        if stage.strategy != "priority" or has_priority_ties(screened.eligible):
+            return None
+
+        def pick(full: set[tuple[str, datetime]]) -> tuple[str, Sequence[Claim]] | None:
+            # Runs in the transaction (a worker thread on SQLite): pure, like `rank`'s choice.
+            room = [
+                step
+                for step in screened.eligible
+                if not any((c.rule.key, c.window) in full for c in probe.get(step.index, ()))
+            ]
+            if not room:
+                return None
+            step = by_priority(room)[0]
+            quote = quotes.known(stage.index, step)
+            if not step.caps or quote is None:
+                return None
+            return step_scope(stage.index, step.index), step_claims(step, facts, quote.price)
+
+        return pick
+
+    def _probe(self, steps: Sequence[StepPlan], facts: LeadFacts) -> dict[int, list[Claim]]:
+        """The claims to check for room, by step: what the lead would take of each step's caps."""
+        return {step.index: step_claims(step, facts, PROBE_AMOUNT) for step in steps if step.caps}
+
     async def _within_caps(
-        self, steps: list[StepPlan], facts: LeadFacts
+        self,
+        steps: list[StepPlan],
+        facts: LeadFacts,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> tuple[list[StepPlan], list[LeftOut]]:
-        claims: dict[int, list[Claim]] = {}
-        for step in steps:
-            if step.caps:
-                claims[step.index] = step_claims(step, facts, PROBE_AMOUNT)
+        claims = self._probe(steps, facts)
         if not any(claims.values()):
             return steps, []
-        full = await self._store.usage([c for cs in claims.values() for c in cs])
+        if full is None:
+            full = await self._store.usage([c for cs in claims.values() for c in cs])
         if not full:
             return steps, []
         eligible: list[StepPlan] = []

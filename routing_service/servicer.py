@@ -46,6 +46,13 @@ class StreamReport:
         if ack is grpc.aio.EOF or ack.acknowledged_id != event.id:
             raise GatewayGone(event.id)
 
+    async def flush(self) -> None:
+        if self._pending:
+            response = pb.DistributeLeadResponse()
+            response.recipients.extend(self._pending)
+            self._pending.clear()
+            await self._context.write(response)
+
     def last(self, outcome: str, reason: str) -> pb.DistributeLeadResponse:
         response = pb.DistributeLeadResponse(
             done=True, outcome=outcome_to_proto(outcome), reason=reason

@@ -71,19 +71,29 @@ def test_a_parsed_lead_survives_the_typed_wire_unchanged() -> None:
 def test_field_values_travel_typed_not_as_text() -> None:
     fields = parse_lead(SUBMITTED, {"opted_in": "boolean", "age": "number"})
     wire = _lead(fields).to_proto()
-    phone = wire.fields["phone_1"].field
+    by_name = {entry.name: entry.value for entry in wire.fields}
+    phone = by_name["phone_1"].field
     assert (phone.kind, phone.raw, phone.normal.text, phone.valid) == (
         "phone",
         "(512) 555-1234 x12",
         "5125551234x12",
         True,
     )
-    assert phone.components["area"].text == "512"
-    assert phone.components["country_calling_code"].integer == 1
-    assert wire.fields["opted_in"].field.normal.flag is True
-    assert wire.fields["age"].field.components["number"].integer == 31
-    assert wire.fields["home"].map.entries["owner"].field.kind == "string"
-    assert wire.fields["tags"].list.items[1].text == "b"
+    components = {entry.name: entry.value for entry in phone.components}
+    assert components["area"].text == "512"
+    assert components["country_calling_code"].integer == 1
+    assert by_name["opted_in"].field.normal.flag is True
+    assert by_name["home"].map.entries[0].value.field.kind == "string"
+    assert by_name["tags"].list.items[1].text == "b"
+
+
+def test_the_fields_keep_the_order_they_were_sent_in() -> None:
+    fields = parse_lead({"zeta": "1", "alpha": "2", "mid": {"z": "1", "a": "2"}})
+    wire = lead_pb2.Lead.FromString(_lead(fields).to_proto().SerializeToString())
+    read = LeadData.from_proto(wire).fields
+    assert list(read) == ["zeta", "alpha", "mid"]
+    assert list(read["mid"]) == ["z", "a"]
+    assert list(read["zeta"]) == list(fields["zeta"])  # the components too
 
 
 @pytest.mark.parametrize(
