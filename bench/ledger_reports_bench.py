@@ -27,7 +27,6 @@ import asyncpg
 import grpc
 
 from leadflow import reports
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2_grpc
 from ledger_service.config import Settings
 from ledger_service.journal import (
@@ -38,7 +37,7 @@ from ledger_service.journal import (
     revenue,
     vendor_payable,
 )
-from ledger_service.server import create_server
+from ledger_service.server import Deps, create_server
 from ledger_service.store import LedgerStore
 
 URL = os.environ.get("TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -351,8 +350,8 @@ async def main() -> None:
     print(f"{events:,} events ({counts['leads']:,} leads), {counts['postings']:,} postings")
 
     store = await LedgerStore.open(URL, SCHEMA)
-    service = ServiceSettings("", "", URL, "127.0.0.1", 0, None)
-    server, port, health = await create_server(Settings(service, SCHEMA), store)
+    running = await create_server(Settings(host="127.0.0.1", grpc_port=0), Deps(store))
+    port = running.port
     year = (YEAR, YEAR.replace(year=2026))
     march = (datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC))
     results: dict[str, float] = {}
@@ -382,7 +381,7 @@ async def main() -> None:
                 "vendors, whole year, over gRPC", lambda: stub.GetVendorReport(request, timeout=30)
             )
     finally:
-        await stop_server(server, health, grace=1)
+        await running.stop(1)
         await store.close()
     took = results["vendors year rpc"]
     verdict = "PASS" if took < 1.0 else "FAIL"

@@ -7,24 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge
-
+from delivery_service.metrics import CIRCUIT_OPENED, CIRCUIT_REFUSED, CIRCUIT_STATE
 from leadflow.config import CircuitBreakerSpec
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
-CIRCUIT_STATE = Gauge(
-    "leadflow_delivery_circuit_state",
-    "A buyer's delivery circuit: 0 closed, 1 open, 2 half-open (probing).",
-    ["buyer"],
-)
-CIRCUIT_REFUSED = Counter(
-    "leadflow_delivery_circuit_refused_total",
-    "Deliveries answered `error` without calling the buyer because its circuit was open.",
-    ["buyer"],
-)
-CIRCUIT_OPENED = Counter(
-    "leadflow_delivery_circuit_opened_total", "Times a buyer's circuit opened.", ["buyer"]
-)
 
 
 @dataclass

@@ -2,37 +2,39 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from typing import Annotated, ClassVar
 
+from pydantic import BeforeValidator
+
+from delivery_service.batches import Backoff
 from delivery_service.runner import RunnerSettings
-from leadflow.kit import ServiceSettings, env_int, env_number
+from leadflow.settings import Port, ServiceSettings, integer, number
 
-DEFAULT_PORT = 50053
-DEFAULT_METRICS_PORT = 50063
+Seconds = Annotated[float, BeforeValidator(number(0, 86_400))]
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(ServiceSettings):
     """Where to listen, the recent results that answer a retried DeliverLead, where the ledger
     is (for batch outcomes) and how the batch scheduler runs."""
 
-    service: ServiceSettings
-    recent_results: int = 10_000
-    grace_seconds: float = 10.0
-    ledger_address: str | None = None
+    grpc_port: Port = 50053
+    metrics_port: Port = 50063
+    delivery_recent_results: Annotated[int, BeforeValidator(integer(0, 10_000_000))] = 10_000
+    shutdown_grace_seconds: Annotated[float, BeforeValidator(number(0, 3600))] = 10.0
+    ledger_addr: str | None = None
     # Where routing is: recovery settles the caps of a late outcome there (SPEC 8.1).
-    routing_address: str | None = None
-    schema: str = "delivery"
-    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    routing_addr: str | None = None
+    delivery_tick_seconds: Seconds = 1.0
+    delivery_lease_seconds: Seconds = 60.0
+    delivery_retry_seconds: Seconds = 30.0
+    delivery_max_retry_seconds: Seconds = 900.0
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
-            recent_results=env_int("LEADFLOW_DELIVERY_RECENT_RESULTS", 10_000, 0, 10_000_000),
-            grace_seconds=env_number("LEADFLOW_SHUTDOWN_GRACE_SECONDS", 10, 0, 3600),
-            ledger_address=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
-            routing_address=os.environ.get("LEADFLOW_ROUTING_ADDR") or None,
-            runner=RunnerSettings.from_env(),
+    db_schema: ClassVar[str] = "delivery"
+
+    @property
+    def runner(self) -> RunnerSettings:
+        return RunnerSettings(
+            tick_seconds=self.delivery_tick_seconds,
+            lease_seconds=self.delivery_lease_seconds,
+            backoff=Backoff(self.delivery_retry_seconds, self.delivery_max_retry_seconds),
         )

@@ -29,3 +29,16 @@ OUTCOMES_UNREPORTED = Gauge(
     "leadflow_delivery_outcomes_unreported",
     "Batch outcomes the ledger has not taken yet (kept and retried until it does).",
 )
+CIRCUIT_STATE = Gauge(
+    "leadflow_delivery_circuit_state",
+    "A buyer's delivery circuit: 0 closed, 1 open, 2 half-open (probing).",
+    ["buyer"],
+)
+CIRCUIT_REFUSED = Counter(
+    "leadflow_delivery_circuit_refused_total",
+    "Deliveries answered `error` without calling the buyer because its circuit was open.",
+    ["buyer"],
+)
+CIRCUIT_OPENED = Counter(
+    "leadflow_delivery_circuit_opened_total", "Times a buyer's circuit opened.", ["buyer"]
+)

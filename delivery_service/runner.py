@@ -63,17 +63,6 @@ class RunnerSettings:
     lease_seconds: float = 60.0
     backoff: Backoff = field(default_factory=Backoff)
 
-    @classmethod
-    def from_env(cls) -> RunnerSettings:
-        return cls(
-            tick_seconds=kit.env_number("LEADFLOW_DELIVERY_TICK_SECONDS", 1, 0, 86_400),
-            lease_seconds=kit.env_number("LEADFLOW_DELIVERY_LEASE_SECONDS", 60, 0, 86_400),
-            backoff=Backoff(
-                base_seconds=kit.env_number("LEADFLOW_DELIVERY_RETRY_SECONDS", 30, 0, 86_400),
-                max_seconds=kit.env_number("LEADFLOW_DELIVERY_MAX_RETRY_SECONDS", 900, 0, 86_400),
-            ),
-        )
-
 
 def replica_id() -> str:
     """Who holds a lease: unique per process, readable in the batches table."""

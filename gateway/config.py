@@ -2,46 +2,43 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+from pydantic import BeforeValidator
 
 from gateway.clients import Addresses
-from gateway.http_server import DEFAULT_LIMITS, HttpLimits
-from leadflow.kit import ServiceSettings, env_int, env_number
+from gateway.http_server import HttpLimits
+from leadflow.settings import Port, ServiceSettings, number
 
-DEFAULT_PORT = 50055
-DEFAULT_METRICS_PORT = 50065
-DEFAULT_HTTP_PORT = 8080
+Timeout = Annotated[float, BeforeValidator(number(0.001, 3600))]
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    service: ServiceSettings
-    http_host: str
-    http_port: int
-    addresses: Addresses
-    schema: str = "gateway"
-    http_limits: HttpLimits = DEFAULT_LIMITS
+class Settings(ServiceSettings):
+    """The common settings, the HTTP front door, its request deadlines and where the four
+    services are."""
 
+    grpc_port: Port = 50055
+    metrics_port: Port = 50065
+    # None: LEADFLOW_HOST.
+    http_host: str | None = None
+    http_port: Port = 8080
+    http_header_timeout: Timeout = HttpLimits.header_timeout_s
+    http_body_timeout: Timeout = HttpLimits.body_timeout_s
+    pricing_addr: str = "127.0.0.1:50051"
+    routing_addr: str = "127.0.0.1:50052"
+    delivery_addr: str = "127.0.0.1:50053"
+    ledger_addr: str = "127.0.0.1:50054"
 
-def settings_from_env() -> GatewaySettings:
-    service = ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT)
-    return GatewaySettings(
-        service=service,
-        http_host=os.environ.get("LEADFLOW_HTTP_HOST", service.host),
-        http_port=env_int("LEADFLOW_HTTP_PORT", DEFAULT_HTTP_PORT),
-        addresses=Addresses(
-            pricing=os.environ.get("LEADFLOW_PRICING_ADDR", "127.0.0.1:50051"),
-            routing=os.environ.get("LEADFLOW_ROUTING_ADDR", "127.0.0.1:50052"),
-            delivery=os.environ.get("LEADFLOW_DELIVERY_ADDR", "127.0.0.1:50053"),
-            ledger=os.environ.get("LEADFLOW_LEDGER_ADDR", "127.0.0.1:50054"),
-        ),
-        http_limits=HttpLimits(
-            header_timeout_s=env_number(
-                "LEADFLOW_HTTP_HEADER_TIMEOUT", HttpLimits.header_timeout_s, 0.001, 3600
-            ),
-            body_timeout_s=env_number(
-                "LEADFLOW_HTTP_BODY_TIMEOUT", HttpLimits.body_timeout_s, 0.001, 3600
-            ),
-        ),
-    )
+    db_schema: ClassVar[str] = "gateway"
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        return (self.host if self.http_host is None else self.http_host), self.http_port
+
+    @property
+    def addresses(self) -> Addresses:
+        return Addresses(self.pricing_addr, self.routing_addr, self.delivery_addr, self.ledger_addr)
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.http_header_timeout, self.http_body_timeout)

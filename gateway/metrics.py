@@ -12,6 +12,9 @@ LEAD_SECONDS = Histogram(
     ["flow"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+RATE_LIMITED = Counter(
+    "leadflow_rate_limited_total", "Vendor requests refused with 429, by source.", ["source"]
+)
 
 
 def observe_lead(flow: str, source: str, outcome: str, seconds: float) -> None:

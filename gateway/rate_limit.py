@@ -7,13 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
+from gateway.metrics import RATE_LIMITED
 from leadflow.config import RateLimit
-
-RATE_LIMITED = Counter(
-    "leadflow_rate_limited_total", "Vendor requests refused with 429, by source.", ["source"]
-)
 
 
 @dataclass

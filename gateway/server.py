@@ -1,28 +1,28 @@
-"""gateway: build the gRPC and HTTP servers (create_server) and run them as a process (main)."""
+"""gateway: what it runs on (open_deps) and its gRPC and HTTP servers (create_server)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
 from aiohttp import web
-from grpc_health.v1 import health
 
 from gateway import access_log
 from gateway.access_log import AccessLogger
 from gateway.async_intake import WORKERS, AsyncIntake
 from gateway.clients import Downstream
-from gateway.config import settings_from_env
+from gateway.config import Settings
 from gateway.http_api import DRAINING_KEY, create_app
-from gateway.http_server import DEFAULT_LIMITS, GatewayRunner, HttpLimits
+from gateway.http_server import GatewayRunner
 from gateway.orchestrator import Orchestrator
 from gateway.outbox import LINGER_S, LedgerOutbox
 from gateway.rate_limit import RateLimiter
 from gateway.servicer import GatewayServicer
 from gateway.store import GatewayStore
 from leadflow import db, kit
-from leadflow.config import Config, load_config
+from leadflow.config import Config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
 # How long a stopping gateway keeps answering on its open HTTP connections (_drain_http).
@@ -31,18 +31,21 @@ SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
 
 @dataclass
-class RunningGateway:
-    server: grpc.aio.Server
-    port: int
-    health: health.aio.HealthServicer
+class RunningGateway(kit.Running):
+    """The gRPC and HTTP servers, and the background work that ends after them."""
+
     http: web.AppRunner
     http_port: int
     outbox: LedgerOutbox
     intake: AsyncIntake
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.grace if grace is None else grace
         await kit.stop_server(self.server, self.health, grace)
         await self.close(drain_s=min(grace, HTTP_DRAIN_S))
+
+    async def after_stop(self) -> None:
+        await self.close()
 
     async def close(self, drain_s: float = HTTP_DRAIN_S) -> None:
         """After the gRPC server stopped: the HTTP connections drain, requests in flight finish,
@@ -83,16 +86,22 @@ class Background:
     lease_s: float = 600.0
 
 
-async def create_server(
-    address: str,
-    http_host: str,
-    http_port: int,
-    config: Config,
-    downstream: Downstream,
-    store: GatewayStore,
-    background: Background = Background(),
-    http_limits: HttpLimits = DEFAULT_LIMITS,
-) -> RunningGateway:
+@dataclass(frozen=True)
+class Deps:
+    """The configuration, the four services' stubs and the gateway's store (the caller owns
+    them), and how the background work runs."""
+
+    config: Config
+    downstream: Downstream
+    store: GatewayStore
+    background: Background = Background()
+
+
+async def create_server(settings: Settings, deps: Deps) -> RunningGateway:
+    """Start the gRPC server on settings.address and the HTTP one on settings.http_address
+    (port 0 picks a free one), then the background work."""
+    config, downstream, store = deps.config, deps.downstream, deps.store
+    background, http_limits = deps.background, settings.http_limits
     outbox = LedgerOutbox(
         store,
         downstream,
@@ -116,7 +125,7 @@ async def create_server(
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
         servicer,
         SERVICE_NAME,
-        address,
+        settings.address,
     )
     app = create_app(
         config,
@@ -138,7 +147,7 @@ async def create_server(
         auto_decompress=False,
     )
     await runner.setup()
-    site = web.TCPSite(runner, http_host, http_port)
+    site = web.TCPSite(runner, *settings.http_address)
     try:
         await site.start()
     except OSError:  # the HTTP port is taken: stop the gRPC server before saying so
@@ -151,30 +160,18 @@ async def create_server(
     return RunningGateway(server, port, health_servicer, runner, bound, outbox, intake)
 
 
-async def main() -> None:
-    kit.bootstrap("gateway")
-    settings = settings_from_env()
-    config = load_config(settings.service.config_path)
-    url = db.database_url(settings.service.database_url, settings.service.data_dir, "gateway")
-    engine = db.create_engine(url, settings.schema)
-    store = GatewayStore(engine, settings.schema)
-    await store.create_schema()
-    downstream = Downstream(settings.addresses)
-    kit.serve_metrics(settings.service.metrics_port)
-    gateway = await create_server(
-        settings.service.address,
-        settings.http_host,
-        settings.http_port,
-        config,
-        downstream,
-        store,
-        http_limits=settings.http_limits,
-    )
-
-    async def close() -> None:
-        await gateway.close()
-        await downstream.close()
+@asynccontextmanager
+async def open_deps(settings: Settings, config: Config) -> AsyncIterator[Deps]:
+    url = db.database_url(settings.database_url, settings.data_dir, "gateway")
+    engine = db.create_engine(url, settings.db_schema)
+    store = GatewayStore(engine, settings.db_schema)
+    downstream = None
+    try:
+        await store.create_schema()
+        downstream = Downstream(settings.addresses)
+        yield Deps(config, downstream, store)
+    finally:
+        if downstream is not None:
+            await downstream.close()
         store.close()
         await engine.dispose()
-
-    await kit.run_until_terminated(gateway.server, gateway.health, on_stop=close)

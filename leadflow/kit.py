@@ -9,19 +9,18 @@ import functools
 import gc
 import inspect
 import logging
-import os
 import signal
 import sys
 from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import KW_ONLY, dataclass
 from time import perf_counter
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -32,46 +31,15 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram, start_http_server
 
-from leadflow import logs, tracing
+from leadflow import logs, metrics, tracing
 from leadflow.config import Config, ConfigError, load_config
 from leadflow.errors import InvalidField, RuleRefused
+from leadflow.settings import LogSettings, ServiceSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
-SERVER_STARTED = Counter(
-    "grpc_server_started_total",
-    "RPCs started on the server.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-)
-SERVER_HANDLED = Counter(
-    "grpc_server_handled_total",
-    "RPCs completed on the server, by code.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-SERVER_SECONDS = Histogram(
-    "grpc_server_handling_seconds",
-    "Server RPC latency.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-CLIENT_STARTED = Counter(
-    "grpc_client_started_total",
-    "RPCs started by clients.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-)
-CLIENT_HANDLED = Counter(
-    "grpc_client_handled_total",
-    "RPCs completed by clients, by code.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-CLIENT_SECONDS = Histogram(
-    "grpc_client_handling_seconds",
-    "Client RPC latency.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-_SERVER_METRICS = (SERVER_STARTED, SERVER_HANDLED, SERVER_SECONDS)
-_CLIENT_METRICS = (CLIENT_STARTED, CLIENT_HANDLED, CLIENT_SECONDS)
+_SERVER_METRICS = (metrics.SERVER_STARTED, metrics.SERVER_HANDLED, metrics.SERVER_SECONDS)
+_CLIENT_METRICS = (metrics.CLIENT_STARTED, metrics.CLIENT_HANDLED, metrics.CLIENT_SECONDS)
 # Beyond ~1000 concurrent streams on one channel gRPC core starts cancelling calls.
 MAX_IN_FLIGHT_PER_CHANNEL = 500
 # A lead with many recipients carries every attempt's request and response text: more than
@@ -472,18 +440,6 @@ async def start_service(
     )
 
 
-def close_after_stop(
-    server: grpc.aio.Server, close: Callable[[], Awaitable[None]]
-) -> asyncio.Task[None]:
-    """Release what a server owns (an HTTP session, say) once it has stopped; keep the task."""
-
-    async def wait_then_close() -> None:
-        await server.wait_for_termination()
-        await close()
-
-    return asyncio.create_task(wait_then_close())
-
-
 async def stop_server(
     server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float = 10.0
 ) -> None:
@@ -501,12 +457,26 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def run_until_terminated(
-    server: grpc.aio.Server,
-    health_servicer: health.aio.HealthServicer,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-    grace: float = 10.0,
-) -> None:
+@dataclass
+class Running:
+    """A started service, what every create_server returns: its gRPC server, the port it bound,
+    its health service, and (in a subclass's after_stop) what it owns and releases once stopped."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    _: KW_ONLY
+    grace: float = 10.0
+
+    async def after_stop(self) -> None:
+        """Release what the service owns; the server takes no more calls."""
+
+    async def stop(self, grace: float | None = None) -> None:
+        await stop_server(self.server, self.health, self.grace if grace is None else grace)
+        await self.after_stop()
+
+
+async def run_until_terminated(running: Running) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     freeze_startup_heap()
     stop = asyncio.Event()
@@ -514,75 +484,59 @@ async def run_until_terminated(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: finishing in-flight calls (grace %.0fs)", grace)
-    await stop_server(server, health_servicer, grace)
-    if on_stop is not None:
-        await on_stop()
+    log.info("stopping: finishing in-flight calls (grace %.0fs)", running.grace)
+    await running.stop()
 
 
-class SettingsError(ValueError):
-    """An environment variable a service cannot use; main() refuses to start (exit 2)."""
+def bootstrap(service: str, settings: LogSettings) -> None:
+    """First thing in a process's main(): logging as `settings` say and, when the OTEL_*
+    variables ask for it, tracing, under `service` (its directory name)."""
+    logs.configure(service, settings.log_format, settings.log_level)
+    # Alembic narrates every upgrade step at INFO; a starting service says only what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if tracing.setup(service):
+        log.info("tracing on: spans of %s are exported", service)
 
 
-def env_number(name: str, default: float, minimum: float, maximum: float) -> float:
-    """A number from the environment within [minimum, maximum], else SettingsError naming it."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not minimum <= value <= maximum:  # NaN fails too
-        raise SettingsError(
-            f"{name} must be a number from {minimum:g} to {maximum:g}, not {text!r}"
-        )
-    return value
+S = TypeVar("S", bound=ServiceSettings)
+D = TypeVar("D")
+# What a service runs on besides its settings (a store, peers' channels), opened before its
+# server starts and closed after it stopped.
+OpenDeps = Callable[[S, Config], AbstractAsyncContextManager[D]]
+CreateServer = Callable[[S, D], Awaitable[Running]]
 
 
-def env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535) -> int:
-    """An integer from the environment (a port by default), else SettingsError naming it."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be an integer from {minimum} to {maximum}, not {text!r}")
-    return value
+async def main(
+    service: str, settings: S, open_deps: OpenDeps[S, D], create_server: CreateServer[S, D]
+) -> None:
+    """Every service's main(): logging and tracing, the configuration, the service's
+    dependencies, then its server until SIGTERM."""
+    bootstrap(service, settings)
+    config = load_config(settings.config_path)
+    async with open_deps(settings, config) as deps:
+        serve_metrics(settings.metrics_port or None)
+        running = await create_server(settings, deps)
+        log.info("%s listening on %s:%d", service, settings.host, running.port)
+        await run_until_terminated(running)
 
 
-def _database_url() -> str | None:
-    """LEADFLOW_DATABASE_URL, refused at start when it is not one the services can use."""
-    text = os.environ.get("LEADFLOW_DATABASE_URL") or None
-    if text is None:
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(text)
-    except ArgumentError:
-        url = None
-    if url is None or url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
-        # Never the URL itself in the message: it may hold a password.
-        raise SettingsError(
-            "LEADFLOW_DATABASE_URL must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL"
-        )
-    return text
-
-
-def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> None:
-    """`python -m <service>`: run main(); a bad configuration or environment is one line on
-    stderr and exit code 2 (as a supervisor or Kubernetes shows it), never a traceback."""
+def run_main(
+    service: str,
+    settings_class: type[S],
+    open_deps: OpenDeps[S, D],
+    create_server: CreateServer[S, D],
+) -> None:
+    """`python -m <service>`: read the settings, then run main(); a bad configuration or
+    environment is one line on stderr and exit code 2 (as a supervisor or Kubernetes shows it),
+    never a traceback."""
     import uvloop
 
+    path = "leadflow.yaml"
     try:
-        uvloop.run(main())
+        settings = settings_class.from_env()
+        path = settings.config_path
+        uvloop.run(main(service, settings, open_deps, create_server))
     except ConfigError as exc:
-        path = os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml")
         count = len(exc.problems)
         listed = "; ".join(" ".join(str(problem).split()) for problem in exc.problems)
         print(
@@ -599,63 +553,6 @@ def run_main(main: Callable[[], Coroutine[Any, Any, None]], service: str) -> Non
             raise
         print(f"{service}: {exc.strerror} (LEADFLOW_HOST and the port settings)", file=sys.stderr)
         sys.exit(2)
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What every service reads from its environment, once, in main()."""
-
-    config_path: str
-    data_dir: str
-    database_url: str | None
-    host: str
-    port: int
-    metrics_port: int | None
-
-    @classmethod
-    def from_env(cls, default_port: int, default_metrics_port: int) -> ServiceSettings:
-        metrics = env_int("LEADFLOW_METRICS_PORT", default_metrics_port)
-        return cls(
-            config_path=os.environ.get("LEADFLOW_CONFIG", "leadflow.yaml"),
-            data_dir=os.environ.get("LEADFLOW_DATA_DIR", "data"),
-            database_url=_database_url(),
-            host=os.environ.get("LEADFLOW_HOST", "0.0.0.0"),
-            port=env_int("LEADFLOW_GRPC_PORT", default_port),
-            metrics_port=metrics or None,
-        )
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def bootstrap(service: str) -> None:
-    """First thing in a service's main(): logging (LEADFLOW_LOG_FORMAT, LEADFLOW_LOG_LEVEL) and,
-    when the OTEL_* variables ask for it, tracing, under `service` (its directory name). A bad
-    setting is a SettingsError (one line, exit 2)."""
-    problem = logs.settings_problem()
-    if problem:
-        raise SettingsError(problem)
-    logs.configure(service)
-    # Alembic narrates every upgrade step at INFO; a starting service says only what matters.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if tracing.setup(service):
-        log.info("tracing on: spans of %s are exported", service)
-
-
-async def run_config_service(
-    service: str,
-    settings: ServiceSettings,
-    create_server: Callable[
-        [str, Config], Awaitable[tuple[grpc.aio.Server, int, health.aio.HealthServicer]]
-    ],
-) -> None:
-    """main() of a service that needs only the configuration: serve until SIGTERM."""
-    bootstrap(service)
-    config = load_config(settings.config_path)
-    serve_metrics(settings.metrics_port)
-    server, _, health_servicer = await create_server(settings.address, config)
-    await run_until_terminated(server, health_servicer)
 
 
 def serve_metrics(port: int | None) -> None:

@@ -10,7 +10,6 @@ imports nothing of OpenTelemetry.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TextIO
 
-FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 LEAD_ID: ContextVar[str | None] = ContextVar("leadflow_lead_id", default=None)
@@ -79,26 +77,6 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-def settings_problem(environ: dict[str, str] | None = None) -> str | None:
-    """What is wrong with LEADFLOW_LOG_FORMAT or LEADFLOW_LOG_LEVEL, as one line, or None: a
-    process refuses to start on it rather than log in a way a collector cannot read."""
-    env = environ if environ is not None else dict(os.environ)
-    value = env.get("LEADFLOW_LOG_FORMAT", "text").strip().lower() or "text"
-    if value not in FORMATS:
-        return f"LEADFLOW_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {value!r}"
-    level = env.get("LEADFLOW_LOG_LEVEL", "INFO").upper()
-    if not isinstance(logging.getLevelName(level), int):
-        return f"LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
-    return None
-
-
-def log_format(environ: dict[str, str] | None = None) -> str:
-    """LEADFLOW_LOG_FORMAT (checked by settings_problem before logging is configured)."""
-    value = (environ if environ is not None else os.environ).get("LEADFLOW_LOG_FORMAT", "text")
-    value = value.strip().lower() or "text"
-    return value if value in FORMATS else "text"
-
-
 def make_handler(service: str, fmt: str, stream: TextIO) -> logging.Handler:
     """A handler writing `service`'s records to `stream` in `fmt` (text or json)."""
     handler = logging.StreamHandler(stream)
@@ -107,15 +85,15 @@ def make_handler(service: str, fmt: str, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def configure(service: str, environ: dict[str, str] | None = None) -> None:
-    """The process's one handler on stderr, in LEADFLOW_LOG_FORMAT, at LEADFLOW_LOG_LEVEL."""
-    env = environ if environ is not None else dict(os.environ)
-    handler = make_handler(service, log_format(env), sys.stderr)
+def configure(service: str, fmt: str = "text", level: str = "INFO") -> None:
+    """The process's one handler on stderr, in `fmt` (text or json), at `level` (as LogSettings
+    read them from LEADFLOW_LOG_FORMAT and LEADFLOW_LOG_LEVEL)."""
+    handler = make_handler(service, fmt, sys.stderr)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(env.get("LEADFLOW_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     # Warnings and a crash's traceback go through the handler too, so that in JSON every line
     # a service writes is one object.
     logging.captureWarnings(True)

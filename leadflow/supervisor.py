@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from leadflow import logs
+from leadflow.settings import LogSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,13 @@ class LineRelay:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], ready_url: str) -> None:
+    def __init__(self, children: list[Child], ready_url: str, json_logs: bool = False) -> None:
         self._children = children
         self._ready_url = ready_url
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         self._exit_code = 0
-        self._json_logs = logs.log_format() == "json"
+        self._json_logs = json_logs
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -261,11 +262,13 @@ class Supervisor:
 
 
 async def up(config: Path, data_dir: Path, http_port: int, port_base: int) -> int:
-    problem = logs.settings_problem()
-    if problem:
+    try:
+        settings = LogSettings.from_env()
+    except SettingsError as exc:
         # The same one line and exit code a service gives, before any child starts.
-        print(f"leadflow: {problem}", file=sys.stderr)
+        print(f"leadflow: {exc}", file=sys.stderr)
         return REFUSED
-    logs.configure("leadflow")
+    logs.configure("leadflow", settings.log_format, settings.log_level)
     children = plan(config, data_dir, http_port, port_base)
-    return await Supervisor(children, f"http://127.0.0.1:{http_port}/healthz").run()
+    ready_url = f"http://127.0.0.1:{http_port}/healthz"
+    return await Supervisor(children, ready_url, settings.log_format == "json").run()

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
-from leadflow.kit import ServiceSettings
-
-DEFAULT_PORT = 50054
-DEFAULT_METRICS_PORT = 50064
+from leadflow.settings import Port, ServiceSettings
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The common service settings plus the PostgreSQL schema the ledger owns."""
+class Settings(ServiceSettings):
+    """The common service settings; the ledger owns the `ledger` PostgreSQL schema."""
 
-    service: ServiceSettings
-    schema: str = "ledger"
+    grpc_port: Port = 50054
+    metrics_port: Port = 50064
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT))
-
-    @property
-    def address(self) -> str:
-        return self.service.address
+    db_schema: ClassVar[str] = "ledger"

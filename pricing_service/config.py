@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from leadflow.kit import ServiceSettings
-
-DEFAULT_PORT = 50051
-DEFAULT_METRICS_PORT = 50061
+from leadflow.settings import Port, ServiceSettings
 
 
-def settings_from_env() -> ServiceSettings:
-    return ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT)
+class Settings(ServiceSettings):
+    """The common service settings, with pricing's ports."""
+
+    grpc_port: Port = 50051
+    metrics_port: Port = 50061

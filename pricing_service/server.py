@@ -1,15 +1,17 @@
-"""pricing_service: build the server (create_server) and run it as a process (main)."""
+"""pricing_service: what it runs on (open_deps) and its server (create_server)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
 import aiohttp
-import grpc
-from grpc_health.v1 import health
 
 from leadflow import kit
 from leadflow.config import Config
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
-from pricing_service.config import settings_from_env
+from pricing_service.config import Settings
 from pricing_service.pricing import Pricer
 from pricing_service.servicer import PricingServicer
 from pricing_service.services import PricingServiceClient
@@ -19,27 +21,43 @@ SERVICE_NAME = pricing_service_pb2.DESCRIPTOR.services_by_name["PricingService"]
 CONNECTIONS = 200
 
 
-async def create_server(
-    address: str, config: Config
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+@dataclass(frozen=True)
+class Deps:
+    """The configuration: pricing keeps no state of its own."""
+
+    config: Config
+
+
+@dataclass
+class RunningPricing(kit.Running):
     """The server owns its HTTP session for pricing services and closes it once stopped."""
+
+    session: aiohttp.ClientSession | None = None
+
+    async def after_stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+async def create_server(settings: Settings, deps: Deps) -> RunningPricing:
+    """Start pricing on settings.address (port 0 picks a free one)."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=CONNECTIONS), cookie_jar=aiohttp.DummyCookieJar()
     )
     try:
-        servicer = PricingServicer(config, Pricer(config, PricingServiceClient(session)))
-        server, port, health_servicer = await kit.start_service(
+        servicer = PricingServicer(deps.config, Pricer(deps.config, PricingServiceClient(session)))
+        server, port, health = await kit.start_service(
             pricing_service_pb2_grpc.add_PricingServiceServicer_to_server,
             servicer,
             SERVICE_NAME,
-            address,
+            settings.address,
         )
     except BaseException:
         await session.close()
         raise
-    servicer.closer = kit.close_after_stop(server, session.close)
-    return server, port, health_servicer
+    return RunningPricing(server, port, health, session=session)
 
 
-async def main() -> None:
-    await kit.run_config_service("pricing_service", settings_from_env(), create_server)
+@asynccontextmanager
+async def open_deps(settings: Settings, config: Config) -> AsyncIterator[Deps]:
+    yield Deps(config)

@@ -2,38 +2,36 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated, ClassVar
 
-from leadflow.kit import ServiceSettings, env_number
+from pydantic import BeforeValidator
+
+from leadflow.settings import Port, ServiceSettings, number
 from routing_service.peers import STATS_TTL_S, Addresses
 from routing_service.router import DEFAULT_HOLD
 
-DEFAULT_PORT = 50052
-DEFAULT_METRICS_PORT = 50062
+Seconds = Annotated[float, BeforeValidator(number(0, 86_400))]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The common settings, routing's schema, its peers and how long a reservation lives."""
+class Settings(ServiceSettings):
+    """The common settings, routing's peers, how long a reservation lives and how long peers'
+    statistics are reused."""
 
-    service: ServiceSettings
-    peers: Addresses
-    schema: str = "routing"
-    hold: timedelta = DEFAULT_HOLD
-    stats_ttl_s: float = STATS_TTL_S
+    grpc_port: Port = 50052
+    metrics_port: Port = 50062
+    pricing_addr: str | None = None
+    delivery_addr: str | None = None
+    ledger_addr: str | None = None
+    routing_hold_seconds: Seconds = DEFAULT_HOLD.total_seconds()
+    routing_stats_seconds: Seconds = STATS_TTL_S
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        hold = env_number("LEADFLOW_ROUTING_HOLD_SECONDS", DEFAULT_HOLD.total_seconds(), 0, 86_400)
-        return cls(
-            service=ServiceSettings.from_env(DEFAULT_PORT, DEFAULT_METRICS_PORT),
-            peers=Addresses(
-                pricing=os.environ.get("LEADFLOW_PRICING_ADDR") or None,
-                delivery=os.environ.get("LEADFLOW_DELIVERY_ADDR") or None,
-                ledger=os.environ.get("LEADFLOW_LEDGER_ADDR") or None,
-            ),
-            hold=timedelta(seconds=hold),
-            stats_ttl_s=env_number("LEADFLOW_ROUTING_STATS_SECONDS", STATS_TTL_S, 0, 86_400),
-        )
+    db_schema: ClassVar[str] = "routing"
+
+    @property
+    def peers(self) -> Addresses:
+        return Addresses(self.pricing_addr, self.delivery_addr, self.ledger_addr)
+
+    @property
+    def hold(self) -> timedelta:
+        return timedelta(seconds=self.routing_hold_seconds)

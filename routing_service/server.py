@@ -1,23 +1,23 @@
-"""routing_service: build the server (create_server) and run it as a process (main)."""
+"""routing_service: what it runs on (open_deps) and its server (create_server)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-import grpc
-from grpc_health.v1 import health
 from sqlalchemy.exc import SQLAlchemyError
 
 from leadflow import db, kit
-from leadflow.config import Config, load_config
+from leadflow.config import Config
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from routing_service.config import Settings
 from routing_service.distribution import Distributor
 from routing_service.peers import Peers
-from routing_service.router import DEFAULT_HOLD, Router
+from routing_service.router import Router
 from routing_service.routing import RoutingPlan
 from routing_service.servicer import RoutingServicer
 from routing_service.store import RoutingStore
@@ -28,21 +28,25 @@ SERVICE_NAME = routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"]
 PURGE_EVERY_S = 600.0
 
 
-async def create_server(
-    address: str,
-    config: Config,
-    store: RoutingStore,
-    peers: Peers,
-    hold: timedelta = DEFAULT_HOLD,
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start routing on `address` (port 0 picks a free one); the caller owns store and peers."""
-    router = Router(RoutingPlan(config), store, peers, hold)
-    return await kit.start_service(
+@dataclass(frozen=True)
+class Deps:
+    """The configuration, the store and the peers' channels (the caller owns store and peers)."""
+
+    config: Config
+    store: RoutingStore
+    peers: Peers
+
+
+async def create_server(settings: Settings, deps: Deps) -> kit.Running:
+    """Start routing on settings.address (port 0 picks a free one)."""
+    router = Router(RoutingPlan(deps.config), deps.store, deps.peers, settings.hold)
+    server, port, health = await kit.start_service(
         routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
-        RoutingServicer(router, Distributor(router, config)),
+        RoutingServicer(router, Distributor(router, deps.config)),
         SERVICE_NAME,
-        address,
+        settings.address,
     )
+    return kit.Running(server, port, health)
 
 
 async def purge_forever(store: RoutingStore, every_s: float = PURGE_EVERY_S) -> None:
@@ -55,21 +59,15 @@ async def purge_forever(store: RoutingStore, every_s: float = PURGE_EVERY_S) -> 
             log.warning("routing purge failed: %s", exc)
 
 
-async def main() -> None:
-    kit.bootstrap("routing_service")
-    settings = Settings.from_env()
-    config = load_config(settings.service.config_path)  # kit.run_main reports a ConfigError
-    url = db.database_url(settings.service.database_url, settings.service.data_dir, "routing")
-    store = await RoutingStore.open(url, settings.schema)
-    peers = Peers(settings.peers, settings.stats_ttl_s)
+@contextlib.asynccontextmanager
+async def open_deps(settings: Settings, config: Config) -> AsyncIterator[Deps]:
+    """The store and the peers, and the store's housekeeping while they are open."""
+    url = db.database_url(settings.database_url, settings.data_dir, "routing")
+    store = await RoutingStore.open(url, settings.db_schema)
+    peers = Peers(settings.peers, settings.routing_stats_seconds)
     purge = asyncio.create_task(purge_forever(store))
     try:
-        kit.serve_metrics(settings.service.metrics_port)
-        server, port, health_servicer = await create_server(
-            settings.service.address, config, store, peers, settings.hold
-        )
-        log.info("routing_service listening on port %d", port)
-        await kit.run_until_terminated(server, health_servicer)
+        yield Deps(config, store, peers)
     finally:
         purge.cancel()
         with contextlib.suppress(asyncio.CancelledError):

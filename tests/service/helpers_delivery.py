@@ -11,31 +11,27 @@ from typing import Any
 import grpc
 
 from delivery_service.config import Settings
-from delivery_service.server import create_server
+from delivery_service.server import Deps, create_server
 from leadflow.config import Config
 from leadflow.delivery.v1 import delivery_service_pb2 as pb
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.wire import LeadData, to_proto
 
 
 def delivery_settings() -> Settings:
-    service = ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
-    )
-    return Settings(service=service)
+    return Settings(host="127.0.0.1", grpc_port=0)
 
 
 @asynccontextmanager
 async def running_delivery(config: Config) -> AsyncIterator[pb_grpc.DeliveryServiceStub]:
     """The real server on a free port (its own HTTP session) and a stub on a real channel."""
-    server, port, health = await create_server(delivery_settings(), config)
+    running = await create_server(delivery_settings(), Deps(config))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield pb_grpc.DeliveryServiceStub(channel)
     finally:
-        await stop_server(server, health, grace=1)
+        await running.stop(1)
 
 
 LEAD_FIELDS = {

@@ -9,25 +9,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import grpc
 import orjson
 from aiohttp import web
 
 from delivery_service import server as delivery_server
 from delivery_service.config import Settings as DeliverySettings
 from gateway.clients import Addresses, Downstream
+from gateway.config import Settings as GatewaySettings
 from gateway.http_server import DEFAULT_LIMITS, HttpLimits
 from gateway.server import Background, RunningGateway
+from gateway.server import Deps as GatewayDeps
 from gateway.server import create_server as create_gateway
 from gateway.store import GatewayStore
-from leadflow import db
+from leadflow import db, kit
 from leadflow.config import Config, parse_config
-from leadflow.kit import ServiceSettings
 from ledger_service import server as ledger_server
 from ledger_service.config import Settings as LedgerSettings
 from ledger_service.store import LedgerStore
 from pricing_service import server as pricing_server
+from pricing_service.config import Settings as PricingSettings
 from routing_service import server as routing_server
+from routing_service.config import Settings as RoutingSettings
 from routing_service.peers import Addresses as RoutingAddresses
 from routing_service.peers import Peers as RoutingPeers
 from routing_service.store import RoutingStore
@@ -82,22 +84,21 @@ class Ledger:
 
     database: Database
     port: int = 0
-    server: grpc.aio.Server | None = None
+    running: kit.Running | None = None
     store: LedgerStore | None = None
 
     async def start(self) -> None:
         self.store = await LedgerStore.open(self.database.url, self.database.schema)
-        settings = LedgerSettings(
-            service=service_settings(f"127.0.0.1:{self.port}"), schema=self.database.schema
-        )
-        self.server, self.port, _ = await ledger_server.create_server(settings, self.store)
+        settings = LedgerSettings(host="127.0.0.1", grpc_port=self.port)
+        self.running = await ledger_server.create_server(settings, ledger_server.Deps(self.store))
+        self.port = self.running.port
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(None)
+        if self.running is not None:
+            await self.running.stop(0)
         if self.store is not None:
             await self.store.close()
-        self.server = self.store = None
+        self.running = self.store = None
 
 
 @dataclass
@@ -111,12 +112,13 @@ class InProcessSuite:
     gateway: RunningGateway
     store: GatewayStore
     downstream: Downstream
+    settings: GatewaySettings
 
     async def restart_gateway(self, background: Background = DEFAULTS) -> None:
         """Stop the gateway and start another on the same database (another HTTP port)."""
         await self.gateway.stop(0)
         self.gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, self.config, self.downstream, self.store, background
+            self.settings, GatewayDeps(self.config, self.downstream, self.store, background)
         )
         self.base_url = f"http://127.0.0.1:{self.gateway.http_port}"
         self.grpc_target = f"127.0.0.1:{self.gateway.port}"
@@ -136,11 +138,8 @@ class InProcessSuite:
             return response.status, orjson.loads(await response.read())
 
 
-def service_settings(address: str = "127.0.0.1:0") -> ServiceSettings:
-    host, port = address.rsplit(":", 1)
-    return ServiceSettings(
-        config_path="", data_dir="", database_url=None, host=host, port=int(port), metrics_port=None
-    )
+# Every server of the suite listens on a free port of the loopback interface.
+LOCAL: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0}
 
 
 @asynccontextmanager
@@ -163,12 +162,16 @@ async def in_process_suite(
         config = parse_config(config_text.format(admin=ADMIN, key=KEY, url=url), {})
 
         ports = {}
-        server, ports["pricing"], _ = await pricing_server.create_server("127.0.0.1:0", config)
-        stack.push_async_callback(server.stop, None)
-        server, ports["delivery"], _ = await delivery_server.create_server(
-            DeliverySettings(service=service_settings()), config
+        pricing = await pricing_server.create_server(
+            PricingSettings(**LOCAL), pricing_server.Deps(config)
         )
-        stack.push_async_callback(server.stop, None)
+        stack.push_async_callback(pricing.stop, 0)
+        ports["pricing"] = pricing.port
+        delivery = await delivery_server.create_server(
+            DeliverySettings(**LOCAL), delivery_server.Deps(config)
+        )
+        stack.push_async_callback(delivery.stop, 0)
+        ports["delivery"] = delivery.port
         routing_store = await RoutingStore.open(database.url, database.schema)
         stack.push_async_callback(routing_store.close)
         # Routing offers the leads: it calls delivery (and pricing for service quotes).
@@ -178,10 +181,11 @@ async def in_process_suite(
             )
         )
         stack.push_async_callback(peers.close)
-        server, ports["routing"], _ = await routing_server.create_server(
-            "127.0.0.1:0", config, routing_store, peers
+        routing = await routing_server.create_server(
+            RoutingSettings(**LOCAL), routing_server.Deps(config, routing_store, peers)
         )
-        stack.push_async_callback(server.stop, None)
+        stack.push_async_callback(routing.stop, 0)
+        ports["routing"] = routing.port
         ledger = Ledger(database)
         await ledger.start()
         stack.push_async_callback(ledger.stop)
@@ -194,9 +198,13 @@ async def in_process_suite(
         await store.create_schema()
         downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
         stack.push_async_callback(downstream.close)
-        gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background, http_limits
+        settings = GatewaySettings(
+            **LOCAL,
+            http_port=0,
+            http_header_timeout=http_limits.header_timeout_s,
+            http_body_timeout=http_limits.body_timeout_s,
         )
+        gateway = await create_gateway(settings, GatewayDeps(config, downstream, store, background))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         running = InProcessSuite(
             http,
@@ -208,6 +216,7 @@ async def in_process_suite(
             gateway,
             store,
             downstream,
+            settings,
         )
         try:
             yield running

@@ -14,7 +14,6 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from leadflow.common.v1 import lead_pb2
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from leadflow.money import ZERO
@@ -22,7 +21,7 @@ from leadflow.wire import PriceAudit, fields_to_proto, to_proto
 from ledger_service.config import Settings
 from ledger_service.feedback import RETURN, FeedbackRequest, ReturnPolicy
 from ledger_service.ledger import DeliveryOutcome, Lead, LeadRecord, RecipientEvent, SourceEvent
-from ledger_service.server import create_server
+from ledger_service.server import Deps, create_server
 from ledger_service.store import LedgerStore
 
 if TYPE_CHECKING:
@@ -161,15 +160,7 @@ FIELDS = {
 
 
 def ledger_settings(database: Database) -> Settings:
-    service = ServiceSettings(
-        config_path="",
-        data_dir="",
-        database_url=database.url,
-        host="127.0.0.1",
-        port=0,
-        metrics_port=None,
-    )
-    return Settings(service=service, schema=database.schema)
+    return Settings(host="127.0.0.1", grpc_port=0, database_url=database.url)
 
 
 @asynccontextmanager
@@ -177,12 +168,12 @@ async def running_ledger(database: Database) -> AsyncIterator[Any]:
     """A real ledger server on a free port and a stub talking to it over a real channel."""
     store = await LedgerStore.open(database.url, database.schema)
     try:
-        server, port, health = await create_server(ledger_settings(database), store)
+        running = await create_server(ledger_settings(database), Deps(store))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 yield pb_grpc.LedgerServiceStub(channel)
         finally:
-            await stop_server(server, health, grace=1)
+            await running.stop(1)
     finally:
         await store.close()
 

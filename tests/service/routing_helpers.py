@@ -15,18 +15,21 @@ import grpc
 from aiohttp import web
 
 from delivery_service.config import Settings as DeliverySettings
+from delivery_service.server import Deps as DeliveryDeps
 from delivery_service.server import create_server as create_delivery
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, parse_config
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.pricing.v1 import pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
 from leadflow.wire import LeadData, PriceAudit, outcome_from_proto, to_proto
+from pricing_service.config import Settings as PricingSettings
+from pricing_service.server import Deps as PricingDeps
 from pricing_service.server import create_server as create_pricing
+from routing_service.config import Settings as RoutingSettings
 from routing_service.peers import Addresses, Peers
-from routing_service.server import create_server
+from routing_service.server import Deps, create_server
 from routing_service.store import RoutingStore
 from tests.conftest import Database
 
@@ -71,12 +74,6 @@ class Routing:
     pricing: pricing_service_pb2_grpc.PricingServiceStub | None = None  # when running
 
 
-def _settings() -> ServiceSettings:
-    return ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
-    )
-
-
 def closed_port() -> int:
     """A loopback port nothing listens on (a peer that is down)."""
     with socket.socket() as probe:
@@ -116,16 +113,18 @@ async def routing_suite(
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         config = parse_config(config_text.replace("URL", url), {})
 
-        delivery, delivery_port, delivery_health = await create_delivery(
-            DeliverySettings(service=_settings()), config
+        delivery = await create_delivery(
+            DeliverySettings(host="127.0.0.1", grpc_port=0), DeliveryDeps(config)
         )
-        stack.push_async_callback(stop_server, delivery, delivery_health, 1)
-        addresses = Addresses(delivery=f"127.0.0.1:{delivery_port}")
+        stack.push_async_callback(delivery.stop, 1)
+        addresses = Addresses(delivery=f"127.0.0.1:{delivery.port}")
         pricing_stub = None
         if pricing == "running":
-            server, port, health = await create_pricing("127.0.0.1:0", config)
-            stack.push_async_callback(stop_server, server, health, 1)
-            addresses = Addresses(delivery=addresses.delivery, pricing=f"127.0.0.1:{port}")
+            priced = await create_pricing(
+                PricingSettings(host="127.0.0.1", grpc_port=0), PricingDeps(config)
+            )
+            stack.push_async_callback(priced.stop, 1)
+            addresses = Addresses(delivery=addresses.delivery, pricing=f"127.0.0.1:{priced.port}")
             channel = grpc.aio.insecure_channel(addresses.pricing)
             stack.push_async_callback(channel.close)
             pricing_stub = pricing_service_pb2_grpc.PricingServiceStub(channel)
@@ -137,9 +136,11 @@ async def routing_suite(
         for store in opened:
             peers = Peers(addresses)
             stack.push_async_callback(peers.close)
-            server, port, health = await create_server("127.0.0.1:0", config, store, peers)
-            stack.push_async_callback(stop_server, server, health, 1)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            server = await create_server(
+                RoutingSettings(host="127.0.0.1", grpc_port=0), Deps(config, store, peers)
+            )
+            stack.push_async_callback(server.stop, 1)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
             stack.push_async_callback(channel.close)
             stubs.append(pb_grpc.RoutingServiceStub(channel))
         try:

@@ -16,21 +16,19 @@ import asyncssh
 import grpc
 import pytest
 
-from delivery_service.batches import Backoff
 from delivery_service.config import Settings
-from delivery_service.runner import RunnerSettings
-from delivery_service.server import DeliveryServer, start_delivery
+from delivery_service.server import DeliveryServer, Deps, create_server
 from delivery_service.store import DeliveryStore
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, parse_config
 from leadflow.delivery.v1 import delivery_service_pb2 as pb
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as ledger_pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
 from leadflow.wire import LeadData, from_proto, to_proto
 from ledger_service.config import Settings as LedgerSettings
+from ledger_service.server import Deps as LedgerDeps
 from ledger_service.server import create_server as create_ledger
 from ledger_service.store import LedgerStore
 from tests.conftest import Database
@@ -101,13 +99,16 @@ def _config(sftp: SftpServer, smtp: SmtpServer, good_key: str, key_file: Path) -
 
 
 def _settings(ledger_address: str | None = None) -> Settings:
-    service = ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
+    return Settings(
+        host="127.0.0.1",
+        grpc_port=0,
+        ledger_addr=ledger_address,
+        delivery_tick_seconds=0.05,
+        delivery_lease_seconds=1.0,
+        delivery_retry_seconds=1.0,
+        delivery_max_retry_seconds=2,
+        shutdown_grace_seconds=5,
     )
-    runner = RunnerSettings(
-        tick_seconds=0.05, lease_seconds=1.0, backoff=Backoff(base_seconds=1.0, max_seconds=2)
-    )
-    return Settings(service=service, ledger_address=ledger_address, runner=runner, grace_seconds=5)
 
 
 @dataclass
@@ -186,7 +187,7 @@ async def rig(
         ledger_address: str | None = None, cfg: Config | None = None
     ) -> tuple[DeliveryServer, pb_grpc.DeliveryServiceStub]:
         store = await DeliveryStore.open(database.url, database.schema)
-        server = await start_delivery(_settings(ledger_address), cfg or config, store)
+        server = await create_server(_settings(ledger_address), Deps(cfg or config, store))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         running.append((server, store, channel))
         return server, pb_grpc.DeliveryServiceStub(channel)
@@ -640,22 +641,12 @@ async def test_two_replicas_never_put_a_lead_in_two_files(rig: Rig) -> None:
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[tuple[str, ledger_grpc.LedgerServiceStub]]:
     store = await LedgerStore.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "ledger")
-    settings = LedgerSettings(
-        service=ServiceSettings(
-            config_path="",
-            data_dir="",
-            database_url=None,
-            host="127.0.0.1",
-            port=0,
-            metrics_port=None,
-        )
-    )
-    server, port, health = await create_ledger(settings, store)
+    running = await create_ledger(LedgerSettings(host="127.0.0.1", grpc_port=0), LedgerDeps(store))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield f"127.0.0.1:{port}", ledger_grpc.LedgerServiceStub(channel)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield f"127.0.0.1:{running.port}", ledger_grpc.LedgerServiceStub(channel)
     finally:
-        await stop_server(server, health, grace=1)
+        await running.stop(1)
         await store.close()
 
 

@@ -18,20 +18,20 @@ from aiohttp.test_utils import TestServer
 
 from delivery_service.attempts import Answer, SentAttempt
 from delivery_service.config import Settings
-from delivery_service.server import DeliveryServer, start_delivery
+from delivery_service.server import DeliveryServer, Deps, create_server
 from delivery_service.store import DeliveryStore
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import parse_config
 from leadflow.delivery.v1 import delivery_service_pb2 as pb
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from leadflow.fields import parse_lead
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as ledger_pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
 from leadflow.wire import LeadData, PriceAudit, to_proto
 from ledger_service.config import Settings as LedgerSettings
 from ledger_service.ledger import Lead as LedgerLead
 from ledger_service.ledger import LeadRecord, RecipientEvent, SourceEvent
+from ledger_service.server import Deps as LedgerDeps
 from ledger_service.server import create_server as create_ledger
 from ledger_service.store import LedgerStore
 
@@ -162,13 +162,13 @@ async def running(buyer: Buyer, database: Database) -> AsyncIterator[Running]:
     ledger_store = await LedgerStore.open(database.url, database.schema)
     for lead_id, buyer_id in (("L1", "idem"), ("L2", "plain"), ("L3", "plain"), ("L4", "plain")):
         await ledger_store.record(unknown_lead(lead_id, buyer_id))
-    service = ServiceSettings("", "", database.url, "127.0.0.1", 0, None)
-    ledger_server, ledger_port, ledger_health = await create_ledger(
-        LedgerSettings(service, database.schema), ledger_store
+    ledger = await create_ledger(
+        LedgerSettings(host="127.0.0.1", grpc_port=0), LedgerDeps(ledger_store)
     )
+    ledger_port = ledger.port
     store = await DeliveryStore.open(database.url, database.schema)
-    settings = Settings(service=service, ledger_address=f"127.0.0.1:{ledger_port}")
-    delivery = await start_delivery(settings, parse_config(config_text(buyer.url), {}), store)
+    settings = Settings(host="127.0.0.1", grpc_port=0, ledger_addr=f"127.0.0.1:{ledger_port}")
+    delivery = await create_server(settings, Deps(parse_config(config_text(buyer.url), {}), store))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{delivery.port}")
     ledger_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ledger_port}")
     try:
@@ -182,7 +182,7 @@ async def running(buyer: Buyer, database: Database) -> AsyncIterator[Running]:
         await channel.close()
         await ledger_channel.close()
         await delivery.stop(1)
-        await stop_server(ledger_server, ledger_health, grace=1)
+        await ledger.stop(1)
         await store.close()
         await ledger_store.close()
 

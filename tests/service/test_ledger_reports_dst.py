@@ -13,10 +13,9 @@ import pytest
 
 from leadflow import reports
 from leadflow.config import parse_config
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from ledger_service.config import Settings
-from ledger_service.server import create_server
+from ledger_service.server import Deps, create_server
 from ledger_service.store import LedgerStore
 from tests.service.helpers_ledger import sold_lead
 
@@ -57,13 +56,13 @@ async def ledger(database: Database) -> AsyncIterator[Any]:
     store = await LedgerStore.open(database.url, database.schema)
     for name, (at, _, _) in LEADS.items():
         await store.record(sold_lead(name, price=PRICES[name], sale="20.00", at=at))
-    service = ServiceSettings("", "", database.url, "127.0.0.1", 0, None)
-    server, port, health = await create_server(Settings(service, database.schema), store)
+    running = await create_server(Settings(host="127.0.0.1", grpc_port=0), Deps(store))
+    port = running.port
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield pb_grpc.LedgerServiceStub(channel)
     finally:
-        await stop_server(server, health, grace=1)
+        await running.stop(1)
         await store.close()
 
 

@@ -13,12 +13,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from leadflow.common.v1 import lead_pb2
-from leadflow.kit import ServiceSettings, stop_server
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from leadflow.wire import from_proto, to_proto
 from ledger_service.config import Settings
-from ledger_service.server import create_server
+from ledger_service.server import Deps, create_server
 from ledger_service.store import LedgerStore
 from tests.service.helpers_ledger import T0, lead_record, queued_lead, recipient, sold_lead
 
@@ -41,13 +40,13 @@ async def ledger(database: Database) -> AsyncIterator[Any]:
     await store.record(sold_lead("L1", buyer_id="acme"))
     await store.record(queued_lead("Q1"))
     await store.record(lead_record("N1", recipients=[recipient("N1-1", "acme", "failure")]))
-    service = ServiceSettings("", "", database.url, "127.0.0.1", 0, None)
-    server, port, health = await create_server(Settings(service, database.schema), store)
+    running = await create_server(Settings(host="127.0.0.1", grpc_port=0), Deps(store))
+    port = running.port
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield pb_grpc.LedgerServiceStub(channel)
     finally:
-        await stop_server(server, health, grace=1)
+        await running.stop(1)
         await store.close()
 
 

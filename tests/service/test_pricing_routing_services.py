@@ -18,8 +18,12 @@ from leadflow.fields import parse_lead
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2_grpc
 from leadflow.wire import LeadData, from_proto, to_proto
+from pricing_service.config import Settings as PricingSettings
+from pricing_service.server import Deps as Pricing
 from pricing_service.server import create_server as create_pricing
+from routing_service.config import Settings as RoutingSettings
 from routing_service.peers import Addresses, Peers
+from routing_service.server import Deps as Routing
 from routing_service.server import create_server as create_routing
 from routing_service.store import RoutingStore
 from tests.service.routing_helpers import distribute, skipped
@@ -77,19 +81,21 @@ def lead(state: str, flow: str = "auto", source: str = "vendor") -> LeadData:
 
 @pytest.fixture
 async def pricing(config: Config) -> AsyncIterator[pricing_service_pb2_grpc.PricingServiceStub]:
-    server, port, _ = await create_pricing("127.0.0.1:0", config)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    running = await create_pricing(PricingSettings(host="127.0.0.1", grpc_port=0), Pricing(config))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield pricing_service_pb2_grpc.PricingServiceStub(channel)
-    await server.stop(None)
+    await running.stop(0)
 
 
 @pytest.fixture
 async def routing_channel(config: Config, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     store = await RoutingStore.open(f"sqlite+aiosqlite:///{tmp_path / 'routing.db'}", "routing")
-    server, port, _ = await create_routing("127.0.0.1:0", config, store, Peers(Addresses()))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    running = await create_routing(
+        RoutingSettings(host="127.0.0.1", grpc_port=0), Routing(config, store, Peers(Addresses()))
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield channel
-    await server.stop(None)
+    await running.stop(0)
     await store.close()
 
 

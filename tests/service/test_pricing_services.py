@@ -20,10 +20,12 @@ from leadflow.config import parse_config
 from leadflow.fields import parse_lead
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.wire import LeadData, from_proto
-from pricing_service.server import create_server
+from pricing_service.config import Settings
+from pricing_service.server import Deps, create_server
 
 TIMEOUT_MS = 300
 FALLBACK = Decimal("4.25")
+LOCAL = Settings(host="127.0.0.1", grpc_port=0)
 
 
 class PricingServiceServer:
@@ -94,9 +96,9 @@ async def quote(
     text: str, override: str = ""
 ) -> tuple[pricing_service_pb2.QuotePurchasePriceResponse, float]:
     """A purchase quote through the real pricing server; the reply and how long it took."""
-    server, port, _ = await create_server("127.0.0.1:0", parse_config(text, {}))
+    running = await create_server(LOCAL, Deps(parse_config(text, {})))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pricing_service_pb2_grpc.PricingServiceStub(channel)
             request = pricing_service_pb2.QuotePurchasePriceRequest(
                 lead=LEAD.to_proto(), override_price_text=override
@@ -105,7 +107,7 @@ async def quote(
             reply = await stub.QuotePurchasePrice(request, timeout=10)
             return reply, perf_counter() - started
     finally:
-        await server.stop(None)
+        await running.stop(0)
 
 
 def service_block(url: str) -> str:
@@ -239,9 +241,9 @@ async def test_sale_service_is_sent_the_buyer_and_purchase_price(
         "{id: acme, name: Acme,",
         "{id: acme, name: Acme, pricing: {" + service_block(f"{service.url}/price-30") + "},",
     )
-    server, port, _ = await create_server("127.0.0.1:0", parse_config(text, {}))
+    running = await create_server(LOCAL, Deps(parse_config(text, {})))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pricing_service_pb2_grpc.PricingServiceStub(channel)
             reply = await stub.QuoteSalePrice(
                 pricing_service_pb2.QuoteSalePriceRequest(
@@ -253,7 +255,7 @@ async def test_sale_service_is_sent_the_buyer_and_purchase_price(
                 timeout=10,
             )
     finally:
-        await server.stop(None)
+        await running.stop(0)
     assert (from_proto(reply.price), reply.audit.layer) == (Decimal("30.00"), "buyer_service")
     [sent] = service.received
     assert sent["buyer"] == {"id": "acme", "name": "Acme"}

@@ -80,8 +80,8 @@ def _k8s(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def _ports(module: str) -> tuple[int, int]:
-    config = importlib.import_module(f"{module}.config")
-    return config.DEFAULT_PORT, config.DEFAULT_METRICS_PORT
+    fields = importlib.import_module(f"{module}.config").Settings.model_fields
+    return fields["grpc_port"].default, fields["metrics_port"].default
 
 
 def _dashboards() -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from leadflow import kit, logs, tracing
 from leadflow.delivery.v1 import delivery_service_pb2
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.routing.v1 import routing_service_pb2
+from leadflow.settings import LogSettings, SettingsError
 from leadflow.supervisor import LineRelay
 
 
@@ -98,19 +99,31 @@ def test_trace_ids_come_from_the_registered_getter(
     assert "trace_id" not in untraced
 
 
-def test_text_is_the_default_format() -> None:
-    assert logs.log_format({}) == "text"
-    assert logs.log_format({"LEADFLOW_LOG_FORMAT": "JSON"}) == "json"
+def test_text_is_the_default_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEADFLOW_LOG_FORMAT", raising=False)
+    assert LogSettings.from_env().log_format == "text"
+    monkeypatch.setenv("LEADFLOW_LOG_FORMAT", "JSON")
+    assert LogSettings.from_env().log_format == "json"
 
 
-def test_an_unknown_log_format_or_level_is_a_clear_problem() -> None:
-    assert logs.settings_problem({}) is None
-    assert logs.settings_problem({"LEADFLOW_LOG_FORMAT": "xml"}) == (
-        "LEADFLOW_LOG_FORMAT must be one of text, json, not 'xml'"
-    )
-    assert logs.settings_problem({"LEADFLOW_LOG_LEVEL": "loud"}) == (
-        "LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'LOUD'"
-    )
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("LEADFLOW_LOG_FORMAT", "xml", "LEADFLOW_LOG_FORMAT must be one of text, json, not 'xml'"),
+        (
+            "LEADFLOW_LOG_LEVEL",
+            "loud",
+            "LEADFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'LOUD'",
+        ),
+    ],
+)
+def test_an_unknown_log_format_or_level_is_a_clear_problem(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        LogSettings.from_env()
+    assert str(raised.value) == problem
 
 
 @pytest.mark.parametrize(
@@ -198,7 +211,8 @@ def test_with_tracing_off_a_service_imports_no_opentelemetry() -> None:
         "import sys\n"
         "from leadflow import kit, tracing\n"
         "import gateway.server\n"
-        "kit.bootstrap('gateway')\n"
+        "from leadflow.settings import LogSettings\n"
+        "kit.bootstrap('gateway', LogSettings.from_env())\n"
         "assert not tracing.enabled()\n"
         "assert tracing.server_interceptors() == [] and tracing.client_interceptors() == []\n"
         "loaded = [m for m in sys.modules if m.startswith('opentelemetry')]\n"
