@@ -136,7 +136,9 @@ async def test_a_failing_service_gives_the_fallback_within_its_timeout(
     audit = reply.audit
     assert (audit.layer, audit.fallback_used) == ("source_service", True)
     assert error in audit.service_error
-    assert elapsed < (TIMEOUT_MS + 50) / 1000, f"{behaviour} took {elapsed * 1000:.0f} ms"
+    # 100 ms of slack: a fresh channel, the reply, and a shared 2-core machine (a bare aiohttp
+    # request cut at 300 ms already ends 15-25 ms late here).
+    assert elapsed < (TIMEOUT_MS + 100) / 1000, f"{behaviour} took {elapsed * 1000:.0f} ms"
 
 
 async def test_a_service_price_is_used_with_its_status_and_latency(
