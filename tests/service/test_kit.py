@@ -96,3 +96,60 @@ async def test_graceful_stop_goes_not_serving_and_finishes_in_flight_calls() -> 
         await stopping
         with pytest.raises(grpc.aio.AioRpcError):
             await watcher.Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+async def test_client_metrics_count_failed_and_cancelled_calls_by_code() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+    server, port, _ = await kit.start_server(
+        [_registrar(release, started)], ["test.v1.KitService"], "127.0.0.1:0"
+    )
+    channel = kit.channel(f"127.0.0.1:{port}")
+    before = (
+        handled("Fail", "FailedPrecondition", "client"),
+        handled("Wait", "Canceled", "client"),
+    )
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await channel.unary_unary("/test.v1.KitService/Fail")(b"x", timeout=5)
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        waiting = asyncio.ensure_future(
+            channel.unary_unary("/test.v1.KitService/Wait")(b"x", timeout=5)
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        release.set()
+        await channel.close()
+        await server.stop(None)
+    after = (handled("Fail", "FailedPrecondition", "client"), handled("Wait", "Canceled", "client"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1]
+
+
+async def test_a_channel_bounds_its_calls_in_flight() -> None:
+    release = asyncio.Event()
+    server, port, _ = await kit.start_server(
+        [_registrar(release)], ["test.v1.KitService"], "127.0.0.1:0"
+    )
+    channel = kit.channel(f"127.0.0.1:{port}", max_in_flight=2)
+    wait = channel.unary_unary("/test.v1.KitService/Wait")
+    before = REGISTRY.get_sample_value(
+        "grpc_server_started_total",
+        {"grpc_type": "unary", "grpc_service": "test.v1.KitService", "grpc_method": "Wait"},
+    )
+    try:
+        calls = [asyncio.ensure_future(wait(str(i).encode(), timeout=10)) for i in range(3)]
+        await asyncio.sleep(0.3)  # time enough for all three to reach the server, were they sent
+        started = REGISTRY.get_sample_value(
+            "grpc_server_started_total",
+            {"grpc_type": "unary", "grpc_service": "test.v1.KitService", "grpc_method": "Wait"},
+        )
+        assert (started or 0) - (before or 0) == 2  # the third waits for a slot
+        release.set()
+        assert await asyncio.gather(*calls) == [b"0", b"1", b"2"]
+    finally:
+        release.set()
+        await channel.close()
+        await server.stop(None)
