@@ -46,11 +46,60 @@ def _rowcount(result: object) -> int:
     return int(result.rowcount)
 
 
+# An answer to its attempt's row (the delivery path's second write; built once).
+_UPDATE_ANSWER = (
+    update(HttpAttemptRow)
+    .where(HttpAttemptRow.event_id == bindparam("b_event_id"))
+    .values(
+        state=ANSWERED,
+        answer_time=bindparam("b_answer_time"),
+        next_try_time=bindparam("b_next_try_time"),
+        outcome=bindparam("b_outcome"),
+        reason=bindparam("b_reason"),
+        price_micros=bindparam("b_price_micros"),
+        attempts=bindparam("b_attempts"),
+    )
+)
+
+
+def _sent_row(item: SentAttempt) -> dict[str, object]:
+    return {
+        "event_id": item.event_id,
+        "buyer_id": item.buyer_id,
+        "lead_id": item.lead_id,
+        "request": item.request,
+        "state": SENT,
+        "send_time": item.send_time,
+        "next_try_time": item.orphan_time,
+        "outcome": "",
+        "reason": "",
+        "attempts": [],
+        "tries": 0,
+        "last_error": "",
+    }
+
+
+def _answer_row(answer: Answer) -> dict[str, object]:
+    return {
+        "b_event_id": answer.event_id,
+        "b_answer_time": answer.answer_time,
+        "b_next_try_time": answer.answer_time + ANSWER_GRACE,
+        "b_outcome": answer.outcome,
+        "b_reason": answer.reason,
+        "b_price_micros": None if answer.price is None else to_micros(answer.price),
+        "b_attempts": [attempt.to_json() for attempt in answer.attempts],
+    }
+
+
 class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._postgres = engine.dialect.name == "postgresql"
+        # Built once: the delivery path writes it for every lead.
+        self._insert_sent = (
+            (postgresql.insert if self._postgres else sqlite.insert)(HttpAttemptRow)
+        ).on_conflict_do_nothing(index_elements=["event_id"])
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
@@ -504,64 +553,32 @@ class DeliveryStore:
 
     async def record_sent(self, sent: Sequence[SentAttempt]) -> None:
         """Before their requests leave; a retried DeliverLead's row is already there."""
-        insert = (postgresql.insert if self._postgres else sqlite.insert)(HttpAttemptRow)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert.on_conflict_do_nothing(index_elements=["event_id"]),
-                [
-                    {
-                        "event_id": item.event_id,
-                        "buyer_id": item.buyer_id,
-                        "lead_id": item.lead_id,
-                        "request": item.request,
-                        "state": SENT,
-                        "send_time": item.send_time,
-                        "next_try_time": item.orphan_time,
-                        "outcome": "",
-                        "reason": "",
-                        "attempts": [],
-                        "tries": 0,
-                        "last_error": "",
-                    }
-                    for item in sent
-                ],
-            )
+        await self.write_attempts(sent, (), ())
 
     async def record_answers(self, answers: Sequence[Answer]) -> None:
         """The buyers' answers, before they are returned; looked at by recovery after a grace."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(HttpAttemptRow)
-                .where(HttpAttemptRow.event_id == bindparam("b_event_id"))
-                .values(
-                    state=ANSWERED,
-                    answer_time=bindparam("b_answer_time"),
-                    next_try_time=bindparam("b_next_try_time"),
-                    outcome=bindparam("b_outcome"),
-                    reason=bindparam("b_reason"),
-                    price_micros=bindparam("b_price_micros"),
-                    attempts=bindparam("b_attempts"),
-                ),
-                [
-                    {
-                        "b_event_id": a.event_id,
-                        "b_answer_time": a.answer_time,
-                        "b_next_try_time": a.answer_time + ANSWER_GRACE,
-                        "b_outcome": a.outcome,
-                        "b_reason": a.reason,
-                        "b_price_micros": None if a.price is None else to_micros(a.price),
-                        "b_attempts": [attempt.to_json() for attempt in a.attempts],
-                    }
-                    for a in answers
-                ],
-            )
+        await self.write_attempts((), answers, ())
 
     async def forget_attempts(self, event_ids: Sequence[str]) -> None:
         """Deliveries whose caller has their answer, or that recovery settled."""
+        await self.write_attempts((), (), event_ids)
+
+    async def write_attempts(
+        self, sent: Sequence[SentAttempt], answers: Sequence[Answer], forgotten: Sequence[str]
+    ) -> None:
+        """The delivery path's three writes in one transaction (one commit, one round of
+        aiosqlite's thread hops): new attempts, then answers, then rows no longer needed. An
+        attempt's answer and its deletion come after its own write has returned, so never
+        before it in the same call."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(HttpAttemptRow).where(HttpAttemptRow.event_id.in_(list(event_ids)))
-            )
+            if sent:
+                await conn.execute(self._insert_sent, [_sent_row(item) for item in sent])
+            if answers:
+                await conn.execute(_UPDATE_ANSWER, [_answer_row(answer) for answer in answers])
+            if forgotten:
+                await conn.execute(
+                    delete(HttpAttemptRow).where(HttpAttemptRow.event_id.in_(list(forgotten)))
+                )
 
     async def due_attempts(
         self, now: datetime, hold_until: datetime, limit: int
