@@ -566,10 +566,9 @@ class DeliveryStore:
     async def write_attempts(
         self, sent: Sequence[SentAttempt], answers: Sequence[Answer], forgotten: Sequence[str]
     ) -> None:
-        """The delivery path's three writes in one transaction (one commit, one round of
-        aiosqlite's thread hops): new attempts, then answers, then rows no longer needed. An
-        attempt's answer and its deletion come after its own write has returned, so never
-        before it in the same call."""
+        """The delivery path's three writes in one transaction (one commit): new attempts, then
+        answers, then rows no longer needed. An attempt's answer and its deletion come after
+        its own write has returned, so never before it in the same call."""
         async with self._engine.begin() as conn:
             if sent:
                 await conn.execute(self._insert_sent, [_sent_row(item) for item in sent])
