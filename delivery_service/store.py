@@ -61,6 +61,9 @@ _UPDATE_ANSWER = (
     )
 )
 
+# One statement for any number of rows: an IN list is compiled anew for each length.
+_DELETE_ATTEMPT = delete(HttpAttemptRow).where(HttpAttemptRow.event_id == bindparam("b_event_id"))
+
 
 def _sent_row(item: SentAttempt) -> dict[str, object]:
     return {
@@ -575,9 +578,7 @@ class DeliveryStore:
             if answers:
                 await conn.execute(_UPDATE_ANSWER, [_answer_row(answer) for answer in answers])
             if forgotten:
-                await conn.execute(
-                    delete(HttpAttemptRow).where(HttpAttemptRow.event_id.in_(list(forgotten)))
-                )
+                await conn.execute(_DELETE_ATTEMPT, [{"b_event_id": id_} for id_ in forgotten])
 
     async def due_attempts(
         self, now: datetime, hold_until: datetime, limit: int
