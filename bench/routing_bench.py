@@ -7,9 +7,10 @@ one of four zones and a criteria rule on a custom number field; leads vary by st
 score. Measured per lead, in this process: the lead's facts (rule context, place), the screen of
 every step (territory, hours, criteria, with a skip reason for each ineligible one) and the
 strategy's order, for `priority` and for `weighted` (with per-buyer sales counts in hand), and
-Router.rank itself (the RankStage code path without the gRPC hop; with no caps and no priority
-ties it reads nothing from the database), then the encoding of RankStage's answer (a skip record
-for every ineligible step). Prints CPU time per lead and wall-clock p50 and p99 microseconds.
+Router.rank itself (what DistributeLead does per stage, with the lead's facts and sale quotes;
+with no caps and no priority ties it reads nothing from the database), then the encoding of the
+DistributeLead message that carries the stage's skips (a recipient event for every ineligible
+step). Prints CPU time per lead and wall-clock p50 and p99 microseconds.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from time import perf_counter, process_time
 
 import orjson
 
+from leadflow.common.v1 import lead_pb2
 from leadflow.config import parse_config
 from leadflow.fields import parse_lead
+from leadflow.ledger.v1 import ledger_service_pb2
+from leadflow.routing.v1 import routing_service_pb2
 from leadflow.wire import LeadData
 from routing_service.peers import Addresses, Peers
-from routing_service.router import Router
+from routing_service.quotes import SaleQuotes
+from routing_service.router import Ranking, Router
 from routing_service.routing import RoutingPlan, screen
-from routing_service.servicer import ranking_to_proto
 from routing_service.store import RoutingStore
 from routing_service.strategies import by_deficit, by_priority
 
@@ -147,6 +151,28 @@ def report(label: str, samples: list[float], eligible: float, cpu: float) -> Non
     )
 
 
+def skips_message(lead_id: str, ranking: Ranking) -> routing_service_pb2.DistributeLeadResponse:
+    """The stage's skipped steps as routing_service.distribution reports them."""
+    stage = ranking.stage
+    response = routing_service_pb2.DistributeLeadResponse()
+    add = response.recipients.append
+    for n, (step, reason, attempts) in enumerate(ranking.skipped, start=1):
+        event = ledger_service_pb2.RecipientEvent(
+            id=f"{lead_id}-{n}",
+            stage_index=stage.index,
+            stage_name=stage.name,
+            strategy=stage.strategy,
+            step_index=step.index,
+            buyer_id=step.buyer_id,
+            outcome=lead_pb2.OUTCOME_SKIP,
+            reason=reason,
+        )
+        if attempts:
+            event.attempts.extend(attempts)
+        add(event)
+    return response
+
+
 async def run(count: int, buyers: int) -> None:
     for tiered in (False, True):
         await run_one(count, buyers, tiered)
@@ -177,30 +203,40 @@ async def run_one(count: int, buyers: int, tiered: bool) -> None:
         store = await RoutingStore.open(f"sqlite+aiosqlite:///{Path(tmp) / 'r.db'}", "routing")
         peers = Peers(Addresses())
         router = Router(plan, store, peers)
+        price = Decimal(10)
+        protos = {lead.id: lead.to_proto() for lead in leads}  # as DistributeLead receives it
+
+        async def rank(lead: LeadData) -> Ranking:
+            facts = plan.facts(lead, price)
+            quotes = SaleQuotes({}, protos[lead.id], price, peers)
+            return await router.rank(stage, facts, (), price, quotes)
+
         try:
             for lead in leads[:200]:
-                await router.rank(lead, 0, (), Decimal(10))
+                await rank(lead)
             samples = []
             eligible = 0
             cpu = process_time()
             for lead in leads:
                 started = perf_counter()
-                ranking = await router.rank(lead, 0, (), Decimal(10))
+                ranking = await rank(lead)
                 samples.append(perf_counter() - started)
                 eligible += len(ranking.offers)
             cpu = process_time() - cpu
             report(f"Router.rank priority {label}", samples, eligible / len(leads), cpu)
-            # What RankStage adds on top: its answer, with a skip record per ineligible step.
-            ranking = await router.rank(leads[0], 0, (), Decimal(10))
+            # What DistributeLead adds on top: a recipient event per ineligible step, streamed.
+            ranking = await rank(leads[0])
             samples = []
             cpu = process_time()
             for _ in leads:
                 started = perf_counter()
-                ranking_to_proto(ranking, "USD").SerializeToString()
+                skips_message(leads[0].id, ranking).SerializeToString()
                 samples.append(perf_counter() - started)
             cpu = process_time() - cpu
             label = f"{label} skipped={len(ranking.skipped)}"
-            report(f"RankStage answer encoding {label}", samples, len(ranking.offers), cpu)
+            report(
+                f"DistributeLead skip events encoding {label}", samples, len(ranking.offers), cpu
+            )
         finally:
             await peers.close()
             await store.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,11 +13,6 @@ from leadflow.config import Buyer, EmailDelivery, SftpDelivery
 from leadflow.wire import DeliveryAttempt
 
 REALTIME = "realtime"
-
-
-def new_batch_id() -> str:
-    """Sortable by creation (milliseconds first), like lead ids."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def batch_spec(buyer: Buyer) -> SftpDelivery | EmailDelivery | None:

@@ -30,7 +30,7 @@ from yarl import URL
 from delivery_service import metrics
 from delivery_service.responses import interpret
 from leadflow.config import BasicAuth, HttpDelivery, Retry
-from leadflow.payload import flatten, plain_values
+from leadflow.payload import flatten, plain_values, unflatten
 from leadflow.templates import Template, compile_template, render_mapping
 from leadflow.wire import DeliveryAttempt
 
@@ -166,31 +166,6 @@ class PreparedRequest:
     headers: dict[str, str]
     body: bytes
     described: str
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a.b": 1}` -> `{"a": {"b": 1}}`; a key that would clash with a value stays flat."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node: dict[str, Any] | None = out
-        if len(parts) > 1 and all(parts):
-            for part in parts[:-1]:
-                assert node is not None
-                child = node.setdefault(part, {})
-                node = child if isinstance(child, dict) else None
-                if node is None:
-                    break
-        if (
-            node is None
-            or len(parts) == 1
-            or not all(parts)
-            or isinstance(node.get(parts[-1]), dict)
-        ):
-            out[key] = value
-        else:
-            node[parts[-1]] = value
-    return out
 
 
 def _xml_name(name: str) -> str:
@@ -417,9 +392,8 @@ class RequestBuilder:
         if self._mapping is None:
             return plain_values(fields)
         rendered = render_mapping(self._mapping, context)
-        if self.spec.format in ("json", "xml") and self.spec.method != "GET":
-            return unflatten(rendered)
-        return rendered
+        # The configuration was refused at load if its keys cannot be nested.
+        return unflatten(rendered) if self.spec.nests_mapping else rendered
 
     def build(self, fields: Mapping[str, Any], context: Mapping[str, Any]) -> PreparedRequest:
         spec = self.spec

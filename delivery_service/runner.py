@@ -25,7 +25,6 @@ from delivery_service.batches import (
     OutcomeReport,
     QueueState,
     batch_spec,
-    new_batch_id,
     next_run,
 )
 from delivery_service.files import FileBuilder, OutgoingFile, QueuedLead, buyer_time_zone
@@ -33,8 +32,9 @@ from delivery_service.http_adapter import DeliveryResult
 from delivery_service.mail_adapter import MailAdapter
 from delivery_service.sftp_adapter import NameCallback, SendResult, SftpAdapter
 from delivery_service.store import MAX_BATCH_LEADS, DeliveryStore
-from leadflow import kit
+from leadflow import ids, kit
 from leadflow.config import Buyer, Config, SftpDelivery
+from leadflow.errors import RuleRefused
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.templates import TemplateError
 from leadflow.wire import DeliveryAttempt, LeadData, outcome_to_proto, to_proto
@@ -47,12 +47,12 @@ REPORT_BATCH = 200
 REPORT_CONCURRENCY = 16
 
 
-class BatchError(Exception):
-    """A batch request that cannot be carried out; `code` says which gRPC status it maps to."""
+class UnknownBatchTarget(LookupError):
+    """No such buyer or batch."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+class BatchRefused(RuleRefused):
+    """The buyer takes no files, or the batch cannot be resent in its state."""
 
 
 @dataclass(frozen=True)
@@ -332,12 +332,10 @@ class BatchRunner:
 
     def _target(self, buyer_id: str) -> FileBuyer:
         if buyer_id not in self._config.buyers_by_id:
-            raise BatchError("not_found", f"unknown buyer {buyer_id!r}")
+            raise UnknownBatchTarget(f"unknown buyer {buyer_id!r}")
         target = self.buyers.get(buyer_id)
         if target is None:
-            raise BatchError(
-                "failed_precondition", f"buyer {buyer_id!r} does not receive files or mails"
-            )
+            raise BatchRefused(f"buyer {buyer_id!r} does not receive files or mails")
         return target
 
     def _lock(self, buyer_id: str) -> asyncio.Lock:
@@ -367,7 +365,7 @@ class BatchRunner:
         self, target: FileBuyer, kind: str, request_id: str | None
     ) -> Batch | None:
         now = _now()
-        batch_id = new_batch_id()
+        batch_id = ids.new_id()
         opened = await self._store.open_batch(
             batch_id=batch_id,
             buyer_id=target.buyer.id,
@@ -388,11 +386,10 @@ class BatchRunner:
     async def resend(self, batch_id: str, request_id: str | None = None) -> Batch:
         original = await self._store.get_batch(batch_id, with_events=True)
         if original is None:
-            raise BatchError("not_found", f"unknown batch {batch_id!r}")
+            raise UnknownBatchTarget(f"unknown batch {batch_id!r}")
         target = self._target(original.buyer_id)
         if original.status != "delivered":
-            raise BatchError(
-                "failed_precondition",
+            raise BatchRefused(
                 f"batch {batch_id} is {original.status}, only a delivered batch can be resent"
                 + (
                     "; its leads are queued for the next file"
@@ -403,7 +400,7 @@ class BatchRunner:
         source = original.resend_of if original.kind == "resend" and original.resend_of else None
         leads = await self._store.batch_leads(source or original.id)
         now = _now()
-        new_id = new_batch_id()
+        new_id = ids.new_id()
         batch, created = await self._store.open_resend(
             batch_id=new_id,
             original=replace(original, id=source or original.id),
@@ -569,7 +566,7 @@ class BatchRunner:
         self, buyer_id: str | None, limit: int, before: str | None
     ) -> list[Batch]:
         if buyer_id and buyer_id not in self._config.buyers_by_id:
-            raise BatchError("not_found", f"unknown buyer {buyer_id!r}")
+            raise UnknownBatchTarget(f"unknown buyer {buyer_id!r}")
         return await self._store.list_batches(buyer_id, limit, before)
 
     # --- the scheduler ----------------------------------------------------------------------

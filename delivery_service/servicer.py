@@ -1,27 +1,27 @@
-"""DeliverLead over gRPC: proto <-> domain, status codes, and replies to retried requests."""
+"""DeliveryService over gRPC: proto <-> domain (delivery_service.dispatch) and status codes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
 import grpc
-import orjson
 from google.type import money_pb2
 
 from delivery_service import metrics
-from delivery_service.batches import REALTIME, Batch, QueueState, batch_spec
+from delivery_service.batches import Batch, QueueState
 from delivery_service.breaker import Breakers
+from delivery_service.dispatch import RecentResults, Route, plan, retry_key
 from delivery_service.http_adapter import DeliveryResult, HttpAdapter
 from delivery_service.ping import Pinger, ping_response
 from delivery_service.recovery import AttemptLog
-from delivery_service.runner import BatchError, BatchRunner
+from delivery_service.runner import BatchRunner
+from leadflow import kit
 from leadflow.config import Buyer, Config, HttpDelivery
 from leadflow.context import lead_context
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
@@ -41,14 +41,8 @@ _BATCH_KIND = {
     "retry": delivery_service_pb2.BATCH_KIND_RETRY,
     "resend": delivery_service_pb2.BATCH_KIND_RESEND,
 }
-_BATCH_ERRORS = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
-}
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]
 
 
 class _NotRecorded(Exception):
@@ -61,33 +55,6 @@ async def _record_answer(attempt_log: AttemptLog, event_id: str, result: Deliver
     except Exception:
         # The caller still gets the answer; recovery would resend (idempotent buyers) or drop it.
         log.exception("the answer to delivery %s was not recorded", event_id)
-
-
-class RecentResults:
-    """The latest deliveries by (buyer, request id), oldest forgotten first.
-
-    Holding the task rather than its result means a retry that arrives while the first call is
-    still talking to the buyer waits for that call instead of sending the lead again.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._items: OrderedDict[Key, asyncio.Task[DeliveryResult]] = OrderedDict()
-
-    def get(self, key: Key) -> asyncio.Task[DeliveryResult] | None:
-        task = self._items.get(key)
-        if task is not None:
-            self._items.move_to_end(key)
-        return task
-
-    def put(self, key: Key, task: asyncio.Task[DeliveryResult]) -> None:
-        self._items[key] = task
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _price(
@@ -127,7 +94,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self._config = config
         self._adapters = adapters
         self._runner = runner
-        self._recent = RecentResults(recent_results)
+        # Tasks, not results: a retry during the first call waits for it (dispatch.RecentResults).
+        self._recent: RecentResults[asyncio.Task[DeliveryResult]] = RecentResults(recent_results)
         self._breakers = Breakers(
             {
                 buyer.id: buyer.delivery.circuit_breaker
@@ -171,11 +139,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         if lead is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         assert lead is not None
-        key = (buyer.id, request.request_id)
-        task = self._recent.get(key) if request.request_id else None
+        key = retry_key(buyer.id, request.request_id)
+        task = self._recent.get(key) if key is not None else None
         if task is None:
-            retriable = bool(request.request_id)
-            if not retriable:
+            if key is None:
                 request.request_id = uuid.uuid4().hex
             task = asyncio.create_task(
                 self._deliver(
@@ -190,7 +157,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            if retriable:
+            if key is not None:
                 self._recent.put(key, task)
         # A caller that gives up (deadline) must not cut the exchange with the buyer short.
         result = await asyncio.shield(task)
@@ -254,10 +221,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             return "lead is required", None
         try:
             lead = LeadData.from_proto(request.lead)
-        except (orjson.JSONDecodeError, ValueError, OverflowError):
-            return "lead.fields_json is not valid JSON", None
-        if not isinstance(lead.fields, dict):
-            return "lead.fields_json must be a JSON object", None
+        except ValueError:  # a stored lead's legacy JSON that is not JSON
+            return "lead.legacy_fields_json is not valid JSON", None
         if lead.flow_id not in self._config.flows_by_id:
             return f"lead.flow_id: unknown flow {lead.flow_id!r}", None
         if lead.source_id not in self._config.sources_by_id:
@@ -281,16 +246,17 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         adapter = self._adapters.get(buyer.id)
         kind = buyer.delivery.type if buyer.delivery is not None else "none"
         start = perf_counter()
-        files = batch_spec(buyer)
-        if files is not None:
+        planned = plan(buyer, has_adapter=adapter is not None, has_queue=self._runner is not None)
+        if planned.route is Route.NONE:
+            result = DeliveryResult("error", planned.reason)
+        elif planned.route is not Route.HTTP:
             result = await self._deliver_file(
-                buyer, lead, message_id, files.schedule, sale_price, purchase_price
+                buyer, lead, message_id, planned.route, sale_price, purchase_price
             )
-        elif adapter is None:
-            result = DeliveryResult("error", f"buyer {buyer.id!r} has no delivery")
         elif (refusal := self._breakers.admit(buyer.id))[0] is not None:
             result = DeliveryResult("error", refusal[0])  # the buyer is not called at all
         else:
+            assert adapter is not None
             probe, errored = refusal[1], None
             attempt_log = self.attempt_log if durable is not None else None
             try:
@@ -343,25 +309,23 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         buyer: Buyer,
         lead: LeadData,
         event_id: str,
-        schedule: str,
+        route: Route,
         sale_price: Decimal | None,
         purchase_price: Decimal | None,
     ) -> DeliveryResult:
-        """SFTP and email buyers: a file or mail now (realtime), else into the durable queue."""
-        if self._runner is None:
-            return DeliveryResult("error", "the batch queue is not available (no storage)")
+        """SFTP and email buyers: a file or mail now (Route.FILE_NOW), else into the queue."""
+        runner = self._runner
+        assert runner is not None  # plan() routes files only when there is a queue
+        price = sale_price or Decimal(0)
         try:
-            if schedule == REALTIME:
-                return await self._runner.deliver_realtime(
-                    buyer, lead, event_id, sale_price or Decimal(0), purchase_price
-                )
-            return await self._runner.queue(
-                buyer, lead, event_id, sale_price or Decimal(0), purchase_price
-            )
+            if route is Route.FILE_NOW:
+                return await runner.deliver_realtime(buyer, lead, event_id, price, purchase_price)
+            return await runner.queue(buyer, lead, event_id, price, purchase_price)
         except Exception:
             log.exception("file delivery of lead %s to buyer %s failed", lead.id, buyer.id)
             return DeliveryResult("error", "internal error while delivering")
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def ListBatches(
         self,
         request: delivery_service_pb2.ListBatchesRequest,
@@ -372,12 +336,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be positive")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         buyer_id = request.buyer_id or None
-        try:
-            batches = await runner.list_batches(buyer_id, size + 1, request.page_token or None)
-            queues = await runner.queues(buyer_id)
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise  # unreachable: abort raises
+        batches = await runner.list_batches(buyer_id, size + 1, request.page_token or None)
+        queues = await runner.queues(buyer_id)
         response = delivery_service_pb2.ListBatchesResponse(
             queues=[queue_to_proto(queue) for queue in queues],
             batches=[batch_to_proto(batch) for batch in batches[:size]],
@@ -386,6 +346,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             response.next_page_token = batches[size - 1].id
         return response
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def DeliverPending(
         self,
         request: delivery_service_pb2.DeliverPendingRequest,
@@ -394,19 +355,16 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         runner = await self._batch_runner(context)
         if not request.buyer_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "buyer_id is required")
-        try:
-            # Shielded: a caller giving up must not cut a file off halfway.
-            batch = await asyncio.shield(
-                runner.deliver_pending(request.buyer_id, "manual", request.request_id or None)
-            )
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise
+        # Shielded: a caller giving up must not cut a file off halfway.
+        batch = await asyncio.shield(
+            runner.deliver_pending(request.buyer_id, "manual", request.request_id or None)
+        )
         response = delivery_service_pb2.DeliverPendingResponse()
         if batch is not None:
             response.batch.CopyFrom(batch_to_proto(batch))
         return response
 
+    @kit.grpc_errors()  # an unknown buyer or batch, a refused resend
     async def ResendBatch(
         self,
         request: delivery_service_pb2.ResendBatchRequest,
@@ -415,13 +373,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         runner = await self._batch_runner(context)
         if not request.batch_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch_id is required")
-        try:
-            batch = await asyncio.shield(
-                runner.resend(request.batch_id, request.request_id or None)
-            )
-        except BatchError as exc:
-            await context.abort(_BATCH_ERRORS[exc.code], str(exc))
-            raise
+        batch = await asyncio.shield(runner.resend(request.batch_id, request.request_id or None))
         return delivery_service_pb2.ResendBatchResponse(batch=batch_to_proto(batch))
 
     async def _batch_runner(self, context: grpc.aio.ServicerContext[Any, Any]) -> BatchRunner:

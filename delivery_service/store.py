@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import CursorResult, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -98,11 +97,8 @@ class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._postgres = engine.dialect.name == "postgresql"
         # Built once: the delivery path writes it for every lead.
-        self._insert_sent = (
-            (postgresql.insert if self._postgres else sqlite.insert)(HttpAttemptRow)
-        ).on_conflict_do_nothing(index_elements=["event_id"])
+        self._insert_sent = db.insert_ignore(HttpAttemptRow, engine.dialect, ["event_id"])
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:

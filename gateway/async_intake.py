@@ -19,10 +19,11 @@ from typing import Any
 
 import orjson
 
-from gateway.orchestrator import Orchestrator, new_lead_id
+from gateway.orchestrator import Orchestrator
 from gateway.store import GatewayStore, IntakeRow
 from leadflow import tracing
 from leadflow.batching import GroupCommit
+from leadflow.ids import new_lead_id
 
 log = logging.getLogger(__name__)
 

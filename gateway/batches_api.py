@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.clients import Downstream
 from gateway.intake import error_response, render
-from leadflow.common.v1 import lead_pb2
+from gateway.lead_view import attempt_json
 from leadflow.config import Config
 from leadflow.delivery.v1 import delivery_service_pb2
 
@@ -44,17 +44,6 @@ def _time(stamp: Timestamp, present: bool = True) -> str | None:
     return stamp.ToDatetime().isoformat() + "Z" if present else None
 
 
-def _attempt(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
-    return {
-        "number": attempt.number,
-        "request": attempt.request,
-        "response": attempt.response,
-        "status_code": attempt.status_code or None,
-        "ms": attempt.duration_ms,
-        "error": attempt.error or None,
-    }
-
-
 def batch_json(batch: delivery_service_pb2.Batch) -> dict[str, Any]:
     return {
         "id": batch.id,
@@ -68,7 +57,7 @@ def batch_json(batch: delivery_service_pb2.Batch) -> dict[str, Any]:
         "created_at": _time(batch.create_time),
         "completed_at": _time(batch.complete_time, batch.HasField("complete_time")),
         "reason": batch.reason or None,
-        "attempts": [_attempt(attempt) for attempt in batch.attempts],
+        "attempts": [attempt_json(attempt) for attempt in batch.attempts],
         "recipient_event_ids": list(batch.recipient_event_ids),
     }
 

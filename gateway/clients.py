@@ -15,26 +15,21 @@ delivery is never retried: the buyer may have the lead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadflow import kit
-from leadflow.config import Config, Delivery, HttpDelivery
+from leadflow.deadlines import ROUTING_DEADLINE_S, DistributionDeadlines
 from leadflow.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
-from leadflow.wire import LeadData, to_proto
+from leadflow.wire import LeadData
 
-# Long enough to ride out a restart of the service (a few seconds): with wait_for_ready a call
-# made while it is down waits for it rather than failing the lead.
-PRICING_DEADLINE_S = 10.0
-ROUTING_DEADLINE_S = 10.0
 LEDGER_DEADLINE_S = 10.0
 HEALTH_DEADLINE_S = 1.0
 # A report over a long window scans a lot of journal.
@@ -42,6 +37,18 @@ REPORT_DEADLINE_S = 60.0
 LIST_BATCHES_DEADLINE_S = 10.0
 # Sending a batch file now: connecting, uploading a large file, recording it.
 SEND_BATCH_DEADLINE_S = 300.0
+
+
+class MessageLate(grpc.aio.AioRpcError):
+    """Routing said nothing for longer than the distribution allows between two messages."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            f"no message from routing in {waited_s:.1f}s",
+        )
 
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
@@ -68,30 +75,6 @@ async def _idempotent(
         await asyncio.sleep(RETRY_PAUSE_S)
 
 
-def pricing_deadline(config: Config) -> float:
-    """Long enough for the slowest configured pricing service to answer or time out, plus slack
-    (a lead runs at most one service layer per quote)."""
-    timeouts = [
-        pricing.service.timeout_ms
-        for pricing in config.pricing_blocks()
-        if pricing is not None and pricing.service is not None
-    ]
-    return max(PRICING_DEADLINE_S, max(timeouts, default=0) / 1000 + 1.0)
-
-
-def delivery_deadline(delivery: Delivery | None) -> float:
-    """Long enough for every attempt and backoff the buyer's retry policy allows, plus slack."""
-    if delivery is None:
-        return 30.0
-    if not isinstance(delivery, HttpDelivery):
-        # One file or mail within timeout_ms (a batch buyer's call only queues the lead).
-        return delivery.timeout_ms / 1000 + 10.0
-    retry = delivery.retry
-    attempts = retry.attempts if retry else 1
-    backoff = retry.max_backoff_ms * (attempts - 1) if retry else 0
-    return (delivery.timeout_ms * attempts + backoff) / 1000 + 5.0
-
-
 @dataclass(frozen=True)
 class Addresses:
     pricing: str
@@ -114,6 +97,8 @@ class Downstream:
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(self._channels["routing"])
         self.delivery = delivery_service_pb2_grpc.DeliveryServiceStub(self._channels["delivery"])
         self.ledger = ledger_service_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
+        # Streams are not bound by the channel's unary interceptor: bound them here.
+        self._streams = asyncio.Semaphore(kit.MAX_IN_FLIGHT_PER_CHANNEL)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -138,102 +123,65 @@ class Downstream:
     async def purchase_price(
         self, lead: LeadData, override_price_text: str, deadline_s: float
     ) -> pricing_service_pb2.QuotePurchasePriceResponse:
-        """With the first stage's rules-priced sale quotes (one round trip for both)."""
+        """With the sale quotes of every step priced by rules alone (routing needs them)."""
         request = pricing_service_pb2.QuotePurchasePriceRequest(
-            lead=lead.to_proto(), override_price_text=override_price_text, quote_first_stage=True
+            lead=lead.to_proto(), override_price_text=override_price_text, quote_sales=True
         )
         return await _idempotent(self.pricing.QuotePurchasePrice, request, deadline_s)
 
-    async def sale_price(
+    async def distribute(
         self,
-        lead: LeadData,
-        stage_index: int,
-        step_index: int,
-        purchase_price: Decimal,
-        deadline_s: float,
-    ) -> pricing_service_pb2.QuoteSalePriceResponse:
-        request = pricing_service_pb2.QuoteSalePriceRequest(
-            lead=lead.to_proto(),
-            stage_index=stage_index,
-            step_index=step_index,
-            purchase_price=to_proto(purchase_price),
-        )
-        return await _idempotent(self.pricing.QuoteSalePrice, request, deadline_s)
-
-    async def rank_stage(
-        self,
-        lead: LeadData,
-        stage_index: int,
-        sold_buyer_ids: Sequence[str],
-        purchase_price: Decimal,
-        deadline_s: float = ROUTING_DEADLINE_S,
-    ) -> routing_service_pb2.RankStageResponse:
-        request = routing_service_pb2.RankStageRequest(
-            lead=lead.to_proto(),
-            stage_index=stage_index,
-            sold_buyer_ids=list(sold_buyer_ids),
-            purchase_price=to_proto(purchase_price),
-        )
-        return await _idempotent(self.routing.RankStage, request, deadline_s)
-
-    async def admit_lead(
-        self,
-        lead: LeadData,
-        purchase_price: Decimal,
-        *,
-        rank_first_stage: bool = False,
-        deadline_s: float = ROUTING_DEADLINE_S,
-    ) -> routing_service_pb2.AdmitLeadResponse:
-        request = routing_service_pb2.AdmitLeadRequest(
-            lead=lead.to_proto(),
-            purchase_price=to_proto(purchase_price),
-            rank_first_stage=rank_first_stage,
-        )
-        return await _idempotent(self.routing.AdmitLead, request, deadline_s)
-
-    async def reserve_step(
-        self, lead: LeadData, stage_index: int, step_index: int, sale_price: Decimal
-    ) -> routing_service_pb2.ReserveStepResponse:
-        request = routing_service_pb2.ReserveStepRequest(
-            lead=lead.to_proto(),
-            stage_index=stage_index,
-            step_index=step_index,
-            sale_price=to_proto(sale_price),
-        )
-        return await _idempotent(self.routing.ReserveStep, request, ROUTING_DEADLINE_S)
-
-    async def settle_step(
-        self, lead: LeadData, stage_index: int, step_index: int, sold: bool, sale_price: Decimal
-    ) -> None:
-        request = routing_service_pb2.SettleStepRequest(
-            lead=lead.to_proto(),
-            stage_index=stage_index,
-            step_index=step_index,
-            sold=sold,
-            sale_price=to_proto(sale_price),
-        )
-        await _idempotent(self.routing.SettleStep, request, ROUTING_DEADLINE_S)
-
-    async def settle_lead(
-        self,
-        lead: LeadData,
-        accepted: bool,
-        sales: Sequence[tuple[int, int, str]],
-        unknown: Sequence[tuple[int, int, str]] = (),
-    ) -> None:
-        request = routing_service_pb2.SettleLeadRequest(
-            lead=lead.to_proto(),
-            accepted=accepted,
-            sales=[
-                routing_service_pb2.Sale(stage_index=stage, step_index=step, buyer_id=buyer)
-                for stage, step, buyer in sales
-            ],
-            unknown=[
-                routing_service_pb2.Sale(stage_index=stage, step_index=step, buyer_id=buyer)
-                for stage, step, buyer in unknown
-            ],
-        )
-        await _idempotent(self.routing.SettleLead, request, ROUTING_DEADLINE_S)
+        request: routing_service_pb2.DistributeLeadRequest,
+        deadlines: DistributionDeadlines,
+    ) -> AsyncGenerator[routing_service_pb2.DistributeLeadResponse, None]:
+        """The lead's distribution as routing streams it, each `offering` acknowledged before
+        routing sends it to the buyer. Started again within the deadline when routing went
+        away (UNAVAILABLE) or dropped the call unstarted (CANCELLED) before anything came
+        back: no buyer can have the lead then, and admission is idempotent per lead. A message
+        later than its deadline (routing hung) ends the call with DEADLINE_EXCEEDED."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadlines.total
+        async with self._streams:
+            while True:
+                call = self.routing.DistributeLead(
+                    timeout=max(deadline - loop.time(), 0.001), wait_for_ready=True
+                )
+                heard = False
+                try:
+                    await call.write(request)
+                    while True:
+                        wait = deadlines.gap if heard else deadlines.first
+                        try:
+                            read = await asyncio.wait_for(call.read(), wait)
+                        except TimeoutError:
+                            call.cancel()
+                            raise MessageLate(wait) from None
+                        if read is grpc.aio.EOF:
+                            return
+                        response = cast(routing_service_pb2.DistributeLeadResponse, read)
+                        heard = True
+                        if response.done:
+                            await call.done_writing()
+                            yield response
+                            return
+                        yield response
+                        if response.HasField("offering"):
+                            await call.write(
+                                routing_service_pb2.DistributeLeadRequest(
+                                    acknowledged_id=response.offering.id
+                                )
+                            )
+                except grpc.aio.AioRpcError as exc:
+                    if (
+                        isinstance(exc, MessageLate)
+                        or heard
+                        or exc.code() not in RETRYABLE
+                        or loop.time() + RETRY_PAUSE_S >= deadline
+                    ):
+                        raise
+                finally:
+                    call.cancel()  # a no-op once the call has ended
+                await asyncio.sleep(RETRY_PAUSE_S)
 
     async def resolve_step(
         self, lead_id: str, stage_index: int, step_index: int, sold: bool
@@ -255,26 +203,6 @@ class Downstream:
             limit=limit, before_lead_id=before_lead_id
         )
         return await self.ledger.ListUnknownOffers(request, timeout=LEDGER_DEADLINE_S)
-
-    async def deliver(
-        self,
-        request_id: str,
-        lead: LeadData,
-        buyer_id: str,
-        sale_price: Decimal,
-        purchase_price: Decimal,
-        deadline_s: float,
-        bid_id: str = "",
-    ) -> delivery_service_pb2.DeliverLeadResponse:
-        request = delivery_service_pb2.DeliverLeadRequest(
-            request_id=request_id,
-            lead=lead.to_proto(),
-            buyer_id=buyer_id,
-            sale_price=to_proto(sale_price),
-            purchase_price=to_proto(purchase_price),
-            bid_id=bid_id,
-        )
-        return await self.delivery.DeliverLead(request, timeout=deadline_s, wait_for_ready=True)
 
     async def list_batches(
         self, buyer_id: str, page_size: int, page_token: str

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import time
 from typing import Any
 
 import grpc
@@ -24,13 +22,14 @@ from gateway.intake import (
     render,
 )
 from gateway.outbox import LedgerOutbox
+from gateway.submission import checked_idempotency_key
 from leadflow.config import Buyer, Config
+from leadflow.ids import new_id
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.money import CENT, is_price, parse_amount
 from leadflow.wire import from_proto, outcome_from_proto, to_proto
 
 JSON = "application/json"
-MAX_IDEMPOTENCY_KEY = 255
 MAX_REASON = 500
 TYPES = {"return": pb.FEEDBACK_TYPE_RETURN, "conversion": pb.FEEDBACK_TYPE_CONVERSION}
 TYPE_NAMES = {value: name for name, value in TYPES.items()}
@@ -62,7 +61,7 @@ def feedback_id(buyer_id: str, idempotency_key: str | None) -> str:
     """Time-ordered and unguessable; derived from the buyer's Idempotency-Key when it sends one,
     so a retried POST names the same feedback and the ledger returns the first result."""
     if idempotency_key is None:
-        return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+        return new_id()
     digest = hashlib.sha256(f"{buyer_id}\n{idempotency_key}".encode()).hexdigest()
     return f"k{digest[:23]}"
 
@@ -152,12 +151,8 @@ def add_feedback_routes(
         buyer = authenticated_buyer(config, request)
         if buyer is None:
             return error_response(401, "Unauthorized buyer", media)
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-            return error_response(
-                400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media
-            )
         try:
+            key = checked_idempotency_key(request.headers.get("Idempotency-Key"))
             message = feedback_request(config, buyer, await _parameters(request), key)
         except Refused as exc:
             from gateway.http_api import refused_response  # http_api registers these routes

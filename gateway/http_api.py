@@ -29,17 +29,12 @@ from gateway.intake import (
     NOT_ACCEPTABLE,
     BadRequest,
     Refused,
-    check_depth,
     decode_body,
     error_response,
     negotiate,
-    override_text,
     pairs_to_dict,
     parse_body,
-    redirect_target,
-    rename_trustedform,
     render,
-    unflatten,
 )
 from gateway.lead_view import lead_view
 from gateway.openapi import openapi_json
@@ -48,20 +43,28 @@ from gateway.outbox import LedgerOutbox
 from gateway.rate_limit import RateLimiter
 from gateway.recipients_api import add_recipient_routes
 from gateway.reports_api import add_report_routes
-from gateway.store import GatewayStore, IntakeRow, KeyInProgress, StoredResponse
+from gateway.store import GatewayStore, IntakeRow, StoredResponse
+from gateway.submission import (
+    KeyInUse,
+    RateLimited,
+    Submissions,
+    SubmitRefused,
+    Unauthorized,
+    UnknownSource,
+    checked_idempotency_key,
+    read_vendor_parameters,
+)
 from leadflow.config import Config, Flow
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_IDEMPOTENCY_KEY = 255
 CONFIG_KEY = web.AppKey("config", Config)
 ORCHESTRATOR_KEY = web.AppKey("orchestrator", Orchestrator)
 DOWNSTREAM_KEY = web.AppKey("downstream", Downstream)
 STORE_KEY = web.AppKey("store", GatewayStore)
-RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
 OUTBOX_KEY = web.AppKey("outbox", LedgerOutbox)
-INTAKE_KEY = web.AppKey("intake", AsyncIntake)
+SUBMISSIONS_KEY = web.AppKey("submissions", Submissions)
 # Set while a stopping gateway drains its open connections (gateway.server).
 DRAINING_KEY = web.AppKey("draining", asyncio.Event)
 # How long a request's body may take to arrive once its headers are in (HttpLimits).
@@ -132,7 +135,7 @@ class VendorRequest:
     flow: Flow
     source_id: str
     media: str
-    fields: dict[str, Any]
+    lead: Submission
     redirect: str | None = None  # `redir_url`: answer 303 to it once the lead is handled
 
 
@@ -141,34 +144,39 @@ async def read_vendor_request(
 ) -> VendorRequest | web.Response:
     """The vendor request, or the 404/401/429/406/408/413/415/400 answer it gets (SPEC 5.1's
     order); `ping` for an inbound ping (SPEC 5.2), which prefers a TrustedForm ping URL."""
-    config = request.app[CONFIG_KEY]
-    flow_id, source_id = request.match_info["flow_id"], request.match_info["source_id"]
-    flow = config.flows_by_id.get(flow_id)
-    if flow is None or source_id not in flow.sources_by_id:
-        return error_response(404, "Unknown flow or source")
-    source = config.sources_by_id[source_id]
-    if not key_matches(request, source.api_key):
-        return error_response(401, "Unauthorized source")
-    # After authentication, so nobody without the key can spend a vendor's budget.
-    retry_after = request.app[RATE_LIMITER_KEY].take(source_id, source.rate_limit)
-    if retry_after is not None:
-        response = error_response(429, "Rate limit exceeded")
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+    source_id = request.match_info["source_id"]
+    try:
+        flow = request.app[SUBMISSIONS_KEY].admit(
+            request.match_info["flow_id"], source_id, presented_key(request)
+        )
+    except SubmitRefused as exc:
+        return refusal_response(exc)
     media = negotiate(request.headers.get("Accept"))
     if media is None:
         return error_response(406, NOT_ACCEPTABLE)
     try:
-        fields = unflatten(await read_parameters(request))
-        check_depth(fields)  # dot keys inside nested objects can multiply the depth
-        redir_url = fields.pop("redir_url", None)  # never a lead field
-        redirect = None if redir_url is None else redirect_target(redir_url)
+        parameters = read_vendor_parameters(await read_parameters(request), ping=ping)
     except Refused as exc:
         return refused_response(exc, media)
     except BadRequest as exc:
         return error_response(400, str(exc), media=media)
-    rename_trustedform(fields, ping)
-    return VendorRequest(flow, source_id, media, fields, redirect)
+    return VendorRequest(flow, source_id, media, parameters.submission, parameters.redirect)
+
+
+_REFUSAL_STATUS: dict[type[SubmitRefused], int] = {
+    UnknownSource: 404,
+    Unauthorized: 401,
+    KeyInUse: 409,
+}
+
+
+def refusal_response(exc: SubmitRefused, media: str = "application/json") -> web.Response:
+    """A refused submission as HTTP; a rate-limited one says when to retry in its header."""
+    if isinstance(exc, RateLimited):
+        response = error_response(429, "Rate limit exceeded", media=media)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    return error_response(_REFUSAL_STATUS[type(exc)], str(exc), media=media)
 
 
 def refused_response(exc: Refused, media: str) -> web.Response:
@@ -202,51 +210,30 @@ async def submit(request: web.Request) -> web.Response:
     vendor = await read_vendor_request(request)
     if isinstance(vendor, web.Response):
         return vendor
-    flow_id, source_id, media, fields = (
-        vendor.flow.id,
-        vendor.source_id,
-        vendor.media,
-        vendor.fields,
-    )
-    override = fields.pop("price", None)  # the override price is never a lead field
-    ping_id = str(fields.pop("ping_id", "") or "")  # an inbound ping's id (SPEC 5.2)
-
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        return error_response(
-            400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", media=media
-        )
-    store = request.app[STORE_KEY]
-    if key is not None:
-        try:
-            first = await store.claim(source_id, key)
-        except KeyInProgress:
-            return error_response(
-                409, "A request with this Idempotency-Key is still in progress", media=media
-            )
-        if first is not None:
-            if first.status == 303 and vendor.redirect is not None:
-                # The store keeps status and body, not headers: the retry names the same URL.
-                first = redirected(first, vendor.redirect)
-            return _stored(first)
     try:
+        key = checked_idempotency_key(request.headers.get("Idempotency-Key"))
+    except BadRequest as exc:
+        return error_response(400, str(exc), media=vendor.media)
+    submissions = request.app[SUBMISSIONS_KEY]
+
+    async def answer() -> StoredResponse:
+        flow_id, source_id, lead = vendor.flow.id, vendor.source_id, vendor.lead
         # A redirect follows the handled lead, so `redir_url` outweighs a preference to be
         # answered before it is handled (RFC 7240 lets a server ignore a preference).
         if vendor.redirect is None and prefers_async(request):
-            response = await _accept_async(request, vendor, override, ping_id)
-        else:
-            result = await request.app[ORCHESTRATOR_KEY].submit(
-                flow_id, source_id, fields, override_text(override), ping_id=ping_id
-            )
-            response = redirected(
-                StoredResponse(201, media, render(result.as_dict(), media)), vendor.redirect
-            )
-    except BaseException:
-        if key is not None:
-            await store.release(source_id, key)
-        raise
-    if key is not None:
-        await store.complete(source_id, key, response)
+            lead_id = await submissions.accept(flow_id, source_id, lead)
+            return _accepted(lead_id, vendor.media)
+        result = await submissions.submit(flow_id, source_id, lead)
+        answered = StoredResponse(201, vendor.media, render(result.as_dict(), vendor.media))
+        return redirected(answered, vendor.redirect)
+
+    try:
+        response = await submissions.once(vendor.source_id, key, answer)
+    except SubmitRefused as exc:
+        return refusal_response(exc, vendor.media)
+    if response.status == 303 and vendor.redirect is not None:
+        # The store keeps status and body, not headers: the retry names the same URL.
+        response = redirected(response, vendor.redirect)
     return _stored(response)
 
 
@@ -268,16 +255,13 @@ def prefers_async(request: web.Request) -> bool:
     return False
 
 
-async def _accept_async(
-    request: web.Request, vendor: VendorRequest, override: object, ping_id: str
-) -> StoredResponse:
-    """Commit the submission for background processing; 202 with where to read the outcome."""
-    submission = Submission(vendor.fields, override_text(override), ping_id)
-    lead_id = await request.app[INTAKE_KEY].accept(vendor.flow.id, vendor.source_id, submission)
+def _accepted(lead_id: str, media: str) -> StoredResponse:
+    """202 for a submission committed for background processing, with where to read its
+    outcome."""
     status_url = f"/leads/{lead_id}"
     body = {"outcome": "pending", "lead": {"id": lead_id}, "status_url": status_url}
     headers = {"Location": status_url, "Preference-Applied": "respond-async"}
-    return StoredResponse(202, vendor.media, render(body, vendor.media), headers)
+    return StoredResponse(202, media, render(body, media), headers)
 
 
 def _stored(response: StoredResponse) -> web.Response:
@@ -403,9 +387,8 @@ def create_app(
     app[ORCHESTRATOR_KEY] = orchestrator
     app[DOWNSTREAM_KEY] = downstream
     app[STORE_KEY] = store
-    app[RATE_LIMITER_KEY] = rate_limiter
     app[OUTBOX_KEY] = outbox
-    app[INTAKE_KEY] = intake
+    app[SUBMISSIONS_KEY] = Submissions(config, orchestrator, store, rate_limiter, intake)
     app[DRAINING_KEY] = asyncio.Event()
     app.on_response_prepare.append(_close_when_draining)
     submit_path = "/flows/{flow_id}/sources/{source_id}/submit"

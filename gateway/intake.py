@@ -4,6 +4,7 @@ endpoint gives. Pure: no I/O."""
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from xml.etree.ElementTree import Element, ParseError
 import orjson
 from aiohttp import web
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring as parse_xml
+from defusedxml.ElementTree import iterparse
 
+from leadflow import payload
 from leadflow.money import format_money
 
 MAX_FIELDS = 1000
@@ -101,6 +103,7 @@ def parse_body(content_type: str, body: bytes, charset: str | None = None) -> di
         return data
     text = _decode(body, charset)
     if content_type in FORM_TYPES:
+        text = text.strip()  # as LeadConduit, which trims the body before reading it
         try:
             pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS + 1)
         except ValueError:  # parse_qsl's own "Max number of fields exceeded"
@@ -116,16 +119,36 @@ def _decode(body: bytes, charset: str | None) -> str:
         raise BadRequest(f"the body is not valid {charset or 'utf-8'} text") from None
 
 
+# An element's namespace declarations, as the attributes LeadConduit keeps them as (`xmlns`,
+# `xmlns:p`): ElementTree reads them as events, not attributes.
+_Declarations = dict[int, list[tuple[str, str]]]
+
+
 def _parse_xml(text: str) -> dict[str, Any]:
     """The root element is the lead (its name is not a field), as LeadConduit reads XML."""
+    declarations: _Declarations = {}
+    pending: list[tuple[str, str]] = []
+    root: Element | None = None
     try:
-        root = parse_xml(text, forbid_dtd=True)
+        for event, item in iterparse(
+            io.StringIO(text), events=("start-ns", "start"), forbid_dtd=True
+        ):
+            if event == "start-ns":
+                pending.append(item)
+                continue
+            if pending:
+                declarations[id(item)] = pending
+                pending = []
+            if root is None:
+                root = item
     except (ParseError, DefusedXmlException) as exc:
         raise BadRequest(f"invalid XML body: {exc}") from None
-    value = _xml_value(root)
+    if root is None:  # pragma: no cover - the parser raises on a document without a root
+        raise BadRequest("invalid XML body: no element")
+    value = _xml_value(root, declarations)
     if isinstance(value, dict):
         return value
-    if value:
+    if value.strip():
         raise BadRequest("the XML root element must hold the lead's fields as elements, not text")
     return {}
 
@@ -147,22 +170,26 @@ def _local_name(name: str) -> str:
     return name.rpartition("}")[2]
 
 
-def _xml_value(element: Element, depth: int = 0) -> Any:
-    """LeadConduit's reading (xml2js with explicitArray false, mergeAttrs true): an element with
-    neither children nor attributes is its text; otherwise an object of its attributes and
-    child elements, with its own text under `_`; a repeated name becomes a list."""
+def _xml_value(element: Element, declarations: _Declarations, depth: int = 0) -> Any:
+    """LeadConduit's reading (xml2js with explicitArray false, mergeAttrs true, no trim): an
+    element with neither children nor attributes is its text as sent; otherwise an object of
+    its attributes (namespace declarations among them) and child elements, with its own text
+    under `_` unless that is only whitespace; a repeated name becomes a list."""
     children = list(element)
-    text = ((element.text or "") + "".join(child.tail or "" for child in children)).strip()
-    if not children and not element.attrib:
+    text = (element.text or "") + "".join(child.tail or "" for child in children)
+    declared = declarations.get(id(element), ())
+    if not children and not element.attrib and not declared:
         return text
     if depth >= MAX_DEPTH:
         raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
     result: dict[str, Any] = {}
+    for prefix, uri in declared:
+        _add_field(result, f"xmlns:{prefix}" if prefix else "xmlns", uri)
     for name, value in element.attrib.items():
         _add_field(result, _local_name(name), value)
     for child in children:
-        _add_field(result, _local_name(str(child.tag)), _xml_value(child, depth + 1))
-    if text:
+        _add_field(result, _local_name(str(child.tag)), _xml_value(child, declarations, depth + 1))
+    if text.strip():
         _add_field(result, "_", text)
     return result
 
@@ -187,34 +214,16 @@ def pairs_to_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return result
 
 
-def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a.b": 1}` -> `{"a": {"b": 1}}`, recursively; a key that is both a value and an object
-    (`a=1` beside `a.b=2`) is refused rather than silently dropping one of them."""
-    if len(data) > MAX_FIELDS:
-        raise BadRequest(f"too many fields (more than {MAX_FIELDS})")
-    result: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            value = unflatten(value)
-        parts = [part for part in str(key).split(".")]
-        if any(not part for part in parts):
-            raise BadRequest(f"bad field name {key!r}")
-        if len(parts) > MAX_DEPTH:
-            raise BadRequest(f"field name {str(key)[:40]!r}… has more than {MAX_DEPTH} parts")
-        node = result
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise BadRequest(f"field {part!r} is both a value and an object")
-            node = child
-        last = parts[-1]
-        if last in node and (isinstance(node[last], dict) or isinstance(value, dict)):
-            if not (isinstance(node[last], dict) and isinstance(value, dict)):
-                raise BadRequest(f"field {last!r} is both a value and an object")
-            node[last].update(value)
-        else:
-            node[last] = value
-    return result
+def vendor_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A vendor's parameters as lead fields: dot keys unflattened (leadflow.payload) within the
+    intake's limits, then the depth checked again (dot keys inside nested objects can multiply
+    it); a key that cannot be placed is a 400."""
+    try:
+        fields = payload.unflatten(data, max_fields=MAX_FIELDS, max_parts=MAX_DEPTH)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    check_depth(fields)
+    return fields
 
 
 def override_text(value: object) -> str:
@@ -225,12 +234,12 @@ def override_text(value: object) -> str:
 
 
 # What the gateway can answer in. Between types an Accept header rates equally, the order is
-# LeadConduit's: `*/*` means JSON (its special case); a `type/*` range picks the name its
-# matcher sorts last (mimeparse sorting its candidates as strings): `application/*` is XML,
-# `text/*` is text/xml, and both together text/xml.
+# LeadConduit's: a header of just `*/*` means JSON (its special case); otherwise a wildcard
+# range picks the name its matcher sorts last (mimeparse sorting its candidates as strings):
+# `application/*` is XML, `text/*` text/xml, both together or `*/*;q=0.8` text/xml.
 OFFERS = ("application/json", "application/xml", "text/xml", "text/plain")
-_ANY_ORDER = OFFERS
-_SUBTYPE_ANY_ORDER = tuple(sorted(OFFERS, reverse=True))
+_WILDCARD_ORDER = tuple(sorted(OFFERS, reverse=True))
+_ANY = frozenset({"*/*", "*"})  # `*` is what Java's URLConnection sends for */*
 NOT_ACCEPTABLE = "Acceptable types: application/json, application/xml, text/plain"
 
 
@@ -238,7 +247,7 @@ def negotiate(accept: str | None) -> str | None:
     """The media type to answer in, or None when the Accept header allows none of OFFERS.
     Matched case-insensitively; each offer takes the quality of the most specific range that
     matches it; the highest quality wins, then the more specific range, then the order above."""
-    if not accept or not accept.strip():
+    if not accept or not accept.strip() or accept.strip() in _ANY:
         return OFFERS[0]
     ranges = [_media_range(item) for item in accept.split(",")]
     best: tuple[float, int, int] | None = None
@@ -254,8 +263,7 @@ def negotiate(accept: str | None) -> str | None:
                 specificity, quality = spec, range_quality
         if quality <= 0:
             continue
-        order = _ANY_ORDER if specificity == 0 else _SUBTYPE_ANY_ORDER
-        key = (quality, specificity, -order.index(offer))
+        key = (quality, specificity, -_WILDCARD_ORDER.index(offer))
         if best is None or key > best:
             best, chosen = key, offer
     return chosen
@@ -311,8 +319,11 @@ MAX_REDIRECT = 2048
 
 def redirect_target(value: object) -> str:
     """The `redir_url` to answer `303` with: one absolute http(s) URL, ASCII without spaces or
-    control characters (it goes into the Location header as it is)."""
+    control characters (it goes into the Location header as it is). Given more than once,
+    the first is taken, as LeadConduit takes it."""
     problem = "redir_url must be one absolute http or https URL"
+    if isinstance(value, list) and value:
+        value = value[0]
     if not isinstance(value, str) or not 0 < len(value) <= MAX_REDIRECT:
         raise BadRequest(problem)
     if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):

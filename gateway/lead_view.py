@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.feedback_api import ledger_sections
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2
@@ -16,7 +14,9 @@ def _audit(message: lead_pb2.PriceAudit) -> dict[str, Any]:
     return PriceAudit.from_proto(message).to_json()
 
 
-def _attempt(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
+def attempt_json(attempt: lead_pb2.DeliveryAttempt) -> dict[str, Any]:
+    """One exchange with a buyer as operators read it, on a lead's recipient event and on a
+    batch alike (OpenAPI `Attempt`)."""
     return {
         "number": attempt.number,
         "request": attempt.request,
@@ -38,7 +38,7 @@ def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
             "flow_id": lead.flow_id,
             "source_id": lead.source_id,
             "submit_time": lead.submit_time.isoformat(),
-            "fields": orjson.Fragment(reply.lead.fields_json or b"{}"),
+            "fields": lead.fields,
         },
         "source_event": {
             "outcome": outcome_from_proto(source.outcome),
@@ -62,7 +62,7 @@ def lead_view(reply: ledger_service_pb2.GetLeadResponse) -> dict[str, Any]:
                 "sale_price": from_proto(event.sale_price),
                 "pricing": _audit(event.price_audit),
                 "reference": event.reference or None,
-                "attempts": [_attempt(attempt) for attempt in event.attempts],
+                "attempts": [attempt_json(attempt) for attempt in event.attempts],
                 "ms": event.duration_ms,
             }
             for event in reply.recipient_events

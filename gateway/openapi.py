@@ -197,6 +197,11 @@ SCHEMAS: dict[str, Any] = {
             "status_code": {"type": ["integer", "null"]},
             "ms": {"type": "number"},
             "error": {"type": ["string", "null"]},
+            "captured": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "string"},
+                "description": "cookie_search_term and capture values kept from the answer",
+            },
         },
     },
     "LeadView": {

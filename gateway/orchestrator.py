@@ -1,10 +1,12 @@
-"""One lead through the suite, in SPEC section 2's order: price, accept, distribute, record."""
+"""One lead through the suite, in SPEC section 2's order: price, accept, distribute, record.
+
+The gateway keeps the front door, the purchase price, acceptance and the record; routing owns
+the distribution (one DistributeLead stream per lead, which streams back each recipient event)."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,18 +16,19 @@ from typing import Any
 import grpc
 
 from gateway import metrics
-from gateway.clients import ROUTING_DEADLINE_S, Downstream, delivery_deadline, pricing_deadline
+from gateway.clients import Downstream
 from gateway.intake import SubmissionResult, render
 from gateway.outbox import LedgerOutbox
 from gateway.store import GatewayStore, PingQuote
 from leadflow import logs, tracing
 from leadflow.common.v1 import lead_pb2
-from leadflow.config import Config, Flow, Stage
+from leadflow.config import Config, Flow
 from leadflow.context import lead_context
+from leadflow.deadlines import distribution_deadlines, pricing_deadline
 from leadflow.fields import parse_lead
+from leadflow.ids import new_lead_id
 from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.money import ZERO, from_micros
-from leadflow.pricing.v1 import pricing_service_pb2
 from leadflow.routing.v1 import routing_service_pb2
 from leadflow.wire import (
     LeadData,
@@ -38,70 +41,7 @@ from leadflow.wire import (
 
 log = logging.getLogger(__name__)
 
-# Outcomes that allocate the lead to the buyer. A `queued` lead (a batch buyer's, waiting for its
-# file) counts toward the stage's `sell`, ends an exclusive stage and satisfies `require_sale`
-# like a sale: the buyer holds it and capacity is reserved for it; revenue waits for the file.
-# So does an `unknown` offer (SPEC 8.1: the buyer may have it), whose holds stay held until it is
-# resolved and which earns nothing until then.
-ALLOCATED = frozenset({"success", "queued", "unknown"})
-# Outcomes that are the buyer's sale for routing's counts now (an unknown one is resolved later).
-SOLD = frozenset({"success", "queued"})
-# A failed DeliverLead call after which the buyer may have the lead: the call was sent (calls
-# wait for a ready channel, so one never sent only ever ends at its deadline) and delivery died,
-# became unreachable or did not answer in time. Any other status is delivery refusing the
-# request before anything left.
-FATE_UNKNOWN = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-
-
-def new_lead_id() -> str:
-    """Sortable by arrival (milliseconds first), unguessable after that."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
-
-
-@dataclass
-class Recipient:
-    """A recipient event being built while the lead is distributed."""
-
-    id: str
-    stage_index: int
-    stage_name: str
-    strategy: str
-    step_index: int
-    buyer_id: str
-    outcome: str
-    reason: str = ""
-    sale_price: Decimal = ZERO
-    price_audit: PriceAudit = field(default_factory=PriceAudit)
-    reference: str = ""
-    attempts: list[lead_pb2.DeliveryAttempt] = field(default_factory=list)
-    duration_ms: int = 0
-
-    def to_proto(self) -> ledger_service_pb2.RecipientEvent:
-        return ledger_service_pb2.RecipientEvent(
-            id=self.id,
-            stage_index=self.stage_index,
-            stage_name=self.stage_name,
-            strategy=self.strategy,
-            step_index=self.step_index,
-            buyer_id=self.buyer_id,
-            outcome=outcome_to_proto(self.outcome),
-            reason=self.reason,
-            sale_price=to_proto(self.sale_price),
-            price_audit=self.price_audit.to_proto(),
-            reference=self.reference,
-            attempts=self.attempts,
-            duration_ms=self.duration_ms,
-        )
+NOT_PROCESSED = "Lead could not be processed, try again later"
 
 
 @dataclass
@@ -112,20 +52,14 @@ class LeadRun:
     override_price: str = ""  # the vendor's `price` parameter, as sent
     ping_id: str = ""  # the inbound ping the vendor refers to, as sent
     ping: PingQuote | None = None  # that ping, when it was honoured (unused and unexpired)
-    # Routing may hold something for this lead (reservations, a duplicate key, counted sales):
-    # SettleLead when it is over. Unknown until admission answers, so assumed then.
-    needs_settlement: bool = False
-    # Sale quotes of first-stage steps that came with the purchase price, by step index.
-    first_stage_quotes: dict[int, pricing_service_pb2.StepQuote] = field(default_factory=dict)
+    # Sale quotes of the steps priced by rules, from the purchase quote: routing's to use.
+    sale_quotes: list[lead_pb2.StepQuote] = field(default_factory=list)
     outcome: str = "success"
     reason: str = ""
     purchase_price: Decimal = ZERO
     purchase_audit: PriceAudit = field(default_factory=PriceAudit)
-    recipients: list[Recipient] = field(default_factory=list)
-
-    @property
-    def revenue(self) -> Decimal:
-        return sum((r.sale_price for r in self.recipients if r.outcome == "success"), ZERO)
+    # Routing's recipient events by id, in order; an offering is replaced by its answer.
+    recipients: dict[str, ledger_service_pb2.RecipientEvent] = field(default_factory=dict)
 
     @property
     def price_paid(self) -> Decimal:
@@ -133,27 +67,6 @@ class LeadRun:
 
     def fail(self, outcome: str, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
-
-    def add_recipient(
-        self,
-        stage_index: int,
-        ranking: routing_service_pb2.RankStageResponse,
-        step: routing_service_pb2.Candidate | routing_service_pb2.SkippedStep,
-        outcome: str,
-        reason: str = "",
-    ) -> Recipient:
-        recipient = Recipient(
-            id=f"{self.lead.id}-{len(self.recipients) + 1}",
-            stage_index=stage_index,
-            stage_name=ranking.stage_name,
-            strategy=ranking.strategy,
-            step_index=step.step_index,
-            buyer_id=step.buyer_id,
-            outcome=outcome,
-            reason=reason,
-        )
-        self.recipients.append(recipient)
-        return recipient
 
 
 class Orchestrator:
@@ -165,6 +78,9 @@ class Orchestrator:
         self._outbox = outbox
         self._store = store  # inbound pings
         self._pricing_deadline = pricing_deadline(config)
+        self._distribution_deadlines = {
+            flow.id: distribution_deadlines(config, flow) for flow in config.flows
+        }
 
     async def submit(
         self,
@@ -201,8 +117,7 @@ class Orchestrator:
             await self._process(flow, run)
         except grpc.aio.AioRpcError as exc:
             log.warning("lead %s: %s unavailable: %s", lead.id, exc.code().name, exc.details())
-            run.fail("error", "Lead could not be processed, try again later")
-        await self._settle(run)
+            run.fail("error", NOT_PROCESSED)
         result = await self._finish(run, started, intake=intake)
         if run.ping is not None and run.outcome == "error":
             await self._give_back(run.ping)
@@ -264,7 +179,7 @@ class Orchestrator:
             )
             run.purchase_price = from_proto(quote.price)
             run.purchase_audit = PriceAudit.from_proto(quote.audit)
-            run.first_stage_quotes = {q.step_index: q for q in quote.first_stage}
+            run.sale_quotes = list(quote.sales)
             if run.ping_id:
                 note = f"ping_id {run.ping_id[:64]!r} not honoured: unknown, expired or used"
                 notes = "; ".join(filter(None, [run.purchase_audit.note, note]))
@@ -279,172 +194,34 @@ class Orchestrator:
                     run.fail("failure", result.reason or "Acceptance criteria not met")
                     return
 
-        # Hours, duplicates, then flow and source caps (reserved until the lead settles).
-        run.needs_settlement = True
-        first_stage = flow.stages[0] if flow.stages else None
-        admission = await self._downstream.admit_lead(
-            run.lead,
-            run.purchase_price,
-            rank_first_stage=first_stage is not None,
-            deadline_s=self._rank_deadline(first_stage) if first_stage else ROUTING_DEADLINE_S,
+        await self._distribute(flow, run)
+
+    async def _distribute(self, flow: Flow, run: LeadRun) -> None:
+        """Routing admits and distributes the lead, streaming each recipient event; an offer
+        it announced and never answered stays `unknown` (its buyer may have the lead)."""
+        request = routing_service_pb2.DistributeLeadRequest(
+            lead=run.lead.to_proto(),
+            purchase_price=to_proto(run.purchase_price),
+            sale_quotes=run.sale_quotes,
         )
-        run.needs_settlement = admission.needs_settlement
-        if not admission.admitted:
-            run.fail("failure", admission.reason)
-            return
-
-        await self._distribute(flow, run, admission.first_stage)
-        if flow.require_sale and not any(r.outcome in ALLOCATED for r in run.recipients):
-            run.fail("failure", "No buyer accepted the lead")
-
-    async def _distribute(
-        self, flow: Flow, run: LeadRun, first_stage: routing_service_pb2.RankStageResponse
-    ) -> None:
-        sold: list[str] = []
-        for stage_index, stage in enumerate(flow.stages):
-            # Admission ranked the first stage already.
-            ranking = (
-                first_stage
-                if stage_index == 0
-                else await self._downstream.rank_stage(
-                    run.lead, stage_index, sold, run.purchase_price, self._rank_deadline(stage)
-                )
-            )
-            for skipped in ranking.skipped:
-                event = run.add_recipient(stage_index, ranking, skipped, "skip", skipped.reason)
-                event.attempts = list(skipped.ping_attempts)
-            sales = 0
-            for candidate in ranking.candidates:
-                if sales >= stage.sell:
-                    break
-                # "error" until the buyer answers: a step interrupted midway is never a sale.
-                recipient = run.add_recipient(stage_index, ranking, candidate, "error")
-                await self._offer(run, recipient, candidate)
-                if recipient.outcome in ALLOCATED:
-                    sold.append(candidate.buyer_id)
-                    sales += 1
-            if stage.exclusive and sales:
-                return
-
-    def _rank_deadline(self, stage: Stage) -> float:
-        """Routing quotes sale prices for price strategies and pings for auctions."""
-        deadline = ROUTING_DEADLINE_S
-        if stage.strategy in ("highest_price", "performance", "auction"):
-            deadline += self._pricing_deadline
-        if stage.strategy == "auction":
-            deadline += stage.deadline_ms / 1000
-        return deadline
-
-    async def _offer(
-        self, run: LeadRun, recipient: Recipient, candidate: routing_service_pb2.Candidate
-    ) -> None:
-        """Price the step, reserve its caps, deliver to its buyer and record the answer."""
-        started = perf_counter()
-        recipient.attempts = list(candidate.ping_attempts)
-        quoted = (
-            run.first_stage_quotes.get(candidate.step_index) if not recipient.stage_index else None
-        )
-        if candidate.HasField("price"):
-            # Routing priced it: the winning bid of an auction, or a price strategy's quote.
-            recipient.sale_price = from_proto(candidate.price)
-            recipient.price_audit = PriceAudit.from_proto(candidate.price_audit)
-        elif quoted is not None:  # quoted along with the purchase price
-            recipient.sale_price = from_proto(quoted.price)
-            recipient.price_audit = PriceAudit.from_proto(quoted.audit)
-        else:
-            try:
-                quote = await self._downstream.sale_price(
-                    run.lead,
-                    recipient.stage_index,
-                    recipient.step_index,
-                    run.purchase_price,
-                    self._pricing_deadline,
-                )
-            except grpc.aio.AioRpcError as exc:
-                recipient.reason = f"Sale price unavailable: {exc.code().name}"
-                raise  # the lead cannot go on: it ends `error`
-            recipient.sale_price = from_proto(quote.price)
-            recipient.price_audit = PriceAudit.from_proto(quote.audit)
-        if candidate.capped:
-            hold = await self._downstream.reserve_step(
-                run.lead, recipient.stage_index, recipient.step_index, recipient.sale_price
-            )
-            if not hold.reserved:
-                recipient.outcome, recipient.reason = "skip", hold.reason
-                recipient.duration_ms = int((perf_counter() - started) * 1000)
-                return
+        recipients = run.recipients
+        stream = self._downstream.distribute(request, self._distribution_deadlines[flow.id])
         try:
-            await self._deliver(run, recipient, candidate.bid_id)
-        finally:
-            # An unknown offer's holds stay held: SettleLead keeps them until it is resolved.
-            if candidate.capped and recipient.outcome != "unknown":
-                await self._settle_step(run, recipient)
-        recipient.duration_ms = int((perf_counter() - started) * 1000)
-
-    async def _settle_step(self, run: LeadRun, recipient: Recipient) -> None:
-        """Commit the step's cap reservations when the buyer took the lead, else release them
-        now so concurrent leads can use the capacity; if routing is unreachable the lead's
-        settlement does it."""
-        try:
-            await self._downstream.settle_step(
-                run.lead,
-                recipient.stage_index,
-                recipient.step_index,
-                recipient.outcome in SOLD,
-                recipient.sale_price,
-            )
+            # aclosing: leaving at the last message ends the stream's call at once.
+            async with aclosing(stream):
+                async for response in stream:
+                    for event in response.recipients:
+                        recipients[event.id] = event
+                    if response.HasField("offering"):
+                        recipients[response.offering.id] = response.offering
+                    if response.done:
+                        outcome = outcome_from_proto(response.outcome)
+                        if outcome != "success":
+                            run.fail(outcome, response.reason)
+                        return
         except grpc.aio.AioRpcError as exc:
-            log.warning("lead %s: settling step caps: %s", run.lead.id, exc.code().name)
-
-    async def _settle(self, run: LeadRun) -> None:
-        """The lead is over: routing commits or releases what admission and steps reserved.
-        Unreachable, the reservations lapse after routing's hold time instead."""
-        if not run.needs_settlement:
-            return
-        sales = [
-            (r.stage_index, r.step_index, r.buyer_id) for r in run.recipients if r.outcome in SOLD
-        ]
-        unknown = [
-            (r.stage_index, r.step_index, r.buyer_id)
-            for r in run.recipients
-            if r.outcome == "unknown"
-        ]
-        try:
-            await self._downstream.settle_lead(run.lead, run.outcome == "success", sales, unknown)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("lead %s: settling with routing: %s", run.lead.id, exc.code().name)
-
-    async def _deliver(self, run: LeadRun, recipient: Recipient, bid_id: str) -> None:
-        buyer = self._config.buyers_by_id[recipient.buyer_id]
-        try:
-            answer = await self._downstream.deliver(
-                recipient.id,
-                run.lead,
-                recipient.buyer_id,
-                recipient.sale_price,
-                run.purchase_price,
-                delivery_deadline(buyer.delivery),
-                bid_id=bid_id,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in FATE_UNKNOWN:
-                # SPEC 8.1: never `error` (the next buyer would get a lead this one may have
-                # bought, for free): allocated until delivery's recovery or an operator settles it.
-                recipient.outcome = "unknown"
-                recipient.reason = f"Delivery interrupted ({exc.code().name}): outcome unknown"
-            else:
-                # Refused before anything was sent: this step's error; the next step still runs.
-                recipient.outcome = "error"
-                recipient.reason = f"Delivery unavailable: {exc.code().name}"
-        else:
-            recipient.outcome = outcome_from_proto(answer.outcome)
-            recipient.reason = answer.reason
-            recipient.reference = answer.reference
-            recipient.attempts += list(answer.attempts)  # after the auction's ping, if any
-            if answer.HasField("price"):
-                price = from_proto(answer.price)
-                recipient.sale_price = price
-                recipient.price_audit = PriceAudit(layer="response", amount=price)
+            log.warning("lead %s: distribution: %s %s", run.lead.id, exc.code().name, exc.details())
+        run.fail("error", NOT_PROCESSED)
 
     async def _record(self, run: LeadRun, duration: float, result: bytes | None) -> None:
         source_event = ledger_service_pb2.SourceEvent(
@@ -453,12 +230,11 @@ class Orchestrator:
             purchase_price=to_proto(run.purchase_price),
             price_paid=to_proto(run.price_paid),
             price_audit=run.purchase_audit.to_proto(),
-            revenue=to_proto(run.revenue),
             duration_ms=int(duration * 1000),
         )
         request = ledger_service_pb2.RecordLeadRequest(
             lead=run.lead.to_proto(),
             source_event=source_event,
-            recipient_events=[recipient.to_proto() for recipient in run.recipients],
+            recipient_events=run.recipients.values(),
         )
         await self._outbox.record(request, result)

@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from aiohttp import web
 
-from gateway.clients import pricing_deadline
 from gateway.http_api import CONFIG_KEY, DOWNSTREAM_KEY, STORE_KEY, read_vendor_request
 from gateway.intake import render
-from gateway.orchestrator import new_lead_id
 from gateway.store import PingQuote
+from leadflow.deadlines import pricing_deadline
 from leadflow.fields import parse_lead
+from leadflow.ids import new_lead_id
 from leadflow.money import ZERO, to_micros
 from leadflow.wire import LeadData, from_proto
 
@@ -51,9 +51,7 @@ async def ping(request: web.Request) -> web.Response:
         return vendor
     config = request.app[CONFIG_KEY]
     flow, flow_id, source_id = vendor.flow, vendor.flow.id, vendor.source_id
-    media, fields = vendor.media, vendor.fields
-    fields.pop("price", None)
-    fields.pop("ping_id", None)
+    media, fields = vendor.media, vendor.lead.fields  # a ping has no price override nor ping id
     now = datetime.now(UTC)
     lead = LeadData(new_lead_id(), flow_id, source_id, parse_lead(fields, flow.fields), now)
     try:

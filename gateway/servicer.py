@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-import hmac
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import orjson
 
-from gateway.intake import BadRequest, override_text, unflatten
+from gateway.intake import BadRequest
 from gateway.orchestrator import Orchestrator
 from gateway.rate_limit import RateLimiter
-from gateway.store import GatewayStore, KeyInProgress, StoredResponse
+from gateway.store import GatewayStore, StoredResponse
+from gateway.submission import (
+    MAX_IDEMPOTENCY_KEY,
+    KeyInUse,
+    RateLimited,
+    Submissions,
+    Unauthorized,
+    checked_idempotency_key,
+    read_vendor_parameters,
+)
+from leadflow import kit
 from leadflow.config import Config
 from leadflow.gateway.v1 import gateway_service_pb2 as pb
 from leadflow.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from leadflow.money import format_money
 from leadflow.wire import from_proto, outcome_to_proto, to_proto
 
-# gRPC and HTTP answers differ in form, so their idempotency keys live in separate namespaces.
 KEY_PREFIX = "grpc:"
 PROTO_CONTENT_TYPE = "application/x-protobuf"
 
@@ -31,61 +40,42 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         store: GatewayStore,
         rate_limiter: RateLimiter,
     ) -> None:
-        self._config = config
-        self._orchestrator = orchestrator
-        self._store = store
-        self._rate_limiter = rate_limiter
+        self._submissions = Submissions(config, orchestrator, store, rate_limiter)
 
+    # An unknown source is a LookupError and unreadable fields a ValueError (kit's mapping).
+    @kit.grpc_errors(
+        {
+            Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
+            RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            KeyInUse: grpc.StatusCode.ABORTED,
+        }
+    )
     async def SubmitLead(
         self, request: pb.SubmitLeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitLeadResponse:
-        flow = self._config.flows_by_id.get(request.flow_id)
-        if flow is None or request.source_id not in flow.sources_by_id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown flow or source")
-        source = self._config.sources_by_id[request.source_id]
-        if not hmac.compare_digest(request.api_key.encode(), source.api_key.encode()):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Unauthorized source")
-        retry_after = self._rate_limiter.take(source.id, source.rate_limit)
-        if retry_after is not None:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Rate limit exceeded; retry after {retry_after} s",
+        submissions = self._submissions
+        submissions.admit(request.flow_id, request.source_id, request.api_key)
+        data: Any = orjson.loads(request.fields_json or b"{}")
+        if not isinstance(data, dict):
+            raise BadRequest("fields_json must be a JSON object")
+        lead = read_vendor_parameters(data).submission  # a redirect is HTTP's alone
+        if request.HasField("override_price"):
+            lead = replace(lead, override_price=format_money(from_proto(request.override_price)))
+
+        async def answer() -> StoredResponse:
+            result = await submissions.submit(request.flow_id, request.source_id, lead)
+            response = pb.SubmitLeadResponse(
+                outcome=outcome_to_proto(result.outcome),
+                reason=result.reason or "",
+                lead_id=result.lead_id or "",
+                price=to_proto(result.price),
             )
-        try:
-            data: Any = orjson.loads(request.fields_json or b"{}")
-            if not isinstance(data, dict):
-                raise BadRequest("fields_json must be a JSON object")
-            fields = unflatten(data)
-        except (orjson.JSONDecodeError, BadRequest) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        key = KEY_PREFIX + request.idempotency_key if request.idempotency_key else None
-        if key is not None:
-            try:
-                first = await self._store.claim(request.source_id, key)
-            except KeyInProgress:
-                await context.abort(grpc.StatusCode.ABORTED, "idempotency key still in progress")
-            if first is not None:
-                return pb.SubmitLeadResponse.FromString(first.body)
-        try:
-            override = (
-                format_money(from_proto(request.override_price))
-                if request.HasField("override_price")
-                else override_text(fields.pop("price", None))
-            )
-            result = await self._orchestrator.submit(
-                request.flow_id, request.source_id, fields, override
-            )
-        except BaseException:
-            if key is not None:
-                await self._store.release(request.source_id, key)
-            raise
-        response = pb.SubmitLeadResponse(
-            outcome=outcome_to_proto(result.outcome),
-            reason=result.reason or "",
-            lead_id=result.lead_id or "",
-            price=to_proto(result.price),
+            return StoredResponse(201, PROTO_CONTENT_TYPE, response.SerializeToString())
+
+        # gRPC and HTTP answers differ in form, so their keys live in separate namespaces.
+        given = checked_idempotency_key(
+            request.idempotency_key or None, MAX_IDEMPOTENCY_KEY - len(KEY_PREFIX)
         )
-        if key is not None:
-            stored = StoredResponse(201, PROTO_CONTENT_TYPE, response.SerializeToString())
-            await self._store.complete(request.source_id, key, stored)
-        return response
+        key = None if given is None else KEY_PREFIX + given
+        stored = await submissions.once(request.source_id, key, answer)
+        return pb.SubmitLeadResponse.FromString(stored.body)

@@ -32,6 +32,7 @@ from pydantic import (
 from leadflow.fields import FIELD_TYPES
 from leadflow.money import MAX_PRICE, parse_amount
 from leadflow.patterns import PatternError, check_pattern
+from leadflow.payload import unflatten
 
 if TYPE_CHECKING:
     from leadflow.expressions import Expression
@@ -307,6 +308,22 @@ class HttpDelivery(Model):
     signing_secret: str | None = None
     circuit_breaker: CircuitBreakerSpec | None = None
 
+    @property
+    def nests_mapping(self) -> bool:
+        """A JSON or XML body nests the mapping's dot keys (`a.b` -> `{a: {b: …}}`)."""
+        return self.mapping is not None and self.format in ("json", "xml") and self.method != "GET"
+
+    @model_validator(mode="after")
+    def _placeable_mapping(self) -> HttpDelivery:
+        """A dot key that cannot be nested (`a` beside `a.b`, `a..b`) is refused at load rather
+        than sent in a shape the mapping does not describe."""
+        if self.nests_mapping:
+            try:
+                unflatten(self.mapping or {})
+            except ValueError as exc:
+                raise ValueError(f"mapping: {exc}") from None
+        return self
+
     @field_validator("signing_secret")
     @classmethod
     def _webhook_secret(cls, secret: str | None) -> str | None:
@@ -504,6 +521,17 @@ class Flow(Model):
         return {entry.source: entry for entry in self.sources}
 
 
+def sale_pricing(step: Step, buyer: Buyer) -> Literal["none", "rules", "service"]:
+    """Where a step's sale price comes from before delivery (step pricing, then the buyer's):
+    `service` when a pricing service may be called, `rules` when rules alone decide, `none`
+    when nothing is configured ($0.00, layer `none`). Pricing quotes `rules` steps with the
+    purchase price; routing quotes `service` steps itself and prices `none` steps at zero."""
+    blocks = [block for block in (step.pricing, buyer.pricing) if block is not None]
+    if any(block.service is not None for block in blocks):
+        return "service"
+    return "rules" if blocks else "none"
+
+
 class Config(Model):
     account: Account
     sources: list[Source] = []
@@ -521,6 +549,19 @@ class Config(Model):
     @cached_property
     def flows_by_id(self) -> dict[str, Flow]:
         return {flow.id: flow for flow in self.flows}
+
+    def step(self, flow_id: str, stage_index: int, step_index: int) -> Step:
+        """A configured step by its place, or LookupError naming what is missing (the flow,
+        the stage or the step)."""
+        flow = self.flows_by_id.get(flow_id)
+        if flow is None:
+            raise LookupError(f"unknown flow {flow_id!r}")
+        if not 0 <= stage_index < len(flow.stages):
+            raise LookupError(f"flow {flow_id!r} has no stage {stage_index}")
+        steps = flow.stages[stage_index].steps
+        if not 0 <= step_index < len(steps):
+            raise LookupError(f"stage {stage_index} of flow {flow_id!r} has no step {step_index}")
+        return steps[step_index]
 
     def pricing_blocks(self) -> list[Pricing | None]:
         """Every pricing block in the configuration: buyers, flows, flow sources and steps."""

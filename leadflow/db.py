@@ -7,9 +7,10 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy import DateTime, Insert, MetaData, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -38,6 +39,31 @@ def metadata(service: str | None = None) -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION, info=info)
 
 
+@overload
+def aware(value: datetime | str) -> datetime: ...
+@overload
+def aware(value: None) -> None: ...
+def aware(value: datetime | str | None) -> datetime | None:
+    """A datetime read back from either engine as aware UTC: SQLite hands back naive UTC (and
+    ISO text where an aggregate such as max() loses the column type), PostgreSQL aware values."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def insert_ignore(table: Any, dialect: Dialect | str, index_elements: Any = None) -> Insert:
+    """INSERT … ON CONFLICT DO NOTHING on either engine: idempotent by key, never aborting the
+    transaction; `index_elements` names the conflict target (any unique key when None)."""
+    name = dialect if isinstance(dialect, str) else dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    if name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    raise ValueError(f"unsupported database {name!r}")
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in and out: SQLite hands back naive ones, PostgreSQL aware ones."""
 
@@ -52,9 +78,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return aware(value)
 
 
 def database_url(configured: str | None, data_dir: str | Path, service: str) -> str:

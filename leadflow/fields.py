@@ -6,21 +6,24 @@ can be stored, sent over gRPC as JSON and read by rules and templates without cu
 Decisions (beyond SPEC section 4):
 
 - An invalid value is data, never an exception: ``valid`` is False and ``normal`` is the trimmed
-  raw text. Empty or missing values give ``{"kind", "raw": "", "normal": "", "valid": False}``
-  (``raw`` keeps whitespace as sent).
+  raw text (an invalid phone or email that still has parts keeps them, as LeadConduit's do).
+  Empty or missing values give ``{"kind", "raw": "", "normal": "", "valid": False}`` (``raw``
+  keeps whitespace as sent).
 - ``raw`` is the value as given, as text: ``True`` becomes ``"true"``, numbers lose float
   artifacts. An unknown type name parses as ``string``.
-- phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits; the extension is
-  the ``extension`` component, not part of ``normal``. Other countries normalise to the national
-  significant number, with ``country_code`` holding the ISO region. The ``type``
+- Text types (string, city, first_name, last_name) keep the text as sent, as LeadConduit's.
+- phone: NANP numbers (US, CA and the other +1 regions) normalise to 10 digits, the extension
+  after an ``x`` (``5127891111x44``) and in ``extension``. Other countries normalise to the
+  national significant number, with ``country_code`` holding the ISO region. The ``type``
   component (home/work/mobile, from a trailing ``h``/``w``/``c``/``m`` hint) keeps LeadConduit's
   name, so every parsed value names its own field type ``kind``. Plain NANP numbers skip
   phonenumbers' full parser; validity is still phonenumbers' verdict (cached per area code and
   exchange).
 - email: lower-cased as a whole; never any DNS lookup. ``tld`` is the last label, or the last two
   for a few well-known second-level registries (``co.uk``); ``host`` is the domain without it.
-- postal_code: US ``12345`` / ``12345-6789`` and Canadian ``K1A 0B1`` (``fsa``/``ldu``
-  components, ``zip`` None). A bare integer 2134 from JSON is zero-padded to ``02134``.
+- postal_code: US ``12345`` / ``12345-6789``, Canadian ``K1A 0B1`` (``fsa``/``ldu``
+  components, ``zip`` None) and UK postcodes, as LeadConduit's patterns read them. A bare
+  integer 2134 from JSON is zero-padded to ``02134``.
 - state: US states, DC, territories and Canadian provinces, by code, full name or common
   abbreviation (``Calif.``), normalise to the 2-letter code; anything else is invalid.
 - number: ``normal`` is a decimal string (``"$1,000.50"`` -> ``"1000.50"``); ``number`` is an
@@ -28,9 +31,10 @@ Decisions (beyond SPEC section 4):
 - range: ``"700-749"``, ``"700 to 749"``, ``"10+"``, ``"700"``. ``avg`` is the mean, ``mid`` the
   mean truncated to an int; an open range (``10+``) has ``max``, ``avg`` and ``mid`` None.
 - date/dob: ISO, US ``M/D/YYYY`` (also with ``-`` or ``.``, and day-first when the first number
-  cannot be a month), ``YYYYMMDD``/``MMDDYYYY``, and month names. Two-digit years pivot on
-  today's year. dob ``age`` is completed years on ``today`` (a parameter, default the local
-  date); a dob in the future or more than 130 years ago is invalid.
+  cannot be a month), ``YYYYMMDD``/``MMDDYYYY``, and month names. ``normal`` is LeadConduit's
+  record of the day, ``2014-06-02T00:00:00.000Z``; templates and rules read the date. Two-digit
+  years pivot on today's year. dob ``age`` is in years rounded down to a tenth on ``today`` (a
+  parameter, default the local date); a dob in the future or more than 130 years ago is invalid.
 - ip: ``is_ipv4``, ``version``, ``is_private`` components; IPv6 may be bracketed.
 - url: http(s) only; a value without a scheme is read as ``http://``.
 - trustedform_url: an http(s) URL on ``cert.trustedform.com`` or ``ping.trustedform.com`` with a
@@ -62,6 +66,8 @@ from publicsuffixlist import PublicSuffixList
 __all__ = [
     "FIELD_TYPES",
     "STANDARD_FIELDS",
+    "date_normal",
+    "date_text",
     "is_field",
     "parse_boolean",
     "parse_date",
@@ -245,6 +251,10 @@ _RANGE_PAIR = re.compile(
 )
 
 
+# An unreadable range still has LeadConduit's components, all None.
+_NO_RANGE: Final = {"min": None, "max": None, "avg": None, "mid": None}
+
+
 def _parse_range(raw: str) -> Field:
     text = raw.strip()
     low: Decimal | None
@@ -253,7 +263,7 @@ def _parse_range(raw: str) -> Field:
     if m:
         low, high = to_decimal(m.group(1)), None
         if low is None:
-            return _invalid("range", raw)
+            return {**_invalid("range", raw), **_NO_RANGE}
         normal = f"{_decimal_text(low)}+"
     else:
         m = _RANGE_PAIR.fullmatch(text)
@@ -262,7 +272,7 @@ def _parse_range(raw: str) -> Field:
         else:
             low = high = to_decimal(text)
         if low is None or high is None:
-            return _invalid("range", raw)
+            return {**_invalid("range", raw), **_NO_RANGE}
         if low > high:
             low, high = high, low
         normal = (
@@ -285,20 +295,21 @@ def _parse_range(raw: str) -> Field:
         field["mid"] = _json_number(avg.to_integral_value(ROUND_DOWN))
     bounded = ("min", "max", "avg", "mid") if high is not None else ("min",)
     if any(field[key] is None for key in bounded):
-        return _invalid("range", raw)  # beyond what a float can hold
+        return {**_invalid("range", raw), **_NO_RANGE}  # beyond what a float can hold
     return field
 
 
 # --- booleans -------------------------------------------------------------------------------
 
-_TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1", "on"})
-_FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0", "off"})
+# LeadConduit's words; "on"/"off" are not among them (an HTML checkbox's "on" is no answer).
+_TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1"})
+_FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0"})
 _ALNUM_RUN = re.compile(r"[a-z0-9]+")
 _LONGEST_WORD: Final = max(map(len, _TRUE_WORDS | _FALSE_WORDS))
 
 
 def parse_boolean(value: object) -> bool | None:
-    """True/False for yes/y/1/true/t/on and no/n/0/false/f/off (any case), else None."""
+    """True/False for yes/y/1/true/t and no/n/0/false/f (any case), else None."""
     if isinstance(value, bool):
         return value
     # The letters and digits of the text, read only until they are too many to be a word.
@@ -346,7 +357,10 @@ for _i, _name in enumerate(
 _MONTHS["sept"] = 9
 
 _DATE_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[t ]\S*+)?")
-_DATE_US = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})")
+# A time after a US date is read past, as LeadConduit's forgiving parse does ("6/2/2014 10:30").
+_DATE_US = re.compile(
+    r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4}|\d{2})(?:\s++\d{1,2}:\d{2}(?::\d{2})?+(?:\s*+[ap]m)?+)?+"
+)
 _DATE_8 = re.compile(r"\d{8}")
 _DATE_MONTH_FIRST = re.compile(
     r"(?:[a-z]{3,9}\.?,?\s++)?([a-z]{3,9})\.?\s++(\d{1,2})(?:st|nd|rd|th)?,?\s++(\d{4})"
@@ -382,7 +396,9 @@ def parse_date(value: object, today: date | None = None) -> date | None:
         return None
     m = _DATE_ISO.fullmatch(text)
     if m:
-        return _make_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        year, first, second = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        # Month first; LeadConduit also reads YYYY-DD-MM when the month cannot be one.
+        return _make_date(year, first, second) or _make_date(year, second, first)
     m = _DATE_US.fullmatch(text)
     if m:
         year = _full_year(m.group(3), today or date.today())
@@ -402,17 +418,35 @@ def parse_date(value: object, today: date | None = None) -> date | None:
     return None
 
 
+def date_normal(day: date) -> str:
+    """A date's normal value as LeadConduit records it (its JSON form of midnight UTC);
+    templates and rules read the calendar date, :func:`date_text`."""
+    return f"{day.isoformat()}T00:00:00.000Z"
+
+
+def date_text(field: Mapping[str, object]) -> str:
+    """The calendar date (``YYYY-MM-DD``) of a valid date or dob field, as LeadConduit renders
+    it in a delivery; any other field's normal value as text."""
+    return str(field["normal"])[:10] if field["valid"] else str(field["normal"])
+
+
+def _invalid_date(type_name: str, raw: str) -> Field:
+    # A dob is unmasked whether or not it reads, as LeadConduit's.
+    field = _invalid(type_name, raw)
+    return {**field, "masked": False} if type_name == "dob" else field
+
+
 def _parse_date(type_name: str, raw: str, original: object, today: date | None) -> Field:
     day = parse_date(original if isinstance(original, date) else raw, today)
     if day is None:
-        return _invalid(type_name, raw)
-    field: Field = {"kind": type_name, "raw": raw, "normal": day.isoformat(), "valid": True}
+        return _invalid_date(type_name, raw)
+    field: Field = {"kind": type_name, "raw": raw, "normal": date_normal(day), "valid": True}
     field["year"] = day.year
     if type_name == "dob":
         now = today or date.today()
         age = now.year - day.year - ((now.month, now.day) < (day.month, day.day))
         if day > now or age > 130:
-            return _invalid(type_name, raw)
+            return _invalid_date(type_name, raw)
         field["age"] = _fractional_age(day, now, age)
         field["masked"] = False
     return field
@@ -484,6 +518,34 @@ def _nanp_field(
     }
 
 
+def _invalid_phone(raw: str, number: phonenumbers.PhoneNumber, hint: str | None) -> Field:
+    """A number phonenumbers reads but does not call valid (555-555-5555): invalid, with the
+    digits and parts LeadConduit reports for it, so a rule or mapping on them sees the same."""
+    nsn = phonenumbers.national_significant_number(number)
+    if not nsn or "*" in raw:  # a masked number's digits are not its number
+        return _invalid("phone", raw)
+    area_length = phonenumbers.length_of_national_destination_code(number)
+    nanp = number.country_code == 1
+    # LeadConduit cuts a +1 subscriber number without an area code to seven digits.
+    subscriber = nsn[area_length:][:7] if nanp else nsn[area_length:]
+    area = nsn[:area_length] or None
+    return {
+        "kind": "phone",
+        "raw": raw,
+        "normal": _phone_normal(nsn, number.extension),
+        "valid": False,
+        "area": area,
+        "exchange": subscriber[:3] if nanp else None,
+        "line": subscriber[3:] if nanp else None,
+        "number": subscriber,
+        "extension": number.extension or None,
+        "country_code": phonenumbers.region_code_for_country_code(number.country_code or 0),
+        "country_calling_code": number.country_code,
+        "type": hint,
+        "is_tollfree": nanp and area in _TOLLFREE_AREAS,
+    }
+
+
 def _parse_phone(raw: str) -> Field:
     text = raw.strip()
     if not text:
@@ -501,15 +563,14 @@ def _parse_phone(raw: str) -> Field:
     if m:
         digits = m.group(1) + m.group(2) + m.group(3)
         region = _nanp_region(digits[:6])
-        if region is None:
-            return _invalid("phone", raw)
-        return _nanp_field(raw, region, digits, extension, hint)
+        if region is not None:
+            return _nanp_field(raw, region, digits, extension, hint)
     try:
         number = phonenumbers.parse(text, "US")
     except phonenumbers.NumberParseException:
         return _invalid("phone", raw)
     if not phonenumbers.is_valid_number(number):
-        return _invalid("phone", raw)
+        return _invalid_phone(raw, number, hint)
     region = phonenumbers.region_code_for_number(number) or ""
     extension = number.extension or extension
     nsn = phonenumbers.national_significant_number(number)
@@ -675,15 +736,26 @@ def _parse_email(raw: str) -> Field:
     try:
         result = validate_email(text, check_deliverability=False)
     except (EmailNotValidError, ValueError, UnicodeError):
-        return _invalid("email", raw)
+        return _invalid_email(raw)
     return _email_field(raw, result.local_part.lower(), result.domain.lower())
+
+
+def _invalid_email(raw: str) -> Field:
+    """Invalid; when the text is still one user and one domain (``ada@localhost``, an address
+    LeadConduit accepts), with their parts, so a rule on ``email.domain`` sees them."""
+    sent = raw.strip()
+    user, at, domain = sent.partition("@")
+    if not (user and at and domain) or "@" in domain or any(ch.isspace() for ch in sent):
+        return _invalid("email", raw)
+    return {**_email_field(raw, user, domain), "valid": False}
 
 
 # --- postal codes, states, gender -----------------------------------------------------------
 
-# `\s*(?:-\s*)?`, not `\s*-?\s*`: two adjacent `\s*` share every split of a run of spaces.
-_ZIP_US = re.compile(r"(\d{5})(?:\s*+(?:-\s*+)?(\d{4}))?")
-_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*+(?:-\s*+)?(\d[a-z]\d)", re.IGNORECASE)
+# `\s*+(?:-\s*+)?`, not `\s*-?\s*`: two adjacent `\s*` share every split of a run of spaces.
+# As LeadConduit's: a ZIP may end in its separator ("78751-"); a Canadian code has no hyphen.
+_ZIP_US = re.compile(r"(\d{5})\s*+(?:-\s*+)?(\d{4})?")
+_ZIP_CA = re.compile(r"([a-z]\d[a-z])\s*+(\d[a-z]\d)", re.IGNORECASE)
 # UK: outward code (A9, A99, AA9, AA99, A9A, AA9A) and inward code (9AA), as LeadConduit reads it.
 _POSTCODE_GB = re.compile(r"([a-z]{1,2}\d{1,2}[a-z\d]?)\s*+(\d[a-z]{2})", re.IGNORECASE)
 
@@ -797,6 +869,10 @@ _STATES: Final[dict[str, str]] = {
     "MP": "Northern Mariana Islands",
     "PR": "Puerto Rico",
     "VI": "U.S. Virgin Islands",
+    # The freely associated states USPS serves, on LeadConduit's list too.
+    "FM": "Federated States of Micronesia",
+    "MH": "Marshall Islands",
+    "PW": "Palau",
     "AA": "Armed Forces Americas",
     "AE": "Armed Forces Europe",
     "AP": "Armed Forces Pacific",
@@ -868,22 +944,19 @@ def _parse_state(raw: str) -> Field:
     words = raw.replace(".", "").split(None, _STATE_MAX_WORDS)
     code = _STATE_LOOKUP.get(" ".join(words).lower()) if len(words) <= _STATE_MAX_WORDS else None
     if code is None:
-        return _invalid("state", raw)
+        # LeadConduit names an unknown state by its text (and calls it valid: we do not).
+        return {**_invalid("state", raw), "name": raw}
     return {"kind": "state", "raw": raw, "normal": code, "valid": True, "name": _STATES[code]}
 
 
+# LeadConduit's words only: a rule on `gender.abbr` copied from it sees the same values.
 _GENDERS: Final[dict[str, str]] = {
     "m": "male",
     "male": "male",
-    "man": "male",
     "f": "female",
     "female": "female",
-    "woman": "female",
     "o": "other",
     "other": "other",
-    "x": "other",
-    "nonbinary": "other",
-    "non-binary": "other",
 }
 _GENDER_ABBR: Final = {"male": "M", "female": "F", "other": "O"}
 
@@ -891,7 +964,7 @@ _GENDER_ABBR: Final = {"male": "M", "female": "F", "other": "O"}
 def _parse_gender(raw: str) -> Field:
     gender = _GENDERS.get(raw.strip().lower())
     if gender is None:
-        return _invalid("gender", raw)
+        return {**_invalid("gender", raw), "abbr": None}
     return {
         "kind": "gender",
         "raw": raw,
@@ -1155,7 +1228,10 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
     if not text.strip():
         return {"kind": type_name, "raw": text, "normal": "", "valid": False}
     if type_name in _TEXT_TYPES:
-        return {"kind": type_name, "raw": text, "normal": text.strip(), "valid": True}
+        # Untrimmed, as LeadConduit keeps text: a rule or template sees what the vendor sent.
+        # A JSON number or boolean is no name or city (LeadConduit: invalid); any text is a string.
+        valid = type_name == "string" or isinstance(raw, str)
+        return {"kind": type_name, "raw": text, "normal": text, "valid": valid}
     if type_name == "credential":
         return {"kind": "credential", "raw": text, "normal": text, "valid": True, "masked": False}
     if len(text) > MAX_VALUE_CHARS:

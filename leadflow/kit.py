@@ -5,23 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
+import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram, start_http_server
 
 from leadflow import logs, tracing
 from leadflow.config import Config, ConfigError, load_config
+from leadflow.errors import InvalidField, RuleRefused
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,73 @@ _MESSAGE_LIMITS = [
 ]
 
 
+# The status each kind of error means (ARCHITECTURE "Status codes"); a service adds its own
+# (a conflict, an unauthenticated caller) with `grpc_errors(extra)`. An error's class is looked
+# up along its MRO, so the most specific listed class wins.
+STANDARD_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode | None] = {
+    LookupError: grpc.StatusCode.NOT_FOUND,
+    # A missing key or index is a bug of ours, not an unknown id: it stays UNKNOWN and logged.
+    KeyError: None,
+    IndexError: None,
+    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
+    RuleRefused: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def error_code(
+    exc: BaseException, codes: Mapping[type[BaseException], grpc.StatusCode | None]
+) -> grpc.StatusCode | None:
+    """The status `exc` answers with under `codes`, or None when it is no caller's error."""
+    for cls in type(exc).__mro__:
+        if cls in codes:
+            return codes[cls]
+    return None
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, exc: BaseException
+) -> NoReturn:
+    """End the call with `code` and the error's message; an InvalidField also names its field
+    in a google.rpc.BadRequest, for clients that read details."""
+    log.info("refused (%s): %s", code.name, exc)
+    if not isinstance(exc, InvalidField):
+        await context.abort(code, str(exc))
+        raise AssertionError("abort returned")  # it raises; this tells the type checker so
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=exc.field, description=exc.description
+    )
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")
+
+
+def grpc_errors(
+    extra: Mapping[type[BaseException], grpc.StatusCode | None] | None = None,
+) -> Callable[[_Method], _Method]:
+    """Decorate a unary servicer method `(self, request, context)`: an error it raises that
+    STANDARD_ERROR_CODES or `extra` lists ends the call with that status and its message;
+    any other error propagates (UNKNOWN, logged by grpc)."""
+    codes = {**STANDARD_ERROR_CODES, **(extra or {})}
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        async def call(self: Any, request: Any, context: Any) -> Any:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                code = error_code(exc, codes)
+                if code is None:
+                    raise
+                await abort(context, code, exc)
+
+        return cast("_Method", call)
+
+    return decorate
+
+
 # go-grpc-prometheus labels codes with Go's names (codes.Code.String()), so dashboards and alerts
 # written for Go services read ours too.
 GO_CODE_NAMES = {
@@ -96,11 +176,16 @@ class _MethodMetrics:
     takes a lock on every call."""
 
     def __init__(
-        self, metrics: tuple[Counter, Counter, Histogram], service: str, method: str
+        self,
+        metrics: tuple[Counter, Counter, Histogram],
+        service: str,
+        method: str,
+        kind: str = "unary",
     ) -> None:
         started, self._handled, seconds = metrics
-        self._started = started.labels("unary", service, method)
-        self._seconds = seconds.labels("unary", service, method)
+        self._kind = kind
+        self._started = started.labels(kind, service, method)
+        self._seconds = seconds.labels(kind, service, method)
         self._service = service
         self._method = method
         self._by_code: dict[str, Any] = {}
@@ -113,7 +198,7 @@ class _MethodMetrics:
         handled = self._by_code.get(label)
         if handled is None:
             handled = self._by_code[label] = self._handled.labels(
-                "unary", self._service, self._method, label
+                self._kind, self._service, self._method, label
             )
         handled.inc()
         self._seconds.observe(seconds)
@@ -138,8 +223,15 @@ _UNREAD: Any = object()
 def _observed(
     handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary, and
-    the request's lead (if it is about one) in the log context of the call."""
+    """`handler` with grpc_server_* metrics (go-grpc-prometheus names) when it is unary or
+    bidirectional streaming, and the request's lead (if it is about one) in the log context of
+    the call."""
+    if handler.stream_stream is not None:
+        # A stream handler that is an async generator (reflection's) is served as it is: only
+        # a coroutine reading and writing through its context can be awaited whole.
+        if inspect.iscoroutinefunction(handler.stream_stream):
+            return _observed_stream(handler, service, method)
+        return handler
     if handler.unary_unary is None:
         return handler
     inner: Any = handler.unary_unary  # an async callable on an aio server
@@ -168,6 +260,41 @@ def _observed(
             metrics.finish(code, perf_counter() - start)
 
     return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _observed_stream(
+    handler: grpc.RpcMethodHandler[Any, Any], service: str, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A bidirectional stream counted as one call when it ends (the handler reads and writes
+    with `context.read()` and `context.write()`)."""
+    inner: Any = handler.stream_stream
+    metrics = _MethodMetrics(_SERVER_METRICS, service, method, "bidi_stream")
+
+    # An async generator that yields nothing (the handler writes through its context): with
+    # tracing on, OpenTelemetry's server interceptor iterates every response-streaming handler
+    # with `async for`, and a coroutine there fails every call (TypeError).
+    async def observed(
+        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        metrics.start()
+        start = perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            await inner(requests, context)
+            code = context.code() or grpc.StatusCode.OK
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.finish(code, perf_counter() - start)
+        return
+        yield  # pragma: no cover - unreachable: makes this function an async generator
+
+    return grpc.stream_stream_rpc_method_handler(
         observed,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,

@@ -60,7 +60,7 @@ from typing import Any, Final, NamedTuple, TypeGuard
 import re2
 
 from leadflow import geo
-from leadflow.fields import parse_boolean, parse_date, parse_value, to_decimal
+from leadflow.fields import date_text, parse_boolean, parse_date, parse_value, to_decimal
 from leadflow.templates import Template, TemplateError, compile_template
 from leadflow.variables import Getter, compile_path, display, variable_type
 
@@ -256,7 +256,7 @@ def _number_of(value: object) -> Num | None:
 def _date_of(value: object) -> str | None:
     if _is_field(value):
         if value["kind"] in ("date", "dob"):
-            return str(value["normal"]) if value["valid"] else None
+            return date_text(value) if value["valid"] else None
         value = value["normal"]
     found = parse_date(value) if isinstance(value, str) else None
     return found.isoformat() if found is not None else None
@@ -344,7 +344,7 @@ def _compare(value: object, r: _Operand) -> int | None:
                 return None if number is None else (number > r.number) - (number < r.number)
         elif kind == "date" or kind == "dob":
             if r.date is not None:
-                return _sign(normal, r.date)
+                return _sign(normal[:10], r.date)  # the calendar date of the normal value
             if r.number is not None:
                 number = _field_number(value) if kind == "dob" else None
                 return None if number is None else _sign(number, r.number)
@@ -418,7 +418,7 @@ class _Members:
                         if number is not None and number in self.numbers:
                             return True
                 elif kind == "date" or kind == "dob":
-                    if normal in self.dates:
+                    if normal[:10] in self.dates:  # the calendar date of the normal value
                         return True
                 elif kind == "boolean":
                     return normal in self.booleans

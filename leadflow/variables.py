@@ -20,7 +20,10 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Final
 
-from leadflow.fields import STANDARD_FIELDS, is_field
+from leadflow.fields import STANDARD_FIELDS, date_text, is_field
+
+# Their normal value is a timestamp (LeadConduit's record); templates show the calendar date.
+_DATE_KINDS = frozenset({"date", "dob"})
 
 __all__ = [
     "ALIASES",
@@ -151,6 +154,8 @@ def display(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, dict) and is_field(value):
+        if value["kind"] in _DATE_KINDS:
+            return date_text(value)
         return display(value["normal"])
     if isinstance(value, Decimal):
         if not value.is_finite():
@@ -173,6 +178,8 @@ def display(value: object) -> str:
 def _plain(value: object) -> object:
     """A JSON-ready copy: fields become their normal values."""
     if isinstance(value, dict) and is_field(value):
+        if value["kind"] in _DATE_KINDS:
+            return date_text(value)
         return _plain(value["normal"])
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -59,13 +59,9 @@ class LeadData:
 
     @cached_property
     def _proto(self) -> lead_pb2.Lead:
-        message = lead_pb2.Lead(
-            id=self.id,
-            flow_id=self.flow_id,
-            source_id=self.source_id,
-            fields_json=orjson.dumps(self.fields, default=_json_default),
-        )
+        message = lead_pb2.Lead(id=self.id, flow_id=self.flow_id, source_id=self.source_id)
         message.submit_time.FromDatetime(self.submit_time)
+        fields_to_proto(self.fields, message.fields)
         return message
 
     @classmethod
@@ -74,15 +70,109 @@ class LeadData:
             id=message.id,
             flow_id=message.flow_id,
             source_id=message.source_id,
-            fields=orjson.loads(message.fields_json) if message.fields_json else {},
+            fields=lead_fields(message),
             submit_time=message.submit_time.ToDatetime(tzinfo=UTC),
         )
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+# The typed lead's one codec (lead_pb2.Value <-> the parsed lead's plain values: str, bool, int,
+# float, Decimal, None, field dicts, dicts and lists). A field dict is leadflow.fields' form:
+# {"kind", "raw", "normal", "valid", ...components}.
+_FIELD_KEYS = frozenset({"kind", "raw", "normal", "valid"})
+_INT64 = 1 << 63
+
+
+def fields_to_proto(fields: Mapping[str, Any], into: Any) -> None:
+    """Encode `fields` into a `repeated Entry` field (`into`) of a message, in order."""
+    add = into.add
+    for name, value in fields.items():
+        entry = add(name=name)
+        _to_value(value, entry.value)
+
+
+def fields_from_proto(entries: Iterable[lead_pb2.Entry]) -> dict[str, Any]:
+    return {entry.name: _from_value(entry.value) for entry in entries}
+
+
+def lead_fields(message: lead_pb2.Lead) -> dict[str, Any]:
+    """The lead's parsed fields; a message stored before the typed wire has them as JSON."""
+    if not message.fields and message.legacy_fields_json:
+        legacy = orjson.loads(message.legacy_fields_json)
+        return legacy if isinstance(legacy, dict) else {}
+    return fields_from_proto(message.fields)
+
+
+def _to_value(value: Any, message: lead_pb2.Value) -> None:
+    # Most checked first: a lead is mostly field dicts whose components are text.
+    if isinstance(value, str):
+        message.text = value
+    elif isinstance(value, dict):
+        if "valid" in value and "normal" in value and isinstance(value.get("kind"), str):
+            field_value = message.field
+            field_value.kind = value["kind"]
+            field_value.raw = value.get("raw") or ""
+            field_value.valid = bool(value["valid"])
+            _to_value(value["normal"], field_value.normal)
+            add = field_value.components.add
+            for key, item in value.items():
+                if key not in _FIELD_KEYS:
+                    _to_value(item, add(name=key).value)
+        else:
+            message.map.SetInParent()  # an empty object stays an object
+            add = message.map.entries.add
+            for key, item in value.items():
+                _to_value(item, add(name=key).value)
+    elif isinstance(value, bool):
+        message.flag = value
+    elif isinstance(value, int):
+        if -_INT64 <= value < _INT64:
+            message.integer = value
+        else:
+            message.decimal = str(value)
+    elif isinstance(value, float):
+        message.real = value
+    elif value is None:
+        message.null = True
+    elif isinstance(value, Decimal):
+        message.decimal = str(value)
+    elif isinstance(value, (list, tuple)):
+        message.list.SetInParent()  # an empty list stays a list
+        add_item = message.list.items.add
+        for item in value:
+            _to_value(item, add_item())
+    else:
+        raise TypeError(f"not a lead value: {type(value).__name__}")
+
+
+def _from_value(message: lead_pb2.Value) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "text":
+        return message.text
+    if kind == "field":
+        field_value = message.field
+        result: dict[str, Any] = {
+            "kind": field_value.kind,
+            "raw": field_value.raw,
+            "normal": _from_value(field_value.normal),
+            "valid": field_value.valid,
+        }
+        for entry in field_value.components:
+            result[entry.name] = _from_value(entry.value)
+        return result
+    if kind == "flag":
+        return message.flag
+    if kind == "integer":
+        return message.integer
+    if kind == "real":
+        return message.real
+    if kind == "map":
+        return {entry.name: _from_value(entry.value) for entry in message.map.entries}
+    if kind == "list":
+        return [_from_value(item) for item in message.list.items]
+    if kind == "decimal":
+        text = message.decimal
+        return int(text) if text.lstrip("-").isdigit() else Decimal(text)
+    return None  # null, or unset
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from leadflow.errors import RuleRefused
 from leadflow.money import ZERO, format_money
 
 RETURN = "return"
@@ -61,6 +63,74 @@ class Sale:
     @property
     def sold(self) -> bool:
         return self.sale_time is not None
+
+
+@dataclass(frozen=True)
+class OfferedEvent:
+    """A recorded recipient event: the lead and buyer it offered, at the price quoted then."""
+
+    id: str
+    lead_id: str
+    buyer_id: str
+    sale_price: Decimal
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A successful delivery of one of the buyer's offered events (real-time or completed)."""
+
+    recipient_event_id: str
+    sale_price: Decimal
+    complete_time: datetime
+
+
+@dataclass(frozen=True)
+class LeadTerms:
+    """What the lead's record says that a sale's feedback needs."""
+
+    flow_id: str
+    source_id: str
+    currency: str
+    price_paid: Decimal
+
+
+def offered_to(request: FeedbackRequest, events: Iterable[OfferedEvent]) -> list[OfferedEvent]:
+    """The events this feedback can be about: the buyer's own, on the lead it names if it names
+    one, in the order given. Raises UnknownSale when there are none (another buyer's event, or
+    an event of another lead, is as unknown as one that does not exist)."""
+    offered = [
+        event
+        for event in events
+        if event.buyer_id == request.buyer_id
+        and (not request.lead_id or event.lead_id == request.lead_id)
+    ]
+    if not offered:
+        raise UnknownSale(request.recipient_event_id or request.lead_id)
+    return offered
+
+
+def sale_of(
+    buyer_id: str, offered: Sequence[OfferedEvent], delivered: Delivered | None, lead: LeadTerms
+) -> Sale:
+    """The sale feedback is judged against: the buyer's first successful delivery of the lead
+    at the price it was booked at, else its first offer, unsold."""
+    first = offered[0]
+    if delivered is None:
+        event_id, price, sale_time = first.id, first.sale_price, None
+    else:
+        event_id, price = delivered.recipient_event_id, delivered.sale_price
+        sale_time = delivered.complete_time
+    return Sale(
+        lead_id=first.lead_id,
+        recipient_event_id=event_id,
+        buyer_id=buyer_id,
+        flow_id=lead.flow_id,
+        source_id=lead.source_id,
+        currency=lead.currency,
+        sale_price=price,
+        sale_time=sale_time,
+        price_paid=lead.price_paid,
+    )
 
 
 @dataclass(frozen=True)
@@ -167,13 +237,45 @@ class FeedbackRecord:
         return self.decision or self.initial_status
 
 
+def feedback_record(
+    request: FeedbackRequest, sale: Sale, verdict: Verdict, now: datetime
+) -> FeedbackRecord:
+    """The feedback as the ledger records it once judged: refused feedback is recorded too."""
+    return FeedbackRecord(
+        id=request.feedback_id,
+        lead_id=sale.lead_id,
+        recipient_event_id=sale.recipient_event_id,
+        buyer_id=request.buyer_id,
+        flow_id=sale.flow_id,
+        source_id=sale.source_id,
+        type=request.type,
+        reason=verdict.stated_reason,
+        amount=verdict.amount,
+        outcome=verdict.outcome,
+        outcome_reason=verdict.reason,
+        initial_status=verdict.status,
+        return_to_source=bool(request.policy and request.policy.return_to_source),
+        sale_time=sale.sale_time,
+        create_time=now,
+    )
+
+
 class UnknownSale(LookupError):
     """The buyer was never offered this lead or event (or it does not exist): NOT_FOUND."""
+
+    def __init__(self, named: str) -> None:
+        # The caller is told no more: which of its leads exist is not another buyer's business.
+        super().__init__("no such lead or recipient event was offered to this buyer")
+        self.named = named
 
 
 class UnknownFeedback(LookupError):
     """No feedback with this id."""
 
+    def __init__(self, feedback_id: str) -> None:
+        super().__init__(f"no feedback {feedback_id}")
+        self.feedback_id = feedback_id
 
-class DecisionRefused(Exception):
+
+class DecisionRefused(RuleRefused):
     """The feedback is not a pending return, or already carries the other decision."""

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import orjson
 
+from leadflow.errors import InvalidField, RuleRefused
 from leadflow.money import ZERO, to_micros
 from leadflow.wire import OUTCOMES, DeliveryAttempt, PriceAudit
 
@@ -24,13 +25,8 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _MAX_MICROS = 2**63 - 1
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(InvalidField):
     """A record the ledger refuses: `field` is its proto path, e.g. `recipient_events[1].id`."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
 
 
 class EventIdTaken(Exception):
@@ -162,9 +158,18 @@ class StoredOutcome:
 class UnknownEvent(LookupError):
     """No recipient event with this id is recorded (perhaps its lead is not recorded yet)."""
 
+    def __init__(self, event_id: str) -> None:
+        # Its lead may still be parked in the gateway's outbox: the caller retries.
+        super().__init__(f"no recipient event {event_id} (yet)")
+        self.event_id = event_id
 
-class NotQueued(Exception):
+
+class NotQueued(RuleRefused):
     """The recipient event did not end `queued` or `unknown`: its outcome is already final."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"recipient event {event_id} is neither queued nor unknown")
+        self.event_id = event_id
 
 
 # Recipient outcomes a later outcome completes (a batch file, or an offer whose fate was unknown).
@@ -221,7 +226,7 @@ def check_record(record: LeadRecord) -> None:
             raise InvalidRecord(f"recipient_events[{index}].id", "repeated within the lead")
         seen.add(event.id)
     revenue = expected_revenue(record.recipient_events)
-    if source.revenue != revenue:
+    if source.revenue != revenue:  # computed so by the servicer: a check of the domain's input
         raise InvalidRecord(
             "source_event.revenue",
             f"must be {revenue}, the sum of the sale prices of successful recipient events",

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
+import orjson
 from google.protobuf import timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
-from grpc_status import rpc_status
 
-from leadflow import reports
+from leadflow import kit, reports
 from leadflow.common.v1 import lead_pb2
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
@@ -23,7 +21,9 @@ from leadflow.wire import (
     OUTCOMES,
     DeliveryAttempt,
     PriceAudit,
+    fields_to_proto,
     from_proto,
+    lead_fields,
     outcome_to_proto,
     to_proto,
 )
@@ -32,12 +32,9 @@ from ledger_service.feedback import (
     CONVERSION,
     HUNDRED,
     RETURN,
-    DecisionRefused,
     FeedbackRecord,
     FeedbackRequest,
     ReturnPolicy,
-    UnknownFeedback,
-    UnknownSale,
 )
 from ledger_service.journal import Posting
 from ledger_service.ledger import (
@@ -47,16 +44,15 @@ from ledger_service.ledger import (
     InvalidRecord,
     Lead,
     LeadRecord,
-    NotQueued,
     RecipientEvent,
     RecordedLead,
     SourceEvent,
     StoredOutcome,
-    UnknownEvent,
     check_id,
     check_outcome,
     check_record,
     check_text,
+    expected_revenue,
 )
 from ledger_service.store import LedgerStore, Verdict
 
@@ -82,41 +78,39 @@ DEFAULT_UNKNOWN_PAGE = 50
 MAX_UNKNOWN_PAGE = 500
 
 
+# Every RPC answers domain errors by leadflow.kit's mapping; a recipient event id recorded for
+# another lead is the ledger's own conflict.
+_status_errors = kit.grpc_errors({EventIdTaken: grpc.StatusCode.ALREADY_EXISTS})
+
+
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
     """The ledger's RPCs over a LedgerStore."""
 
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
 
+    @_status_errors
     async def RecordLead(
         self,
         request: pb.RecordLeadRequest,
         context: grpc.aio.ServicerContext[pb.RecordLeadRequest, pb.RecordLeadResponse],
     ) -> pb.RecordLeadResponse:
-        try:
-            record = _record_from_proto(request)
-            check_record(record)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
-        try:
-            created = await self._store.record(record)
-        except EventIdTaken as exc:
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        record = _record_from_proto(request)
+        check_record(record)
+        created = await self._store.record(record)
         if created:
             _observe_record(record)
         return pb.RecordLeadResponse(created=created)
 
+    @_status_errors
     async def RecordLeads(
         self,
         request: pb.RecordLeadsRequest,
         context: grpc.aio.ServicerContext[pb.RecordLeadsRequest, pb.RecordLeadsResponse],
     ) -> pb.RecordLeadsResponse:
         if len(request.records) > MAX_RECORDS:
-            await _abort_invalid(
-                context,
-                InvalidRecord(
-                    "records", f"at most {MAX_RECORDS} per call, got {len(request.records)}"
-                ),
+            raise InvalidRecord(
+                "records", f"at most {MAX_RECORDS} per call, got {len(request.records)}"
             )
         # An invalid record is answered on its own; the batch's other records are still posted.
         results = [pb.RecordResult(lead_id=item.lead.id) for item in request.records]
@@ -143,18 +137,16 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 result.error = str(EventIdTaken(list(outcome.taken)))
         return pb.RecordLeadsResponse(results=results)
 
+    @_status_errors
     async def GetLead(
         self,
         request: pb.GetLeadRequest,
         context: grpc.aio.ServicerContext[pb.GetLeadRequest, pb.GetLeadResponse],
     ) -> pb.GetLeadResponse:
-        try:
-            check_id("lead_id", request.lead_id)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
+        check_id("lead_id", request.lead_id)
         recorded = await self._store.get(request.lead_id)
         if recorded is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no lead {request.lead_id}")
+            raise LookupError(f"no lead {request.lead_id}")
         response = _recorded_to_proto(recorded)
         currency = recorded.record.currency
         response.postings.extend(
@@ -169,6 +161,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         )
         return response
 
+    @_status_errors
     async def RecordDeliveryOutcome(
         self,
         request: pb.RecordDeliveryOutcomeRequest,
@@ -176,26 +169,9 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             pb.RecordDeliveryOutcomeRequest, pb.RecordDeliveryOutcomeResponse
         ],
     ) -> pb.RecordDeliveryOutcomeResponse:
-        try:
-            outcome = _outcome_from_proto(request)
-            check_outcome(outcome)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
-        try:
-            completed, posting = await self._store.record_delivery_outcome(outcome)
-        except UnknownEvent:
-            # Its lead may still be parked in the gateway's outbox: the caller retries.
-            await _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"no recipient event {outcome.recipient_event_id} (yet)",
-            )
-        except NotQueued:
-            await _abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"recipient event {outcome.recipient_event_id} is neither queued nor unknown",
-            )
+        outcome = _outcome_from_proto(request)
+        check_outcome(outcome)
+        completed, posting = await self._store.record_delivery_outcome(outcome)
         if posting is not None:
             metrics.observe_postings([posting])
         return pb.RecordDeliveryOutcomeResponse(
@@ -207,6 +183,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             buyer_id=completed.buyer_id,
         )
 
+    @_status_errors
     async def ListUnknownOffers(
         self,
         request: pb.ListUnknownOffersRequest,
@@ -215,11 +192,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         ],
     ) -> pb.ListUnknownOffersResponse:
         if request.limit < 0 or request.limit > MAX_UNKNOWN_PAGE:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"limit: must be between 1 and {MAX_UNKNOWN_PAGE}",
-            )
+            raise InvalidRecord("limit", f"must be between 1 and {MAX_UNKNOWN_PAGE}")
         offers = await self._store.unknown_offers(
             request.limit or DEFAULT_UNKNOWN_PAGE, request.before_lead_id
         )
@@ -239,17 +212,15 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             item.submit_time.FromDatetime(offer.submit_time)
         return response
 
+    @_status_errors
     async def GetBuyerStats(
         self,
         request: pb.GetBuyerStatsRequest,
         context: grpc.aio.ServicerContext[pb.GetBuyerStatsRequest, pb.GetBuyerStatsResponse],
     ) -> pb.GetBuyerStatsResponse:
-        try:
-            start, end = _window(request.start_time, request.end_time, request)
-            for index, buyer_id in enumerate(request.buyer_ids):
-                check_id(f"buyer_ids[{index}]", buyer_id)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
+        start, end = _window(request.start_time, request.end_time, request)
+        for index, buyer_id in enumerate(request.buyer_ids):
+            check_id(f"buyer_ids[{index}]", buyer_id)
         stats = await self._store.buyer_stats(list(request.buyer_ids), start, end)
         return pb.GetBuyerStatsResponse(
             stats=[
@@ -265,89 +236,65 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             ]
         )
 
+    @_status_errors
     async def SubmitFeedback(
         self,
         request: pb.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext[pb.SubmitFeedbackRequest, pb.SubmitFeedbackResponse],
     ) -> pb.SubmitFeedbackResponse:
-        try:
-            feedback = _feedback_from_proto(request)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
-        try:
-            record, created, postings = await self._store.submit_feedback(
-                feedback, datetime.now(UTC)
-            )
-        except UnknownSale:
-            await _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                "no such lead or recipient event was offered to this buyer",
-            )
+        feedback = _feedback_from_proto(request)
+        record, created, postings = await self._store.submit_feedback(feedback, datetime.now(UTC))
         metrics.observe_postings(postings)
         return pb.SubmitFeedbackResponse(
             feedback=_feedback_to_proto(record, REPORT_CURRENCY), created=created
         )
 
+    @_status_errors
     async def DecideReturn(
         self,
         request: pb.DecideReturnRequest,
         context: grpc.aio.ServicerContext[pb.DecideReturnRequest, pb.DecideReturnResponse],
     ) -> pb.DecideReturnResponse:
-        try:
-            check_id("feedback_id", request.feedback_id)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
-        try:
-            record, changed, postings = await self._store.decide_return(
-                request.feedback_id, request.approve, datetime.now(UTC)
-            )
-        except UnknownFeedback:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no feedback {request.feedback_id}")
-        except DecisionRefused as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        check_id("feedback_id", request.feedback_id)
+        record, changed, postings = await self._store.decide_return(
+            request.feedback_id, request.approve, datetime.now(UTC)
+        )
         metrics.observe_postings(postings)
         return pb.DecideReturnResponse(
             feedback=_feedback_to_proto(record, REPORT_CURRENCY), changed=changed
         )
 
+    @_status_errors
     async def GetVendorReport(
         self,
         request: pb.GetVendorReportRequest,
         context: grpc.aio.ServicerContext[pb.GetVendorReportRequest, pb.GetVendorReportResponse],
     ) -> pb.GetVendorReportResponse:
-        try:
-            start, end = _window(request.start_time, request.end_time)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
+        start, end = _window(request.start_time, request.end_time)
         lines = await self._store.vendor_report(start, end)
         return reports.vendor_response(lines, REPORT_CURRENCY)
 
+    @_status_errors
     async def GetBuyerReport(
         self,
         request: pb.GetBuyerReportRequest,
         context: grpc.aio.ServicerContext[pb.GetBuyerReportRequest, pb.GetBuyerReportResponse],
     ) -> pb.GetBuyerReportResponse:
-        try:
-            start, end = _window(request.start_time, request.end_time)
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
+        start, end = _window(request.start_time, request.end_time)
         lines = await self._store.buyer_report(start, end)
         return reports.buyer_response(lines, REPORT_CURRENCY)
 
+    @_status_errors
     async def GetMarginReport(
         self,
         request: pb.GetMarginReportRequest,
         context: grpc.aio.ServicerContext[pb.GetMarginReportRequest, pb.GetMarginReportResponse],
     ) -> pb.GetMarginReportResponse:
+        start, end = _window(request.start_time, request.end_time)
         try:
-            start, end = _window(request.start_time, request.end_time)
-            try:
-                groups = reports.groups_from_proto(request.group_by)
-            except reports.ReportError as exc:
-                raise InvalidRecord("group_by", str(exc)) from None
-        except InvalidRecord as exc:
-            await _abort_invalid(context, exc)
+            groups = reports.groups_from_proto(request.group_by)
+        except reports.ReportError as exc:
+            raise InvalidRecord("group_by", str(exc)) from None
         totals = await self._store.margin_report(start, end, groups)
         return reports.margin_response(totals, REPORT_CURRENCY)
 
@@ -357,27 +304,6 @@ def _observe_record(record: LeadRecord) -> None:
     metrics.observe_postings(
         p for p in (journal.purchase(record), *journal.realtime_sales(record)) if p
     )
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
-) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("abort returned")  # it raises; this tells the type checker so
-
-
-async def _abort_invalid(
-    context: grpc.aio.ServicerContext[Any, Any], exc: InvalidRecord
-) -> NoReturn:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field, for clients that read it."""
-    log.info("refused: %s", exc)
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=exc.field, description=exc.description
-    )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc))
-    status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
 
 
 class _Money:
@@ -414,18 +340,19 @@ def _record_from_proto(request: pb.RecordLeadRequest) -> LeadRecord:
     money = _Money()
     lead = _lead_from_proto(request.lead)
     source = request.source_event
+    recipients = tuple(
+        _recipient_from_proto(f"recipient_events[{index}]", event, money)
+        for index, event in enumerate(request.recipient_events)
+    )
     source_event = SourceEvent(
         outcome=_outcome("source_event.outcome", source.outcome),
         reason=source.reason,
         purchase_price=money.read("source_event.purchase_price", source.purchase_price),
         price_paid=money.read("source_event.price_paid", source.price_paid),
         price_audit=money.audit("source_event.price_audit", source.price_audit),
-        revenue=money.read("source_event.revenue", source.revenue),
+        # The ledger's to compute (one home): what the sender put here is not read.
+        revenue=expected_revenue(recipients),
         duration_ms=source.duration_ms,
-    )
-    recipients = tuple(
-        _recipient_from_proto(f"recipient_events[{index}]", event, money)
-        for index, event in enumerate(request.recipient_events)
     )
     return LeadRecord(
         lead=lead,
@@ -439,15 +366,15 @@ def _lead_from_proto(lead: lead_pb2.Lead) -> Lead:
     if not lead.HasField("submit_time"):
         raise InvalidRecord("lead.submit_time", "required")
     try:
-        fields_json = lead.fields_json.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRecord("lead.fields_json", "not UTF-8") from None
+        # Stored as the JSON the lead's fields read as (reports and GET /leads/{id} show it).
+        fields_json = orjson.dumps(lead_fields(lead), default=str).decode()
+    except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise InvalidRecord("lead.fields", str(exc)) from None
     return Lead(
         id=lead.id,
         flow_id=lead.flow_id,
         source_id=lead.source_id,
-        # Empty means no fields, as wire.LeadData reads it.
-        fields_json=fields_json or "{}",
+        fields_json=fields_json,
         submit_time=_time("lead.submit_time", lead.submit_time),
     )
 
@@ -488,12 +415,10 @@ def _recorded_to_proto(recorded: RecordedLead) -> pb.GetLeadResponse:
     record = recorded.record
     currency = record.currency
     lead = lead_pb2.Lead(
-        id=record.lead.id,
-        flow_id=record.lead.flow_id,
-        source_id=record.lead.source_id,
-        fields_json=record.lead.fields_json.encode("utf-8"),
+        id=record.lead.id, flow_id=record.lead.flow_id, source_id=record.lead.source_id
     )
     lead.submit_time.FromDatetime(record.lead.submit_time)
+    fields_to_proto(orjson.loads(record.lead.fields_json), lead.fields)
     source = record.source_event
     response = pb.GetLeadResponse(
         lead=lead,

@@ -8,14 +8,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Insert,
     and_,
     case,
     event,
@@ -27,8 +26,6 @@ from sqlalchemy import (
     text,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
@@ -38,32 +35,37 @@ from leadflow import db
 from leadflow.money import from_micros, to_micros
 from leadflow.reports import BuyerLine, MarginLine, MarginTotals, VendorLine
 from leadflow.wire import DeliveryAttempt, PriceAudit
-from ledger_service import journal
+from ledger_service import journal, returns
+from ledger_service.completion import Completion, RecordedEvent, complete
 from ledger_service.feedback import (
     APPROVED,
     CONVERSION,
     DENIED,
     RETURN,
-    DecisionRefused,
+    Delivered,
     FeedbackRecord,
     FeedbackRequest,
     History,
+    LeadTerms,
+    OfferedEvent,
     Sale,
     UnknownFeedback,
-    UnknownSale,
+    feedback_record,
     judge,
     month_window,
     needs_month_counts,
+    offered_to,
+    sale_of,
 )
 from ledger_service.journal import LeadKey, Posting
 from ledger_service.ledger import (
+    FINAL_OUTCOMES,
     PENDING_OUTCOMES,
     CompletedEvent,
     DeliveryOutcome,
     EventIdTaken,
     Lead,
     LeadRecord,
-    NotQueued,
     RecipientEvent,
     RecordedLead,
     SourceEvent,
@@ -364,60 +366,32 @@ class LedgerStore:
             ).first()
             if row is None:
                 raise UnknownEvent(outcome.recipient_event_id)
-            if row.outcome not in PENDING_OUTCOMES:
-                raise NotQueued(outcome.recipient_event_id)
-            price = (
-                row.sale_price_micros
-                if outcome.sale_price is None
-                else to_micros(outcome.sale_price)
+            recorded = RecordedEvent(
+                id=outcome.recipient_event_id,
+                lead=LeadKey(row.id, row.flow_id, row.source_id, row.currency),
+                outcome=row.outcome,
+                buyer_id=row.buyer_id,
+                sale_price_micros=row.sale_price_micros,
+                stage_index=row.stage_index,
+                step_index=row.step_index,
             )
-            key = LeadKey(row.id, row.flow_id, row.source_id, row.currency)
-
-            def completed(created: bool, recorded: str) -> CompletedEvent:
-                return CompletedEvent(
-                    created,
-                    recorded,
-                    key.lead_id,
-                    row.stage_index,
-                    row.step_index,
-                    row.buyer_id,
-                    row.outcome,
-                )
-
+            completion = complete(recorded, outcome)
             inserted = await conn.execute(
-                self._insert_ignore(DeliveryResultRow)
-                .values(
-                    recipient_event_id=outcome.recipient_event_id,
-                    lead_id=key.lead_id,
-                    flow_id=key.flow_id,
-                    source_id=key.source_id,
-                    buyer_id=row.buyer_id,
-                    outcome=outcome.outcome,
-                    reason=outcome.reason,
-                    sale_price_micros=price,
-                    complete_time=outcome.complete_time,
-                    batch=row.outcome == "queued",
-                    batch_id=outcome.batch_id,
-                    attempts=[attempt.to_json() for attempt in outcome.attempts],
-                    record_time=now,
-                )
+                db.insert_ignore(DeliveryResultRow, self._engine.dialect)
+                .values(**_completion_values(completion, now))
                 .returning(DeliveryResultRow.recipient_event_id)
             )
             if inserted.first() is None:
-                log.info("outcome of %s already recorded: replay ignored", key.lead_id)
+                log.info("outcome of %s already recorded: replay ignored", recorded.lead.lead_id)
                 first = await conn.scalar(
                     select(DeliveryResultRow.outcome).where(
                         DeliveryResultRow.recipient_event_id == outcome.recipient_event_id
                     )
                 )
-                return completed(False, str(first)), None
-            posting = None
-            if outcome.outcome == "success":
-                posting = journal.sale(
-                    key, outcome.recipient_event_id, row.buyer_id, price, outcome.complete_time
-                )
-                await conn.execute(insert(PostingRow), [_posting_values(posting, now)])
-        return completed(True, outcome.outcome), posting
+                return completion.completed(False, str(first)), None
+            if completion.sale is not None:
+                await conn.execute(insert(PostingRow), [_posting_values(completion.sale, now)])
+        return completion.completed(True, outcome.outcome), completion.sale
 
     async def unknown_offers(self, limit: int, before_lead_id: str = "") -> list[UnknownOffer]:
         """Recipient events recorded `unknown` without a later outcome, newest lead first."""
@@ -492,27 +466,10 @@ class LedgerStore:
                 return existing, False, []
             sale = await _find_sale(conn, request)
             history = await _history(conn, request, sale, now)
-            verdict = judge(request, sale, history, now)
-            record = FeedbackRecord(
-                id=request.feedback_id,
-                lead_id=sale.lead_id,
-                recipient_event_id=sale.recipient_event_id,
-                buyer_id=request.buyer_id,
-                flow_id=sale.flow_id,
-                source_id=sale.source_id,
-                type=request.type,
-                reason=verdict.stated_reason,
-                amount=verdict.amount,
-                outcome=verdict.outcome,
-                outcome_reason=verdict.reason,
-                initial_status=verdict.status,
-                return_to_source=bool(request.policy and request.policy.return_to_source),
-                sale_time=sale.sale_time,
-                create_time=now,
-            )
+            record = feedback_record(request, sale, judge(request, sale, history, now), now)
             await conn.execute(insert(FeedbackRow), [_feedback_values(record)])
             postings: list[Posting] = []
-            if record.type == RETURN and record.status == APPROVED:
+            if returns.credits_now(record):
                 postings = await self._post_return(conn, record, now)
         log.info(
             "feedback %s (%s) on lead %s: %s", record.id, record.type, record.lead_id, record.status
@@ -524,32 +481,28 @@ class LedgerStore:
     ) -> tuple[FeedbackRecord, bool, list[Posting]]:
         """Approve (posting the credit and chargeback) or deny a pending return, once.
         The same decision again returns changed=False; the other raises DecisionRefused."""
-        wanted = APPROVED if approve else DENIED
         async with self._writer.begin() as conn:
             record = await _read_feedback(conn, feedback_id)
             if record is None:
                 raise UnknownFeedback(feedback_id)
-            if record.type != RETURN or record.outcome != "success":
-                raise DecisionRefused("Only a return that was taken can be approved or denied")
-            if record.status != "pending":
-                if record.status == wanted:
-                    return record, False, []
-                raise DecisionRefused(f"Return already {record.status}")
+            decided = returns.decide(record, approve, now)
+            if decided is None:
+                return record, False, []
             inserted = await conn.execute(
-                self._insert_ignore(FeedbackDecisionRow)
-                .values(feedback_id=feedback_id, decision=wanted, decide_time=now)
+                db.insert_ignore(FeedbackDecisionRow, self._engine.dialect)
+                .values(feedback_id=feedback_id, decision=decided.decision, decide_time=now)
                 .returning(FeedbackDecisionRow.feedback_id)
             )
             if inserted.first() is None:  # another replica decided it meanwhile
-                decided = await _read_feedback(conn, feedback_id)
-                assert decided is not None
-                if decided.status == wanted:
-                    return decided, False, []
-                raise DecisionRefused(f"Return already {decided.status}")
-            record = replace(record, decision=wanted, decide_time=now)
-            postings = await self._post_return(conn, record, now) if approve else []
-        log.info("return %s on lead %s %s", feedback_id, record.lead_id, wanted)
-        return record, True, postings
+                current = await _read_feedback(conn, feedback_id)
+                assert current is not None
+                # No longer pending: the same decision is a repeat, the other one is refused.
+                if returns.decide(current, approve, now) is not None:
+                    raise AssertionError(f"return {feedback_id} is decided yet still pending")
+                return current, False, []
+            postings = await self._post_return(conn, decided, now) if approve else []
+        log.info("return %s on lead %s %s", feedback_id, decided.lead_id, decided.decision)
+        return decided, True, postings
 
     async def _post_return(
         self, conn: AsyncConnection, record: FeedbackRecord, at: datetime
@@ -563,29 +516,18 @@ class LedgerStore:
                 .where(LeadRow.id == record.lead_id)
             )
         ).one()
-        key = LeadKey(record.lead_id, record.flow_id, record.source_id, lead.currency)
+        due = returns.return_postings(record, lead.currency, lead.price_paid_micros, at)
         now = datetime.now(UTC)
-        credit = journal.return_credit(
-            key,
-            record.id,
-            record.recipient_event_id,
-            record.buyer_id,
-            to_micros(record.amount),
-            at,
-        )
-        await conn.execute(insert(PostingRow), [_posting_values(credit, now)])
-        posted = [credit]
-        if record.return_to_source and lead.price_paid_micros > 0:
-            chargeback = journal.chargeback(
-                key, record.id, record.buyer_id, lead.price_paid_micros, at
-            )
+        await conn.execute(insert(PostingRow), [_posting_values(due.credit, now)])
+        posted = [due.credit]
+        if due.chargeback is not None:
             inserted = await conn.execute(
-                self._insert_ignore(PostingRow)
-                .values(**_posting_values(chargeback, now))
+                db.insert_ignore(PostingRow, self._engine.dialect)
+                .values(**_posting_values(due.chargeback, now))
                 .returning(PostingRow.id)
             )
             if inserted.first() is not None:
-                posted.append(chargeback)
+                posted.append(due.chargeback)
         return posted
 
     # --- Reports and stats (from the journal and the delivery results) -----------------------
@@ -803,12 +745,6 @@ class LedgerStore:
         async with self._engine.connect() as conn:
             return list(await conn.execute(query))
 
-    def _insert_ignore(self, entity: Any) -> Insert:
-        """INSERT … ON CONFLICT DO NOTHING: idempotent by key, never aborting the transaction."""
-        if self._postgres:
-            return pg_insert(entity).on_conflict_do_nothing()
-        return sqlite_insert(entity).on_conflict_do_nothing()
-
     async def _lock(self, conn: AsyncConnection, key: str) -> None:
         # SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL needs a lock that
         # every replica sees, held until the transaction ends.
@@ -894,24 +830,11 @@ def _feedback_record(row: Any) -> FeedbackRecord:
         outcome_reason=mapping["outcome_reason"],
         initial_status=mapping["initial_status"],
         return_to_source=bool(mapping["return_to_source"]),
-        sale_time=_aware(mapping["sale_time"]),
-        create_time=_aware_required(mapping["create_time"]),
+        sale_time=db.aware(mapping["sale_time"]),
+        create_time=db.aware(mapping["create_time"]),
         decision=mapping["decision"],
-        decide_time=_aware(mapping["decide_time"]),
+        decide_time=db.aware(mapping["decide_time"]),
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Core selects of ORM columns keep the TypeDecorator; this guards raw SQLite strings too.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _aware_required(value: datetime) -> datetime:
-    aware = _aware(value)
-    assert aware is not None
-    return aware
 
 
 def _feedback_values(record: FeedbackRecord) -> dict[str, Any]:
@@ -949,14 +872,13 @@ async def _find_sale(conn: AsyncConnection, request: FeedbackRequest) -> Sale:
             RecipientEventRow.lead_id == request.lead_id,
             RecipientEventRow.buyer_id == request.buyer_id,
         ).order_by(RecipientEventRow.position)
-    offered = [
-        row
-        for row in await conn.execute(events)
-        if row.buyer_id == request.buyer_id
-        and (not request.lead_id or row.lead_id == request.lead_id)
-    ]
-    if not offered:
-        raise UnknownSale(request.recipient_event_id or request.lead_id)
+    offered = offered_to(
+        request,
+        (
+            OfferedEvent(row.id, row.lead_id, row.buyer_id, from_micros(row.sale_price_micros))
+            for row in await conn.execute(events)
+        ),
+    )
     lead_id = offered[0].lead_id
     sold = (
         await conn.execute(
@@ -984,22 +906,17 @@ async def _find_sale(conn: AsyncConnection, request: FeedbackRequest) -> Sale:
             .where(LeadRow.id == lead_id)
         )
     ).one()
-    event_id, price, sale_time = (
-        (sold.recipient_event_id, sold.sale_price_micros, _aware(sold.complete_time))
-        if sold is not None
-        else (offered[0].id, offered[0].sale_price_micros, None)
+    delivered = None
+    if sold is not None:
+        delivered = Delivered(
+            sold.recipient_event_id,
+            from_micros(sold.sale_price_micros),
+            db.aware(sold.complete_time),
+        )
+    terms = LeadTerms(
+        lead.flow_id, lead.source_id, lead.currency, from_micros(lead.price_paid_micros)
     )
-    return Sale(
-        lead_id=lead_id,
-        recipient_event_id=event_id,
-        buyer_id=request.buyer_id,
-        flow_id=lead.flow_id,
-        source_id=lead.source_id,
-        currency=lead.currency,
-        sale_price=from_micros(price),
-        sale_time=sale_time,
-        price_paid=from_micros(lead.price_paid_micros),
-    )
+    return sale_of(request.buyer_id, offered, delivered, terms)
 
 
 async def _history(
@@ -1088,6 +1005,25 @@ def _posting(row: PostingRow) -> Posting:
     )
 
 
+def _completion_values(completion: Completion, record_time: datetime) -> dict[str, Any]:
+    event, outcome = completion.event, completion.outcome
+    return {
+        "recipient_event_id": event.id,
+        "lead_id": event.lead.lead_id,
+        "flow_id": event.lead.flow_id,
+        "source_id": event.lead.source_id,
+        "buyer_id": event.buyer_id,
+        "outcome": outcome.outcome,
+        "reason": outcome.reason,
+        "sale_price_micros": completion.price_micros,
+        "complete_time": outcome.complete_time,
+        "batch": completion.batch,
+        "batch_id": outcome.batch_id,
+        "attempts": [attempt.to_json() for attempt in outcome.attempts],
+        "record_time": record_time,
+    }
+
+
 def _realtime_results(record: LeadRecord, record_time: datetime) -> list[dict[str, Any]]:
     """A real-time delivery completes when the lead is recorded, at its submission time."""
     lead = record.lead
@@ -1108,7 +1044,7 @@ def _realtime_results(record: LeadRecord, record_time: datetime) -> list[dict[st
             "record_time": record_time,
         }
         for event in record.recipient_events
-        if event.outcome in ("success", "failure", "error")
+        if event.outcome in FINAL_OUTCOMES
     ]
 
 

@@ -10,16 +10,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-from leadflow.config import Buyer, Config, Flow, Pricing, PricingServiceSpec, Source, Step
+from leadflow.config import (
+    Buyer,
+    Config,
+    Flow,
+    Pricing,
+    PricingServiceSpec,
+    Source,
+    sale_pricing,
+)
 from leadflow.context import lead_context
 from leadflow.expressions import ExpressionError
 from leadflow.money import ZERO, cents, is_price, parse_amount
 from leadflow.payload import plain_values
 from leadflow.wire import LeadData, PriceAudit
 from pricing_service import metrics
-
-# A first stage with more steps gets no quotes up front: most of them would never be offered.
-MAX_EAGER_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,6 @@ def layers(*named: tuple[str, Pricing | None]) -> list[Layer]:
     return result
 
 
-def _local(candidates: Sequence[Layer]) -> bool:
-    """Whether a price comes from rules alone: no layer calls a pricing service."""
-    return all(
-        layer.kind == "rules" or layer.pricing is None or layer.pricing.service is None
-        for layer in candidates
-    )
-
-
 def rules_price(
     pricing: Pricing | None, context: Mapping[str, Any]
 ) -> tuple[tuple[Decimal, int] | None, str]:
@@ -114,9 +111,11 @@ class Pricer:
             for entry in flow.sources
         }
         self._sale_steps: dict[tuple[str, int, int], tuple[Buyer, list[Layer]]] = {}
-        # Per flow, the first stage's steps quoted along with the purchase price.
-        self._eager_steps: dict[str, list[int]] = {}
+        # Per flow, the steps (stage, step) whose sale price rules alone decide: quoted along
+        # with the purchase price, so routing makes no pricing round trip for their offers.
+        self._rules_steps: dict[str, list[tuple[int, int]]] = {}
         for flow in config.flows:
+            rules_steps = self._rules_steps[flow.id] = []
             for s, stage in enumerate(flow.stages):
                 for k, step in enumerate(stage.steps):
                     buyer = config.buyers_by_id[step.buyer]
@@ -124,12 +123,8 @@ class Pricer:
                         buyer,
                         layers(("step", step.pricing), ("buyer", buyer.pricing)),
                     )
-            first = flow.stages[0].steps if flow.stages else []
-            self._eager_steps[flow.id] = (
-                [k for k in range(len(first)) if _local(self._sale_steps[(flow.id, 0, k)][1])]
-                if len(first) <= MAX_EAGER_STEPS
-                else []
-            )
+                    if sale_pricing(step, buyer) == "rules":
+                        rules_steps.append((s, k))
 
     async def purchase(self, lead: LeadData, override_text: str = "") -> Quote:
         """What we pay the vendor: override, source service, source rules, flow service, flow
@@ -157,7 +152,7 @@ class Pricer:
         try:
             buyer, candidates = self._sale_steps[(flow.id, stage_index, step_index)]
         except KeyError:
-            find_step(self._config, lead.flow_id, stage_index, step_index)  # names what is missing
+            self._config.step(lead.flow_id, stage_index, step_index)  # names what is missing
             raise
         context = lead_context(self._config, lead, buyer=buyer, purchase_price=purchase_price)
         source = self._config.sources_by_id[lead.source_id]
@@ -169,16 +164,20 @@ class Pricer:
 
         return await self._first(candidates, context, payload)
 
-    async def first_stage_sales(
-        self, lead: LeadData, purchase_price: Decimal
-    ) -> list[tuple[int, Quote]]:
-        """Sale quotes for the first stage's steps priced by rules alone, quoted with the
-        purchase price so the offers need no round trip each: pure and cheap (tens of µs), where
-        a step with a pricing service is left to its own quote (it may cost money and time)."""
-        return [
-            (step, await self.sale(lead, 0, step, purchase_price))
-            for step in self._eager_steps[lead.flow_id]
-        ]
+    def rules_sales(self, lead: LeadData, purchase_price: Decimal) -> list[tuple[int, int, Quote]]:
+        """(stage, step, quote) for every step whose sale price rules alone decide: pure and
+        cheap (one rule context for the lead, its `buyer` set per step), where a step with a
+        pricing service is quoted when it is offered (a service may cost money and time)."""
+        steps = self._rules_steps[lead.flow_id]
+        if not steps:
+            return []
+        context = lead_context(self._config, lead, purchase_price=purchase_price)
+        quotes = []
+        for s, k in steps:
+            buyer, candidates = self._sale_steps[(lead.flow_id, s, k)]
+            context["buyer"] = {"id": buyer.id, "name": buyer.name}
+            quotes.append((s, k, _rules_first(candidates, context)))
+        return quotes
 
     def _override(self, pricing: Pricing | None, text: str) -> tuple[Quote | None, str]:
         if not text:
@@ -219,14 +218,10 @@ class Pricer:
                     note=answer.reason,
                 )
                 return _with_note(Quote(answer.price, audit), "; ".join(notes))
-            found, note = rules_price(layer.pricing, context)
-            if note:
-                notes.append(f"{layer.name}: {note}")
-            if found is not None:
-                price, index = found
-                audit = PriceAudit(layer=layer.name, amount=price, rule_index=index)
-                return _with_note(Quote(price, audit), "; ".join(notes))
-        return Quote(ZERO, PriceAudit(layer="none", amount=ZERO, note="; ".join(notes)))
+            quote = _rules_layer(layer, context, notes)
+            if quote is not None:
+                return quote
+        return _no_price(notes)
 
     def _payload(
         self, lead: LeadData, flow: Flow, source: Source, buyer: Buyer | None = None
@@ -243,19 +238,36 @@ class Pricer:
         return payload
 
 
+def _rules_first(candidates: Sequence[Layer], context: Mapping[str, Any]) -> Quote:
+    """`Pricer._first` for layers that call no pricing service (the caller checked)."""
+    notes: list[str] = []
+    for layer in candidates:
+        if layer.pricing is not None and layer.kind == "rules":
+            quote = _rules_layer(layer, context, notes)
+            if quote is not None:
+                return quote
+    return _no_price(notes)
+
+
+def _rules_layer(layer: Layer, context: Mapping[str, Any], notes: list[str]) -> Quote | None:
+    """The rules layer's price, or None (its note, if any, added to `notes`)."""
+    assert layer.pricing is not None
+    found, note = rules_price(layer.pricing, context)
+    if note:
+        notes.append(f"{layer.name}: {note}")
+    if found is None:
+        return None
+    price, index = found
+    audit = PriceAudit(layer=layer.name, amount=price, rule_index=index)
+    return _with_note(Quote(price, audit), "; ".join(notes))
+
+
+def _no_price(notes: list[str]) -> Quote:
+    return Quote(ZERO, PriceAudit(layer="none", amount=ZERO, note="; ".join(notes)))
+
+
 def _with_note(quote: Quote, note: str) -> Quote:
     if not note:
         return quote
     joined = "; ".join(filter(None, (quote.audit.note, note)))
     return Quote(quote.price, dataclasses.replace(quote.audit, note=joined))
-
-
-def find_step(config: Config, flow_id: str, stage_index: int, step_index: int) -> Step:
-    """The configured step, or LookupError naming what is missing."""
-    flow = config.flows_by_id[flow_id]
-    if not 0 <= stage_index < len(flow.stages):
-        raise LookupError(f"flow {flow_id!r} has no stage {stage_index}")
-    steps = flow.stages[stage_index].steps
-    if not 0 <= step_index < len(steps):
-        raise LookupError(f"stage {stage_index} of flow {flow_id!r} has no step {step_index}")
-    return steps[step_index]

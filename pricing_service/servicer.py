@@ -37,10 +37,14 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
         response = pb.QuotePurchasePriceResponse(
             price=to_proto(quote.price), audit=quote.audit.to_proto()
         )
-        if request.quote_first_stage:
-            for step, sale in await self._pricer.first_stage_sales(lead, quote.price):
-                response.first_stage.add(
-                    step_index=step, price=to_proto(sale.price), audit=sale.audit.to_proto()
+        if request.quote_sales:
+            add = response.sales.add
+            for stage, step, sale in self._pricer.rules_sales(lead, quote.price):
+                add(
+                    stage_index=stage,
+                    step_index=step,
+                    price=to_proto(sale.price),
+                    audit=sale.audit.to_proto(),
                 )
         return response
 

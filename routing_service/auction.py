@@ -16,6 +16,7 @@ from leadflow.common.v1 import lead_pb2
 from leadflow.money import format_money
 from leadflow.wire import PriceAudit
 from routing_service.peers import Bid, Peers, Quote
+from routing_service.quotes import SaleQuotes
 from routing_service.routing import LeftOut, Offer, StagePlan, StepPlan
 from routing_service.strategies import by_bid
 
@@ -28,6 +29,7 @@ async def run_auction(
     lead: lead_pb2.Lead,
     purchase_price: Decimal,
     peers: Peers,
+    sale_quotes: SaleQuotes,
 ) -> tuple[list[Offer], list[LeftOut]]:
     deadline_s = stage.deadline_ms / 1000
     pings: dict[int, asyncio.Task[Bid]] = {}
@@ -45,9 +47,7 @@ async def run_auction(
                 )
             )
         else:
-            quotes[step.index] = asyncio.create_task(
-                peers.quote(lead, stage.index, step.index, purchase_price)
-            )
+            quotes[step.index] = asyncio.create_task(sale_quotes.quote(stage.index, step))
     if pings:
         _, late = await asyncio.wait(pings.values(), timeout=deadline_s)
         for task in late:

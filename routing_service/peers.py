@@ -95,9 +95,18 @@ class Peers:
             await channel.close()
 
     async def quote(
-        self, lead: lead_pb2.Lead, stage_index: int, step_index: int, purchase_price: Decimal
+        self,
+        lead: lead_pb2.Lead,
+        stage_index: int,
+        step_index: int,
+        purchase_price: Decimal,
+        strict: bool = False,
     ) -> Quote | None:
+        """A pricing service's sale quote for the step; None when it cannot be had (`strict`:
+        the call's error is raised: the lead cannot be offered without its price)."""
         if self._pricing is None:
+            if strict:
+                raise LookupError("no pricing service to quote the sale price")
             return None
         request = pricing_service_pb2.QuoteSalePriceRequest(
             lead=lead,
@@ -109,8 +118,21 @@ class Peers:
             reply = await self._pricing.QuoteSalePrice(request, timeout=QUOTE_DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
             log.warning("sale price quote for step %d: %s", step_index, exc.code().name)
+            if strict:
+                raise
             return None
         return Quote(from_proto(reply.price), PriceAudit.from_proto(reply.audit))
+
+    async def deliver(
+        self, request: delivery_service_pb2.DeliverLeadRequest, deadline_s: float
+    ) -> delivery_service_pb2.DeliverLeadResponse:
+        """One offer to one buyer. Never retried (the buyer may have the lead): a call that
+        fails after it was sent is the caller's `unknown` offer. It waits for delivery to be
+        ready (a restart delays the offer rather than failing it): gRPC only waits for a call
+        that was never sent."""
+        if self._delivery is None:
+            raise LookupError("no delivery service to send the lead to")
+        return await self._delivery.DeliverLead(request, timeout=deadline_s, wait_for_ready=True)
 
     async def ping(
         self,

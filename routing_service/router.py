@@ -7,10 +7,9 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from leadflow.common.v1 import lead_pb2
 from leadflow.wire import LeadData
 from routing_service import metrics
 from routing_service.auction import run_auction
@@ -18,6 +17,7 @@ from routing_service.caps import Claim
 from routing_service.duplicates import duplicate_key
 from routing_service.hours import zone
 from routing_service.peers import Peers
+from routing_service.quotes import SaleQuotes
 from routing_service.routing import (
     NO_ATTEMPTS,
     FlowPlan,
@@ -25,6 +25,7 @@ from routing_service.routing import (
     LeftOut,
     Offer,
     RoutingPlan,
+    Screen,
     StagePlan,
     StepPlan,
     admission_hours,
@@ -34,6 +35,8 @@ from routing_service.routing import (
 )
 from routing_service.store import (
     DuplicateClaim,
+    FirstOffer,
+    HeldStep,
     Refusal,
     RoutingStore,
     SaleRecord,
@@ -70,14 +73,18 @@ class Admission:
     admitted: bool
     reason: str = ""
     check: str = ""  # hours | duplicates | caps
-    first_stage: Ranking | None = None  # when asked for and admitted
+    full: set[tuple[str, datetime]] | None = None  # the first stage's full cap windows
+    held: HeldStep | None = None  # the first offer's step, reserved with the admission
 
 
 @dataclass(frozen=True)
 class SoldStep:
+    """A step whose buyer took the lead, at its final sale price."""
+
     stage_index: int
     step_index: int
     buyer_id: str
+    sale_price: Decimal = Decimal(0)
 
 
 class Router:
@@ -86,7 +93,7 @@ class Router:
     ) -> None:
         self.plan = plan
         self._store = store
-        self._peers = peers
+        self.peers = peers
         self._hold = hold
 
     # --- admission ----------------------------------------------------------------------------
@@ -98,25 +105,40 @@ class Router:
         return DuplicateClaim(flow.id, digest, flow.duplicates.reason) if digest else None
 
     async def admit(
-        self, lead: LeadData, purchase_price: Decimal, rank_first_stage: bool = False
+        self,
+        flow: FlowPlan,
+        facts: LeadFacts,
+        purchase_price: Decimal,
+        first_stage: Screen | None = None,
+        quotes: SaleQuotes | None = None,
     ) -> Admission:
         """Flow then source hours, the duplicate key, then flow and source caps (SPEC 2).
 
-        With `rank_first_stage`, an admitted lead comes back with stage 0 ranked as `rank`
-        would with no buyer sold yet: the gateway saves a round trip on every lead.
-        """
-        flow = self.plan.flow(lead.flow_id)
-        facts = self.plan.facts(lead, purchase_price)
+        With the first stage's screen, an admitted lead also learns which of its eligible steps'
+        caps are full (`Admission.full`, for `rank`) and, when the step it is offered first is
+        known without another round trip (a `priority` stage without ties, its price quoted),
+        has that step's caps reserved (`Admission.held`): all in admission's transaction."""
         reason = admission_hours(flow, facts)
         if reason is not None:
             return Admission(False, reason, "hours")
+        lead = facts.lead
         claims = lead_claims(flow, facts, purchase_price)
-        refusal = await self._store.admit(lead.id, self._duplicate(flow, lead), claims, self._hold)
+        probe = self._probe(first_stage.eligible, facts) if first_stage is not None else {}
+        first_offer = None
+        if first_stage is not None and quotes is not None:
+            first_offer = self._first_offer(flow.stages[0], first_stage, probe, facts, quotes)
+        refusal, full, held = await self._store.admit_and_probe(
+            lead.id,
+            self._duplicate(flow, lead),
+            claims,
+            self._hold,
+            [c for cs in probe.values() for c in cs],
+            first_offer,
+        )
         if refusal is None:
-            if not rank_first_stage or not flow.stages:
-                return Admission(True)
-            ranking = await self._rank(flow.stages[0], facts, (), purchase_price)
-            return Admission(True, first_stage=ranking)
+            if held is not None and held.refusal is not None and held.refusal.rule is not None:
+                metrics.CAP_REJECTIONS.labels(held.refusal.rule.scope).inc()
+            return Admission(True, full=full, held=held)
         if refusal.rule is not None:
             metrics.CAP_REJECTIONS.labels(refusal.rule.scope).inc()
         return Admission(False, refusal.reason, refusal.check)
@@ -125,42 +147,72 @@ class Router:
 
     async def rank(
         self,
-        lead: LeadData,
-        stage_index: int,
-        sold_buyer_ids: Collection[str],
-        purchase_price: Decimal,
-    ) -> Ranking:
-        stage = self.plan.stage(lead.flow_id, stage_index)
-        return await self._rank(
-            stage, self.plan.facts(lead, purchase_price), sold_buyer_ids, purchase_price
-        )
-
-    async def _rank(
-        self,
         stage: StagePlan,
         facts: LeadFacts,
         sold_buyer_ids: Collection[str],
         purchase_price: Decimal,
+        quotes: SaleQuotes,
+        screened: Screen | None = None,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> Ranking:
-        screened = screen(stage, facts, sold_buyer_ids)
-        skipped = screened.skipped
-        eligible, capped_out = await self._within_caps(screened.eligible, facts)
+        """The stage's offers in its strategy's order and its skipped steps. `screened` and
+        `full` are the stage's screen and full cap windows when admission already has them."""
+        if screened is None:
+            screened = screen(stage, facts, sold_buyer_ids)
+        skipped = list(screened.skipped)
+        eligible, capped_out = await self._within_caps(screened.eligible, facts, full)
         skipped += capped_out
         if not eligible:
             return Ranking(stage, [], skipped)
-        offers, left_out = await self._order(stage, eligible, facts, purchase_price)
+        offers, left_out = await self._order(stage, eligible, facts, purchase_price, quotes)
         return Ranking(stage, offers, skipped + left_out)
 
+    def _first_offer(
+        self,
+        stage: StagePlan,
+        screened: Screen,
+        probe: dict[int, list[Claim]],
+        facts: LeadFacts,
+        quotes: SaleQuotes,
+    ) -> FirstOffer | None:
+        """How admission's transaction picks the step the lead is offered first and its claims,
+        or None when that needs more than the caps' usage: another strategy, or priority ties
+        (last sales), or a price to ask a pricing service for."""
+        if stage.strategy != "priority" or has_priority_ties(screened.eligible):
+            return None
+
+        def pick(full: set[tuple[str, datetime]]) -> tuple[str, Sequence[Claim]] | None:
+            # Runs in the transaction (a worker thread on SQLite): pure, like `rank`'s choice.
+            room = [
+                step
+                for step in screened.eligible
+                if not any((c.rule.key, c.window) in full for c in probe.get(step.index, ()))
+            ]
+            if not room:
+                return None
+            step = by_priority(room)[0]
+            quote = quotes.known(stage.index, step)
+            if not step.caps or quote is None:
+                return None
+            return step_scope(stage.index, step.index), step_claims(step, facts, quote.price)
+
+        return pick
+
+    def _probe(self, steps: Sequence[StepPlan], facts: LeadFacts) -> dict[int, list[Claim]]:
+        """The claims to check for room, by step: what the lead would take of each step's caps."""
+        return {step.index: step_claims(step, facts, PROBE_AMOUNT) for step in steps if step.caps}
+
     async def _within_caps(
-        self, steps: list[StepPlan], facts: LeadFacts
+        self,
+        steps: list[StepPlan],
+        facts: LeadFacts,
+        full: set[tuple[str, datetime]] | None = None,
     ) -> tuple[list[StepPlan], list[LeftOut]]:
-        claims: dict[int, list[Claim]] = {}
-        for step in steps:
-            if step.caps:
-                claims[step.index] = step_claims(step, facts, PROBE_AMOUNT)
+        claims = self._probe(steps, facts)
         if not any(claims.values()):
             return steps, []
-        full = await self._store.usage([c for cs in claims.values() for c in cs])
+        if full is None:
+            full = await self._store.usage([c for cs in claims.values() for c in cs])
         if not full:
             return steps, []
         eligible: list[StepPlan] = []
@@ -177,12 +229,19 @@ class Router:
         return eligible, skipped
 
     async def _order(
-        self, stage: StagePlan, eligible: list[StepPlan], facts: LeadFacts, purchase_price: Decimal
+        self,
+        stage: StagePlan,
+        eligible: list[StepPlan],
+        facts: LeadFacts,
+        purchase_price: Decimal,
+        quotes: SaleQuotes,
     ) -> tuple[list[Offer], list[LeftOut]]:
         lead = facts.lead
         strategy = stage.strategy
         if strategy == "auction":
-            return await run_auction(stage, eligible, lead.to_proto(), purchase_price, self._peers)
+            return await run_auction(
+                stage, eligible, lead.to_proto(), purchase_price, self.peers, quotes
+            )
         if strategy == "round_robin":
             first = await self._store.rotate(lead.flow_id, stage.index, [s.index for s in eligible])
             return [Offer(s) for s in rotation(eligible, first - 1)], []
@@ -192,26 +251,20 @@ class Router:
             total = sum(sales.values())
             return [Offer(s) for s in by_deficit(eligible, stage.shares, sales, total)], []
         if strategy in ("highest_price", "performance"):
-            return await self._by_value(stage, eligible, lead.to_proto(), purchase_price), []
+            return await self._by_value(stage, eligible, quotes), []
         last_sold = None
         if has_priority_ties(eligible):
             last_sold = await self._store.last_sales(lead.flow_id, stage.index)
         return [Offer(s) for s in by_priority(eligible, last_sold)], []
 
     async def _by_value(
-        self,
-        stage: StagePlan,
-        eligible: Sequence[StepPlan],
-        lead: lead_pb2.Lead,
-        purchase_price: Decimal,
+        self, stage: StagePlan, eligible: Sequence[StepPlan], quotes: SaleQuotes
     ) -> list[Offer]:
-        quotes = await asyncio.gather(
-            *(self._peers.quote(lead, stage.index, s.index, purchase_price) for s in eligible)
-        )
-        by_step = {s.index: q for s, q in zip(eligible, quotes, strict=True) if q is not None}
+        found = await asyncio.gather(*(quotes.quote(stage.index, s) for s in eligible))
+        by_step = {s.index: q for s, q in zip(eligible, found, strict=True) if q is not None}
         prices = {index: quote.price for index, quote in by_step.items()}
         if stage.strategy == "performance":
-            records = await self._peers.buyer_records([s.buyer_id for s in eligible])
+            records = await self.peers.buyer_records([s.buyer_id for s in eligible])
             ranked = by_price(eligible, expected_revenue(eligible, prices, records))
         else:
             ranked = by_price(eligible, prices)
@@ -229,23 +282,20 @@ class Router:
     # --- reservations and settlement ----------------------------------------------------------
 
     async def reserve_step(
-        self, lead: LeadData, stage_index: int, step_index: int, sale_price: Decimal
+        self, facts: LeadFacts, stage_index: int, step: StepPlan, sale_price: Decimal
     ) -> Refusal | None:
-        step = self.plan.step(lead.flow_id, stage_index, step_index)
-        claims = step_claims(step, self.plan.facts(lead), sale_price)
+        """Hold the lead on every cap of the step's buyer and of the step, all or none."""
+        claims = step_claims(step, facts, sale_price)
         refusal = await self._store.reserve(
-            lead.id, step_scope(stage_index, step_index), claims, self._hold
+            facts.lead.id, step_scope(stage_index, step.index), claims, self._hold
         )
         if refusal is not None and refusal.rule is not None:
             metrics.CAP_REJECTIONS.labels(refusal.rule.scope).inc()
         return refusal
 
-    async def settle_step(
-        self, lead: LeadData, stage_index: int, step_index: int, sold: bool, sale_price: Decimal
-    ) -> int:
-        step = self.plan.step(lead.flow_id, stage_index, step_index)
-        final = step_claims(step, self.plan.facts(lead), sale_price) if sold else []
-        return await self._store.settle(lead.id, step_scope(stage_index, step_index), sold, final)
+    async def release_step(self, lead_id: str, stage_index: int, step_index: int) -> int:
+        """The buyer did not take the lead: give its step's holds back now, for other leads."""
+        return await self._store.settle(lead_id, step_scope(stage_index, step_index), False)
 
     async def resolve_step(
         self, lead_id: str, stage_index: int, step_index: int, sold: bool
@@ -257,14 +307,18 @@ class Router:
 
     async def settle_lead(
         self,
-        lead: LeadData,
+        flow: FlowPlan,
+        facts: LeadFacts,
         accepted: bool,
         sales: Sequence[SoldStep],
         unknown: Sequence[SoldStep] = (),
     ) -> tuple[int, int]:
-        flow = self.plan.flow(lead.flow_id)
+        """One write for the end of the lead: its admission committed (accepted) or released,
+        its sold steps' holds committed at their final sale prices, its unknown offers' holds
+        kept until they are resolved, everything else released, and its sales counted."""
         if not flow.keeps_state:
             return 0, 0  # nothing was reserved and no strategy counts its sales
+        lead = facts.lead
         duplicate = self._duplicate(flow, lead)
         until = (
             lead.submit_time + timedelta(days=flow.duplicates.within_days)
@@ -273,6 +327,13 @@ class Router:
         )
         day = self._flow_day(lead)
         records = [SaleRecord(flow.id, s.stage_index, s.step_index, s.buyer_id, day) for s in sales]
+        final = [
+            claim
+            for sale in sales
+            for claim in step_claims(
+                flow.stages[sale.stage_index].steps[sale.step_index], facts, sale.sale_price
+            )
+        ]
         return await self._store.settle_lead(
             lead.id,
             accepted,
@@ -281,4 +342,5 @@ class Router:
             records,
             lead.submit_time,
             [step_scope(s.stage_index, s.step_index) for s in unknown],
+            final,
         )

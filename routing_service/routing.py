@@ -17,8 +17,16 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from leadflow.common.v1 import lead_pb2
-from leadflow.config import Buyer, Config, Flow, Hours, HttpDelivery, RuleSetSpec, Stage
+from leadflow.config import (
+    Buyer,
+    Config,
+    Flow,
+    Hours,
+    HttpDelivery,
+    RuleSetSpec,
+    Stage,
+    sale_pricing,
+)
 from leadflow.context import lead_context
 from leadflow.wire import LeadData, PriceAudit
 from routing_service.caps import CapRule, Claim, claims
@@ -54,6 +62,7 @@ class StepPlan:
     hours: OpeningHours | None
     caps: tuple[CapRule, ...]  # the buyer's, then the step's
     ping_timeout_ms: int  # 0: the buyer has no `ping` and bids its quoted sale price
+    sale_pricing: str  # none | rules | service: where its sale price comes from
 
     @property
     def has_ping(self) -> bool:
@@ -70,6 +79,7 @@ class StagePlan:
     name: str
     strategy: str
     sell: int
+    exclusive: bool  # a sale in this stage ends the lead's distribution
     min_bid: Decimal
     deadline_ms: int
     steps: tuple[StepPlan, ...]
@@ -98,6 +108,7 @@ class FlowPlan:
     caps: tuple[CapRule, ...]
     source_caps: dict[str, tuple[CapRule, ...]]
     stages: tuple[StagePlan, ...]
+    require_sale: bool  # a lead no buyer takes fails
 
     @cached_property
     def keeps_state(self) -> bool:
@@ -175,6 +186,7 @@ def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage, interned: _Int
                 ping_timeout_ms=buyer.ping.timeout_ms
                 if isinstance(buyer.ping, HttpDelivery)
                 else 0,
+                sale_pricing=sale_pricing(step, buyer),
             )
         )
     return StagePlan(
@@ -182,6 +194,7 @@ def _stage_plan(config: Config, flow: Flow, s: int, stage: Stage, interned: _Int
         name=stage.name,
         strategy=stage.strategy,
         sell=stage.sell,
+        exclusive=stage.exclusive,
         min_bid=stage.min_bid,
         deadline_ms=stage.deadline_ms,
         steps=tuple(steps),
@@ -243,6 +256,7 @@ def _flow_plan(config: Config, flow: Flow, interned: _Interned) -> FlowPlan:
         stages=tuple(
             _stage_plan(config, flow, s, stage, interned) for s, stage in enumerate(flow.stages)
         ),
+        require_sale=flow.require_sale,
     )
 
 
@@ -315,6 +329,11 @@ class LeadFacts:
         return self.context
 
 
+# A buyer's ping exchanges as delivery reported them: carried to the recipient event as they
+# are, never read here.
+Attempts = tuple[Any, ...]
+
+
 class Offer(NamedTuple):
     """An eligible step in offer order, with the price routing decided on (if any)."""
 
@@ -322,13 +341,13 @@ class Offer(NamedTuple):
     price: Decimal | None = None
     audit: PriceAudit | None = None
     bid_id: str = ""
-    attempts: tuple[lead_pb2.DeliveryAttempt, ...] = ()
+    attempts: Attempts = ()
 
 
 # A step that is not offered the lead: (step, reason, ping attempts). A plain tuple because a
 # stage of 1,000 buyers may skip hundreds per lead and a named tuple costs 5x more to build.
-LeftOut = tuple[StepPlan, str, tuple[lead_pb2.DeliveryAttempt, ...]]
-NO_ATTEMPTS: tuple[lead_pb2.DeliveryAttempt, ...] = ()
+LeftOut = tuple[StepPlan, str, Attempts]
+NO_ATTEMPTS: Attempts = ()
 
 
 @dataclass(frozen=True)

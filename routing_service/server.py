@@ -15,6 +15,7 @@ from leadflow import db, kit
 from leadflow.config import Config, load_config
 from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from routing_service.config import Settings
+from routing_service.distribution import Distributor
 from routing_service.peers import Peers
 from routing_service.router import DEFAULT_HOLD, Router
 from routing_service.routing import RoutingPlan
@@ -38,7 +39,7 @@ async def create_server(
     router = Router(RoutingPlan(config), store, peers, hold)
     return await kit.start_service(
         routing_service_pb2_grpc.add_RoutingServiceServicer_to_server,
-        RoutingServicer(router),
+        RoutingServicer(router, Distributor(router, config)),
         SERVICE_NAME,
         address,
     )

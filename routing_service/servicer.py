@@ -5,21 +5,16 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import grpc
-import orjson
 
+from leadflow import logs
+from leadflow.ledger.v1 import ledger_service_pb2
 from leadflow.routing.v1 import routing_service_pb2 as pb
 from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
-from leadflow.wire import LeadData, from_proto, to_proto
-from routing_service.router import Ranking, Router, SoldStep
-from routing_service.routing import LeftOut
+from leadflow.wire import LeadData, from_proto, outcome_to_proto
+from routing_service.distribution import Distributor
+from routing_service.router import Router
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_CHECKS = {
-    "hours": pb.ADMISSION_CHECK_HOURS,
-    "duplicates": pb.ADMISSION_CHECK_DUPLICATES,
-    "caps": pb.ADMISSION_CHECK_CAPS,
-}
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -27,46 +22,55 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
     raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
 
-def ranking_to_proto(ranking: Ranking, currency: str) -> pb.RankStageResponse:
-    """Built with the repeated fields' add(): a stage of 1,000 buyers answers with hundreds of
-    skipped steps, and add() is about four times faster than constructing each message."""
-    response = pb.RankStageResponse(stage_name=ranking.stage.name, strategy=ranking.stage.strategy)
-    add_candidate = response.candidates.add
-    for offer in ranking.offers:
-        step = offer.step
-        message = add_candidate(
-            step_index=step.index, buyer_id=step.buyer_id, capped=step.capped, bid_id=offer.bid_id
+class GatewayGone(Exception):
+    """The caller did not acknowledge an offering: the offer is not made."""
+
+
+class StreamReport:
+    """The DistributeLead stream as the distribution's `Report`: decided events wait for the
+    next message; an offering goes at once and waits for the gateway's acknowledgement."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._pending: list[ledger_service_pb2.RecipientEvent] = []
+
+    def decided(self, event: ledger_service_pb2.RecipientEvent) -> None:
+        self._pending.append(event)
+
+    async def offering(self, event: ledger_service_pb2.RecipientEvent) -> None:
+        response = pb.DistributeLeadResponse(offering=event)
+        response.recipients.extend(self._pending)
+        self._pending.clear()
+        await self._context.write(response)
+        ack = await self._context.read()
+        if ack is grpc.aio.EOF or ack.acknowledged_id != event.id:
+            raise GatewayGone(event.id)
+
+    async def flush(self) -> None:
+        if self._pending:
+            response = pb.DistributeLeadResponse()
+            response.recipients.extend(self._pending)
+            self._pending.clear()
+            await self._context.write(response)
+
+    def last(self, outcome: str, reason: str) -> pb.DistributeLeadResponse:
+        response = pb.DistributeLeadResponse(
+            done=True, outcome=outcome_to_proto(outcome), reason=reason
         )
-        if offer.attempts:
-            message.ping_attempts.extend(offer.attempts)
-        if offer.price is not None:
-            message.price.CopyFrom(to_proto(offer.price, currency))
-        if offer.audit is not None:
-            message.price_audit.CopyFrom(offer.audit.to_proto())
-    add_skipped = response.skipped.add
-    left_out: LeftOut
-    for left_out in ranking.skipped:
-        step, reason, attempts = left_out
-        skipped = add_skipped(step_index=step.index, buyer_id=step.buyer_id, reason=reason)
-        if attempts:
-            skipped.ping_attempts.extend(attempts)
-    return response
+        response.recipients.extend(self._pending)
+        self._pending.clear()
+        return response
 
 
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, distributor: Distributor) -> None:
         self._router = router
-        self._currency = router.plan.config.account.currency
+        self._distributor = distributor
 
     async def _lead(self, request: Any, context: Context) -> LeadData:
         if not request.HasField("lead"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead is required")
-        try:
-            lead = LeadData.from_proto(request.lead)
-        except (orjson.JSONDecodeError, ValueError, OverflowError):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead.fields_json is not JSON")
-        if not isinstance(lead.fields, dict):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "lead.fields_json: an object")
+        lead = LeadData.from_proto(request.lead)
         config = self._router.plan.config
         flow = config.flows_by_id.get(lead.flow_id)
         if flow is None:
@@ -79,76 +83,25 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
             )
         return lead
 
-    async def RankStage(
-        self, request: pb.RankStageRequest, context: Context
-    ) -> pb.RankStageResponse:
-        lead = await self._lead(request, context)
-        try:
-            ranking = await self._router.rank(
-                lead,
-                request.stage_index,
-                set(request.sold_buyer_ids),
-                from_proto(request.purchase_price),
-            )
-        except LookupError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        return ranking_to_proto(ranking, self._currency)
-
-    async def AdmitLead(
-        self, request: pb.AdmitLeadRequest, context: Context
-    ) -> pb.AdmitLeadResponse:
-        lead = await self._lead(request, context)
-        admission = await self._router.admit(
-            lead, from_proto(request.purchase_price), request.rank_first_stage
-        )
-        response = pb.AdmitLeadResponse(
-            admitted=admission.admitted,
-            reason=admission.reason,
-            check=_CHECKS.get(admission.check, pb.ADMISSION_CHECK_UNSPECIFIED),
-            needs_settlement=self._router.plan.flow(lead.flow_id).keeps_state,
-        )
-        if admission.first_stage is not None:
-            response.first_stage.CopyFrom(ranking_to_proto(admission.first_stage, self._currency))
-        return response
-
-    async def ReserveStep(
-        self, request: pb.ReserveStepRequest, context: Context
-    ) -> pb.ReserveStepResponse:
-        lead = await self._lead(request, context)
-        try:
-            refusal = await self._router.reserve_step(
-                lead, request.stage_index, request.step_index, from_proto(request.sale_price)
-            )
-        except LookupError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        if refusal is None:
-            return pb.ReserveStepResponse(reserved=True)
-        return pb.ReserveStepResponse(reserved=False, reason=refusal.reason)
-
-    async def SettleStep(
-        self, request: pb.SettleStepRequest, context: Context
-    ) -> pb.SettleStepResponse:
-        lead = await self._lead(request, context)
-        try:
-            settled = await self._router.settle_step(
-                lead,
-                request.stage_index,
-                request.step_index,
-                request.sold,
-                from_proto(request.sale_price),
-            )
-        except LookupError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        return pb.SettleStepResponse(settled=settled)
-
-    async def SettleLead(
-        self, request: pb.SettleLeadRequest, context: Context
-    ) -> pb.SettleLeadResponse:
-        lead = await self._lead(request, context)
-        sales = [SoldStep(s.stage_index, s.step_index, s.buyer_id) for s in request.sales]
-        unknown = [SoldStep(s.stage_index, s.step_index, s.buyer_id) for s in request.unknown]
-        committed, released = await self._router.settle_lead(lead, request.accepted, sales, unknown)
-        return pb.SettleLeadResponse(committed=committed, released=released)
+    # Written with context.read() and write() rather than as a generator: the distribution
+    # waits for the gateway's acknowledgements in the middle of its work.
+    async def DistributeLead(  # type: ignore[override]
+        self, requests: Any, context: Context
+    ) -> None:
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the lead is required")
+        lead = await self._lead(first, context)
+        quotes = {(q.stage_index, q.step_index): q for q in first.sale_quotes}
+        report = StreamReport(context)
+        with logs.lead_scope(lead.id):
+            try:
+                outcome, reason = await self._distributor.distribute(
+                    lead, first.lead, from_proto(first.purchase_price), quotes, report
+                )
+            except GatewayGone:
+                await _abort(context, grpc.StatusCode.CANCELLED, "offering not acknowledged")
+        await context.write(report.last(outcome, reason))
 
     async def ResolveStep(
         self, request: pb.ResolveStepRequest, context: Context

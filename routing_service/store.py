@@ -104,9 +104,23 @@ class SaleRecord:
     day: str
 
 
+@dataclass(frozen=True)
+class HeldStep:
+    """A step reserved with the lead's admission: its scope, and the refusal if a cap was full."""
+
+    scope: str
+    refusal: Refusal | None
+
+
+# Given the first stage's full cap windows, the step the lead is offered first and the claims
+# to reserve for it (its scope and claims), or None: decided inside admission's transaction.
+FirstOffer = Callable[[set[tuple[str, datetime]]], tuple[str, Sequence[Claim]] | None]
+
+
 class _Refused(Exception):
-    def __init__(self, refusal: Refusal) -> None:
+    def __init__(self, refusal: Refusal, claim: Claim | None = None) -> None:
         self.refusal = refusal
+        self.claim = claim  # the cap claim that did not fit
 
 
 def _ordered(claims: Sequence[Claim]) -> list[Claim]:
@@ -453,7 +467,37 @@ class RoutingStore:
                 continue
             if self._sweep(conn, claim.rule.key, claim.window, now) and self._take(conn, claim):
                 continue
-            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule))
+            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule), claim)
+
+    def _try_reserve(
+        self,
+        conn: Connection,
+        lead_id: str,
+        scope: str,
+        claims: Sequence[Claim],
+        expires: datetime,
+        now: datetime,
+    ) -> Refusal | None:
+        """`_reserve_in` inside a larger transaction that must not fail with it: a refusal
+        undoes this scope's holds (the claims taken before the full one are given back; the
+        full one's hold row, never counted, is deleted) and is returned."""
+        try:
+            self._reserve_in(conn, lead_id, scope, claims, expires, now)
+        except _Refused as refused:
+            failed = refused.claim
+            assert failed is not None
+            hold = HOLDS.c
+            conn.execute(
+                delete(HOLDS).where(
+                    hold.lead_id == lead_id,
+                    hold.scope == scope,
+                    hold.cap_key == failed.rule.key,
+                    hold.window_start == failed.window,
+                )
+            )
+            self._settle_holds(conn, lead_id, [scope], [])
+            return refused.refusal
+        return None
 
     async def reserve(
         self, lead_id: str, scope: str, claims: Sequence[Claim], ttl: timedelta
@@ -556,45 +600,48 @@ class RoutingStore:
         return committed + released
 
     async def usage(self, claims: Sequence[Claim]) -> set[tuple[str, datetime]]:
-        """The claimed windows that cannot take this lead now (read only: ReserveStep decides).
+        """The claimed windows that cannot take this lead now (read only: reserving decides).
 
         Holds past their expiry are not counted, so an abandoned reservation never keeps a
         step out of the ranking; the next reservation on that window sweeps it.
         """
         if not claims:
             return set()
-        pairs = list({(c.rule.key, c.window) for c in claims})
         now = datetime.now(UTC)
+        return await self._read(lambda conn: self._full(conn, claims, now))
 
-        def work(conn: Connection) -> set[tuple[str, datetime]]:
-            counters = {
-                (key, window): (int(leads), int(micros))
-                for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
-            }
-            full = [claim for claim in claims if not _fits(claim, counters)]
-            if not full:
-                return set()
-            hold = HOLDS.c
-            expired = {
-                (key, window): (int(n), int(micros or 0))
-                for key, window, n, micros in conn.execute(
-                    select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
-                    .where(
-                        tuple_(hold.cap_key, hold.window_start).in_(
-                            [(c.rule.key, c.window) for c in full]
-                        ),
-                        hold.expires_time < now,
-                    )
-                    .group_by(hold.cap_key, hold.window_start)
+    def _full(
+        self, conn: Connection, claims: Sequence[Claim], now: datetime
+    ) -> set[tuple[str, datetime]]:
+        if not claims:
+            return set()
+        pairs = list({(c.rule.key, c.window) for c in claims})
+        counters = {
+            (key, window): (int(leads), int(micros))
+            for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
+        }
+        full = [claim for claim in claims if not _fits(claim, counters)]
+        if not full:
+            return set()
+        hold = HOLDS.c
+        expired = {
+            (key, window): (int(n), int(micros or 0))
+            for key, window, n, micros in conn.execute(
+                select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
+                .where(
+                    tuple_(hold.cap_key, hold.window_start).in_(
+                        [(c.rule.key, c.window) for c in full]
+                    ),
+                    hold.expires_time < now,
                 )
-            }
-            live = {
-                pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
-                for pair, (leads, micros) in counters.items()
-            }
-            return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
-
-        return await self._read(work)
+                .group_by(hold.cap_key, hold.window_start)
+            )
+        }
+        live = {
+            pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
+            for pair, (leads, micros) in counters.items()
+        }
+        return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
 
     async def counter(self, key: str, window: datetime) -> tuple[int, int, int, int] | None:
         """(used leads, used micros, held leads, held micros) of one window: for tests and ops."""
@@ -615,20 +662,45 @@ class RoutingStore:
         ttl: timedelta,
     ) -> Refusal | None:
         """Claim the duplicate key, then reserve the flow and source caps: all or nothing."""
-        if duplicate is None and not claims:
-            return None
+        refusal, _, _ = await self.admit_and_probe(lead_id, duplicate, claims, ttl)
+        return refusal
+
+    async def admit_and_probe(
+        self,
+        lead_id: str,
+        duplicate: DuplicateClaim | None,
+        claims: Sequence[Claim],
+        ttl: timedelta,
+        probe: Sequence[Claim] = (),
+        first_offer: FirstOffer | None = None,
+    ) -> tuple[Refusal | None, set[tuple[str, datetime]], HeldStep | None]:
+        """`admit`, and in the same transaction, for an admitted lead, `usage(probe)` (the first
+        stage's step caps) and the reservation of the step `first_offer` picks from that usage
+        (the step the lead is offered first, when it is known without another round trip):
+        one transaction where there were three."""
         now = datetime.now(UTC)
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> tuple[set[tuple[str, datetime]], HeldStep | None]:
             if duplicate is not None:
                 self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
             self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
+            full = self._full(conn, probe, now)
+            picked = first_offer(full) if first_offer is not None else None
+            if picked is None:
+                return full, None
+            scope, step_claims = picked
+            refusal = self._try_reserve(conn, lead_id, scope, step_claims, now + ttl, now)
+            return full, HeldStep(scope, refusal)
 
+        if duplicate is None and not claims and first_offer is None:
+            return None, await self.usage(probe), None
         try:
-            await self._write(work, one_statement=not claims)
+            # Without caps to reserve the writes are one statement; the probe only reads.
+            one = not claims and first_offer is None
+            full, held = await self._write(work, one_statement=one)
         except _Refused as refused:
-            return refused.refusal
-        return None
+            return refused.refusal, set(), None
+        return None, full, held
 
     def _claim_duplicate(
         self,
@@ -662,10 +734,11 @@ class RoutingStore:
         sales: Sequence[SaleRecord],
         sold_time: datetime,
         unknown: Collection[str] = (),
+        final: Sequence[Claim] = (),
     ) -> tuple[int, int]:
         """Commit (accepted) or release the lead's admission; commit the holds of sold steps
-        that were not settled yet (SettleStep never arrived), keep those of the `unknown` step
-        scopes held until they are resolved, and release every other; count its sales."""
+        (at the `final` amounts: the sale prices after delivery), keep those of the `unknown`
+        step scopes held until they are resolved, and release every other; count its sales."""
         commit = {step_scope(sale.stage_index, sale.step_index) for sale in sales}
         if accepted:
             commit.add(LEAD_SCOPE)
@@ -700,7 +773,7 @@ class RoutingStore:
                     self._sql.keep_holds,
                     {"held_lead": lead_id, "held_scopes": list(unknown), "until": NEVER},
                 )
-            return self._settle_holds(conn, lead_id, None, commit, keep=unknown)
+            return self._settle_holds(conn, lead_id, None, commit, final, keep=unknown)
 
         return await self._write(work)
 

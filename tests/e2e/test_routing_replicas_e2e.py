@@ -285,7 +285,7 @@ def test_both_routing_replicas_made_decisions(replicas: Replicas) -> None:
             line
             for line in text.splitlines()
             if line.startswith("grpc_server_handled_total")
-            and 'grpc_method="AdmitLead"' in line
+            and 'grpc_method="DistributeLead"' in line
             and 'grpc_code="OK"' in line
         ]
         assert admitted and float(admitted[0].rsplit(" ", 1)[1]) >= 5, url

@@ -32,7 +32,7 @@ EXPECTED = {
     ("gateway", "POST /flows/{flow_id}/sources/{source_id}/submit"),
     ("gateway", "process lead"),
     ("pricing_service", "/leadflow.pricing.v1.PricingService/QuotePurchasePrice"),
-    ("routing_service", "/leadflow.routing.v1.RoutingService/AdmitLead"),
+    ("routing_service", "/leadflow.routing.v1.RoutingService/DistributeLead"),
     ("delivery_service", "/leadflow.delivery.v1.DeliveryService/DeliverLead"),
     ("delivery_service", "POST"),  # the buyer calls
     # The record reaches the ledger in a batch from the gateway's outbox: a span for the

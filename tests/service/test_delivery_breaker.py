@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from leadflow.common.v1 import lead_pb2
 from leadflow.config import parse_config
 from leadflow.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
-from tests.service.test_delivery_service import _request, running_delivery
+from tests.service.helpers_delivery import deliver_request, running_delivery
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -69,7 +69,7 @@ async def delivery(buyer: tuple[Buyer, str]) -> AsyncIterator[pb_grpc.DeliverySe
 async def _deliver(
     stub: pb_grpc.DeliveryServiceStub, buyer_id: str = "breaker-buyer"
 ) -> tuple[int, str]:
-    reply = await stub.DeliverLead(_request(buyer_id), timeout=10)
+    reply = await stub.DeliverLead(deliver_request(buyer_id), timeout=10)
     return reply.outcome, reply.reason
 
 

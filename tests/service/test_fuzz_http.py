@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Database
-from tests.service.test_gateway import CONFIG, KEY, SUBMIT, InProcessSuite, in_process_suite
+from tests.service.helpers_gateway import CONFIG, KEY, SUBMIT, InProcessSuite, in_process_suite
 
 # Each request must be answered this fast (the buyer answers at once; a hang fails the test).
 REQUEST_TIMEOUT_S = 10.0

@@ -5,222 +5,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import grpc
 import orjson
 import pytest
-from aiohttp import web
 
-from delivery_service import server as delivery_server
-from delivery_service.config import Settings as DeliverySettings
-from gateway.clients import Addresses, Downstream
-from gateway.http_server import DEFAULT_LIMITS, HttpLimits
-from gateway.server import Background, RunningGateway
-from gateway.server import create_server as create_gateway
-from gateway.store import GatewayStore
-from leadflow import db
 from leadflow.common.v1 import lead_pb2
-from leadflow.config import Config, parse_config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from leadflow.kit import ServiceSettings
-from ledger_service import server as ledger_server
-from ledger_service.config import Settings as LedgerSettings
-from ledger_service.store import LedgerStore
-from pricing_service import server as pricing_server
-from routing_service import server as routing_server
-from routing_service.peers import Addresses as RoutingAddresses
-from routing_service.peers import Peers as RoutingPeers
-from routing_service.store import RoutingStore
 from tests.conftest import Database
-
-DEFAULTS = Background()
-KEY = "source-key"
-ADMIN = "admin-key"
-SUBMIT = "/flows/auto/sources/vendor/submit"
-
-CONFIG = """
-account: {{name: Test, admin_api_key: {admin}, allow_private_network_delivery: true}}
-sources: [{{id: vendor, name: Vendor, api_key: {key}}}]
-buyers:
-  - id: first
-    name: First
-    pricing: {{prices: [{{amount: 25}}]}}
-    delivery: {{type: http, url: "{url}/first", timeout_ms: 2000}}
-  - id: second
-    name: Second
-    pricing: {{prices: [{{amount: 18}}]}}
-    delivery: {{type: http, url: "{url}/second", timeout_ms: 2000}}
-flows:
-  - id: auto
-    name: Auto
-    require_sale: true
-    pricing: {{prices: [{{amount: 9.99}}]}}
-    sources: [{{source: vendor}}]
-    stages:
-      - name: waterfall
-        exclusive: true
-        steps: [{{buyer: first}}, {{buyer: second}}]
-"""
-
-
-@dataclass
-class Buyers:
-    """Two buyer endpoints; each answers with the status its test sets."""
-
-    statuses: dict[str, int] = field(default_factory=lambda: {"first": 200, "second": 200})
-    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        self.received.append((name, await request.json()))
-        return web.json_response({"ok": True}, status=self.statuses[name])
-
-
-@dataclass
-class Ledger:
-    """The ledger server, which a test may stop and start again on the same port and database."""
-
-    database: Database
-    port: int = 0
-    server: grpc.aio.Server | None = None
-    store: LedgerStore | None = None
-
-    async def start(self) -> None:
-        self.store = await LedgerStore.open(self.database.url, self.database.schema)
-        settings = LedgerSettings(
-            service=_settings(f"127.0.0.1:{self.port}"), schema=self.database.schema
-        )
-        self.server, self.port, _ = await ledger_server.create_server(settings, self.store)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(None)
-        if self.store is not None:
-            await self.store.close()
-        self.server = self.store = None
-
-
-@dataclass
-class InProcessSuite:
-    http: aiohttp.ClientSession
-    base_url: str
-    grpc_target: str
-    buyers: Buyers
-    config: Config
-    ledger: Ledger
-    gateway: RunningGateway
-    store: GatewayStore
-    downstream: Downstream
-
-    async def restart_gateway(self, background: Background = DEFAULTS) -> None:
-        """Stop the gateway and start another on the same database (another HTTP port)."""
-        await self.gateway.stop(0)
-        self.gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, self.config, self.downstream, self.store, background
-        )
-        self.base_url = f"http://127.0.0.1:{self.gateway.http_port}"
-        self.grpc_target = f"127.0.0.1:{self.gateway.port}"
-
-    async def lead_view(self, lead_id: str) -> tuple[int, dict[str, Any]]:
-        async with self.http.get(
-            f"{self.base_url}/leads/{lead_id}", headers={"X-Api-Key": ADMIN}
-        ) as response:
-            return response.status, orjson.loads(await response.read())
-
-    async def submit(self, lead: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
-        async with self.http.post(
-            self.base_url + SUBMIT,
-            json=lead,
-            headers={"X-Api-Key": KEY, **headers},
-        ) as response:
-            return response.status, orjson.loads(await response.read())
-
-
-def _settings(address: str = "127.0.0.1:0") -> ServiceSettings:
-    host, port = address.rsplit(":", 1)
-    return ServiceSettings(
-        config_path="", data_dir="", database_url=None, host=host, port=int(port), metrics_port=None
-    )
+from tests.service.helpers_gateway import (
+    ADMIN,
+    CONFIG,
+    KEY,
+    LEAD,
+    SUBMIT,
+    InProcessSuite,
+    in_process_suite,
+)
 
 
 @pytest.fixture
 async def suite(database: Database) -> AsyncIterator[InProcessSuite]:
     async with in_process_suite(database) as running:
         yield running
-
-
-@asynccontextmanager
-async def in_process_suite(
-    database: Database,
-    config_text: str = CONFIG,
-    background: Background = DEFAULTS,
-    http_limits: HttpLimits = DEFAULT_LIMITS,
-) -> AsyncIterator[InProcessSuite]:
-    """The suite in this process; `config_text` is formatted with admin, key and the buyer url."""
-    buyers = Buyers()
-    app = web.Application()
-    app.router.add_post("/{name}", buyers.handle)
-    async with AsyncExitStack() as stack:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        config = parse_config(config_text.format(admin=ADMIN, key=KEY, url=url), {})
-
-        ports = {}
-        server, ports["pricing"], _ = await pricing_server.create_server("127.0.0.1:0", config)
-        stack.push_async_callback(server.stop, None)
-        routing_store = await RoutingStore.open(database.url, database.schema)
-        stack.push_async_callback(routing_store.close)
-        peers = RoutingPeers(RoutingAddresses())
-        stack.push_async_callback(peers.close)
-        server, ports["routing"], _ = await routing_server.create_server(
-            "127.0.0.1:0", config, routing_store, peers
-        )
-        stack.push_async_callback(server.stop, None)
-        server, ports["delivery"], _ = await delivery_server.create_server(
-            DeliverySettings(service=_settings()), config
-        )
-        stack.push_async_callback(server.stop, None)
-        ledger = Ledger(database)
-        await ledger.start()
-        stack.push_async_callback(ledger.stop)
-        ports["ledger"] = ledger.port
-
-        engine = db.create_engine(database.url, database.schema)
-        stack.push_async_callback(engine.dispose)
-        store = GatewayStore(engine, database.schema)
-        stack.callback(store.close)
-        await store.create_schema()
-        downstream = Downstream(Addresses(**{k: f"127.0.0.1:{v}" for k, v in ports.items()}))
-        stack.push_async_callback(downstream.close)
-        gateway = await create_gateway(
-            "127.0.0.1:0", "127.0.0.1", 0, config, downstream, store, background, http_limits
-        )
-        http = await stack.enter_async_context(aiohttp.ClientSession())
-        running = InProcessSuite(
-            http,
-            f"http://127.0.0.1:{gateway.http_port}",
-            f"127.0.0.1:{gateway.port}",
-            buyers,
-            config,
-            ledger,
-            gateway,
-            store,
-            downstream,
-        )
-        try:
-            yield running
-        finally:
-            await running.gateway.stop(0)
-
-
-LEAD = {"first_name": "Ada", "phone_1": "512 555 0142", "state": "CA"}
 
 
 async def test_a_stopping_gateway_answers_on_open_connections_and_has_them_closed(
@@ -311,6 +119,58 @@ async def test_grpc_submission_with_a_wrong_key_is_unauthenticated(suite: InProc
     assert suite.buyers.received == []
 
 
+async def test_a_repeated_grpc_idempotency_key_returns_the_first_answer(
+    suite: InProcessSuite,
+) -> None:
+    request = gateway_service_pb2.SubmitLeadRequest(
+        flow_id="auto",
+        source_id="vendor",
+        api_key=KEY,
+        fields_json=orjson.dumps({**LEAD, "redir_url": "https://vendor.example/thanks"}),
+        idempotency_key="g1",
+    )
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        first = await stub.SubmitLead(request, timeout=10)
+        again = await stub.SubmitLead(request, timeout=10)
+    assert again == first
+    assert first.lead_id
+    assert len(suite.buyers.received) == 1
+    assert "redir_url" not in suite.buyers.received[0][1]  # read as HTTP reads it: no lead field
+
+
+async def test_grpc_submission_to_an_unknown_source_is_not_found(suite: InProcessSuite) -> None:
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SubmitLead(
+                gateway_service_pb2.SubmitLeadRequest(
+                    flow_id="auto", source_id="nobody", api_key=KEY
+                ),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_grpc_idempotency_key_too_long_to_keep_is_invalid(suite: InProcessSuite) -> None:
+    # "grpc:" and 251 characters would not fit the 255 a key is stored in.
+    async with grpc.aio.insecure_channel(suite.grpc_target) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SubmitLead(
+                gateway_service_pb2.SubmitLeadRequest(
+                    flow_id="auto",
+                    source_id="vendor",
+                    api_key=KEY,
+                    fields_json=orjson.dumps(LEAD),
+                    idempotency_key="k" * 251,
+                ),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert suite.buyers.received == []
+
+
 async def test_a_lead_sold_while_the_ledger_is_down_is_recorded_when_it_returns(
     suite: InProcessSuite,
 ) -> None:
@@ -375,7 +235,7 @@ async def _admin(
 
 
 async def _record_unknown(suite: InProcessSuite, lead_id: str) -> str:
-    from tests.service.test_ledger_journal import lead_record, recipient
+    from tests.service.helpers_ledger import lead_record, recipient
 
     assert suite.ledger.store is not None
     event = recipient(f"{lead_id}-1", "first", "unknown", price="25.00")
@@ -483,6 +343,10 @@ async def _send(
             b'{"first_name": "Ada", "state": "CA"}',
             "redir_url=https%3A%2F%2Fvendor.example%2Fthanks%3Fx%3D1",
         ),
+        (  # given twice: the first, as LeadConduit
+            b'{"first_name": "Ada", "state": "CA"}',
+            "redir_url=https%3A%2F%2Fvendor.example%2Fthanks%3Fx%3D1&redir_url=http://b.example/",
+        ),
     ],
 )
 async def test_redir_url_answers_303_to_it_after_the_lead_is_handled(
@@ -515,7 +379,7 @@ async def test_redir_url_outweighs_respond_async_and_is_kept_with_the_idempotent
     [
         "redir_url=scooby.doo",
         "redir_url=ftp%3A%2F%2Fx.example%2F",
-        "redir_url=http://a.example/&redir_url=http://b.example/",
+        "redir_url=ftp://a.example/&redir_url=http://b.example/",  # the first is the one
     ],
 )
 async def test_a_redir_url_that_is_no_http_url_is_a_400_and_no_lead(

@@ -21,7 +21,7 @@ from leadflow.config import parse_config
 from leadflow.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from leadflow.ledger.v1 import ledger_service_pb2
 from tests.conftest import Database
-from tests.service.test_gateway import (
+from tests.service.helpers_gateway import (
     ADMIN,
     CONFIG,
     KEY,

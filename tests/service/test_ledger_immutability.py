@@ -27,7 +27,7 @@ from ledger_service.store import LedgerStore
 from ledger_service.tables import Base as LedgerBase
 from routing_service.store import RoutingStore
 from tests.conftest import TEST_DATABASE_URL
-from tests.service.test_ledger_journal import T0, completion, feedback, queued_lead, sold_lead
+from tests.service.helpers_ledger import T0, completion, feedback, queued_lead, sold_lead
 
 if TYPE_CHECKING:
     from conftest import Database

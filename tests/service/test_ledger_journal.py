@@ -1,19 +1,17 @@
 """The ledger's journal, delivery outcomes, feedback governance and reports, on the real store
-(SQLite and PostgreSQL). The builders here are shared by the other ledger test modules."""
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pytest
 
-from leadflow.money import ZERO
 from leadflow.reports import BuyerLine, MarginLine, VendorLine
-from leadflow.wire import PriceAudit
 from ledger_service.feedback import (
     CONVERSION,
     RETURN,
@@ -25,116 +23,25 @@ from ledger_service.feedback import (
     UnknownSale,
 )
 from ledger_service.ledger import (
-    DeliveryOutcome,
-    Lead,
-    LeadRecord,
     NotQueued,
-    RecipientEvent,
-    SourceEvent,
     UnknownEvent,
 )
 from ledger_service.store import LedgerStore
+from tests.service.helpers_ledger import (
+    POLICY,
+    T0,
+    completion,
+    feedback,
+    lead_record,
+    queued_lead,
+    recipient,
+    sold_lead,
+)
 
 if TYPE_CHECKING:
     from conftest import Database
 
-T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 MONTH = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
-POLICY = ReturnPolicy(
-    window_days=30,
-    max_percent=Decimal(100),
-    auto_approve=True,
-    reasons=("Bad phone", "Duplicate"),
-    return_to_source=True,
-    time_zone="UTC",
-)
-
-
-def recipient(
-    event_id: str, buyer_id: str, outcome: str = "success", price: str = "20.00"
-) -> RecipientEvent:
-    return RecipientEvent(
-        id=event_id,
-        stage_index=0,
-        stage_name="stage",
-        strategy="priority",
-        step_index=0,
-        buyer_id=buyer_id,
-        outcome=outcome,
-        reason="" if outcome == "success" else "no",
-        sale_price=Decimal(price),
-        price_audit=PriceAudit(layer="buyer_rules", amount=Decimal(price)),
-        reference="",
-        attempts=(),
-        duration_ms=5,
-    )
-
-
-def lead_record(
-    lead_id: str,
-    *,
-    flow_id: str = "auto",
-    source_id: str = "vendor",
-    outcome: str = "success",
-    price: str = "10.00",
-    recipients: Sequence[RecipientEvent] = (),
-    at: datetime = T0,
-) -> LeadRecord:
-    """A consistent record: price paid and revenue follow the outcomes (RecordLead's rules)."""
-    purchase = Decimal(price)
-    revenue = sum((r.sale_price for r in recipients if r.outcome == "success"), ZERO)
-    return LeadRecord(
-        lead=Lead(
-            id=lead_id, flow_id=flow_id, source_id=source_id, fields_json="{}", submit_time=at
-        ),
-        source_event=SourceEvent(
-            outcome=outcome,
-            reason="" if outcome == "success" else "rejected",
-            purchase_price=purchase,
-            price_paid=purchase if outcome == "success" else ZERO,
-            price_audit=PriceAudit(layer="flow_rules", amount=purchase),
-            revenue=revenue,
-            duration_ms=10,
-        ),
-        recipient_events=tuple(recipients),
-    )
-
-
-def sold_lead(
-    lead_id: str,
-    buyer_id: str = "acme",
-    price: str = "10.00",
-    sale: str = "20.00",
-    at: datetime = T0,
-    source_id: str = "vendor",
-) -> LeadRecord:
-    return lead_record(
-        lead_id,
-        price=price,
-        at=at,
-        source_id=source_id,
-        recipients=[recipient(f"{lead_id}-1", buyer_id, "success", sale)],
-    )
-
-
-def feedback(
-    feedback_id: str,
-    lead_id: str,
-    buyer_id: str = "acme",
-    kind: str = RETURN,
-    reason: str = "Bad phone",
-    amount: str | None = None,
-    policy: ReturnPolicy | None = POLICY,
-) -> FeedbackRequest:
-    return FeedbackRequest(
-        feedback_id=feedback_id,
-        buyer_id=buyer_id,
-        type=kind,
-        lead_id=lead_id,
-        reason=reason,
-        amount=None if amount is None else Decimal(amount),
-        policy=policy,
-    )
 
 
 @pytest.fixture
@@ -210,27 +117,6 @@ async def test_replayed_lead_posts_nothing_more(store: LedgerStore) -> None:
 
 
 # --- Queued (batch) deliveries --------------------------------------------------------------------
-
-
-def queued_lead(lead_id: str = "L1", quoted: str = "15.00") -> LeadRecord:
-    return lead_record(lead_id, recipients=[recipient(f"{lead_id}-1", "batcher", "queued", quoted)])
-
-
-def completion(
-    event_id: str = "L1-1",
-    outcome: str = "success",
-    price: str | None = "16.00",
-    at: datetime = T0 + timedelta(days=2),
-) -> DeliveryOutcome:
-    return DeliveryOutcome(
-        recipient_event_id=event_id,
-        outcome=outcome,
-        reason="",
-        sale_price=None if price is None else Decimal(price),
-        attempts=(),
-        complete_time=at,
-        batch_id="B1",
-    )
 
 
 async def test_delivered_batch_books_the_sale_at_its_completion_time(store: LedgerStore) -> None:

@@ -31,7 +31,7 @@ from leadflow.money import from_micros
 from ledger_service.feedback import CONVERSION, RETURN, FeedbackRequest, ReturnPolicy
 from ledger_service.ledger import DeliveryOutcome, LeadRecord
 from ledger_service.store import LedgerStore
-from tests.service.test_ledger_journal import lead_record, recipient
+from tests.service.helpers_ledger import lead_record, recipient
 
 if TYPE_CHECKING:
     from conftest import Database

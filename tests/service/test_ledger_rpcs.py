@@ -20,7 +20,7 @@ from leadflow.wire import from_proto, to_proto
 from ledger_service.config import Settings
 from ledger_service.server import create_server
 from ledger_service.store import LedgerStore
-from tests.service.test_ledger_journal import T0, lead_record, queued_lead, recipient, sold_lead
+from tests.service.helpers_ledger import T0, lead_record, queued_lead, recipient, sold_lead
 
 if TYPE_CHECKING:
     from conftest import Database

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from gateway.docs_page import TYPE_NOTES
 from tests.conftest import Database
-from tests.service.test_gateway import ADMIN, CONFIG, KEY, InProcessSuite, in_process_suite
+from tests.service.helpers_gateway import ADMIN, CONFIG, KEY, InProcessSuite, in_process_suite
 
 BUYER_KEY = "buyer-key"
 # The gateway suite's configuration plus what the docs page shows: a buyer that may send

@@ -12,15 +12,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, parse_config
 from leadflow.fields import parse_lead
 from leadflow.pricing.v1 import pricing_service_pb2, pricing_service_pb2_grpc
-from leadflow.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
+from leadflow.routing.v1 import routing_service_pb2_grpc
 from leadflow.wire import LeadData, from_proto, to_proto
 from pricing_service.server import create_server as create_pricing
 from routing_service.peers import Addresses, Peers
 from routing_service.server import create_server as create_routing
 from routing_service.store import RoutingStore
+from tests.service.routing_helpers import distribute, skipped
 
 CONFIG = """
 account: {name: Test}
@@ -51,12 +53,16 @@ flows:
           - buyer: anyone
             pricing: {service: {url: "http://127.0.0.1:9/", timeout_ms: 200, fallback_price: 3}}
           - {buyer: ca-only}
+      - name: later
+        steps: [{buyer: anyone}, {buyer: ca-only}]
   - id: wide
-    name: A first stage too wide to quote up front
+    name: A wide stage
     sources: [{source: vendor}]
-    stages: [{name: many, steps: [{buyer: anyone}, {buyer: anyone}, {buyer: anyone},
-      {buyer: anyone}, {buyer: anyone}, {buyer: anyone}, {buyer: anyone}, {buyer: anyone},
-      {buyer: anyone}]}]
+    stages:
+      - name: many
+        steps: [{buyer: ca-only}, {buyer: ca-only}, {buyer: ca-only}, {buyer: ca-only},
+          {buyer: ca-only}, {buyer: ca-only}, {buyer: ca-only}, {buyer: ca-only},
+          {buyer: ca-only}, {buyer: anyone}]
 """
 
 
@@ -112,40 +118,44 @@ async def test_sale_price_uses_the_buyer_rules(
     assert (from_proto(reply.price), reply.audit.layer) == (Decimal("40.00"), "buyer_rules")
 
 
-async def test_first_stage_sale_quotes_come_with_the_purchase_price_for_rules_priced_steps(
+async def test_sale_quotes_come_with_the_purchase_price_for_every_rules_priced_step(
     pricing: pricing_service_pb2_grpc.PricingServiceStub,
 ) -> None:
     request = pricing_service_pb2.QuotePurchasePriceRequest(
-        lead=lead("CA", flow="priced").to_proto(), quote_first_stage=True
+        lead=lead("CA", flow="priced").to_proto(), quote_sales=True
     )
     reply = await pricing.QuotePurchasePrice(request, timeout=5)
-    # Step 1 calls a pricing service: left to its own quote.
-    assert [q.step_index for q in reply.first_stage] == [0, 2]
-    for quoted in reply.first_stage:
+    # Every stage: step (0, 1) calls a pricing service and (1, 0) has no sale pricing, so
+    # routing quotes the one itself and prices the other at $0.00.
+    assert [(q.stage_index, q.step_index) for q in reply.sales] == [(0, 0), (0, 2), (1, 1)]
+    for quoted in reply.sales:
         alone = await pricing.QuoteSalePrice(
             pricing_service_pb2.QuoteSalePriceRequest(
                 lead=request.lead,
-                stage_index=0,
+                stage_index=quoted.stage_index,
                 step_index=quoted.step_index,
                 purchase_price=reply.price,
             ),
             timeout=5,
         )
         assert (quoted.price, quoted.audit) == (alone.price, alone.audit)
-    assert from_proto(reply.first_stage[0].price) == Decimal("14.00")  # 1.4 times the purchase
+    assert from_proto(reply.sales[0].price) == Decimal("14.00")  # 1.4 times the purchase
+    assert from_proto(reply.sales[2].price) == Decimal("40.00")  # the buyer's rules
 
 
-async def test_no_first_stage_quotes_unless_asked_or_for_a_wide_stage(
+async def test_no_sale_quotes_unless_asked_and_a_wide_stage_is_quoted_whole(
     pricing: pricing_service_pb2_grpc.PricingServiceStub,
 ) -> None:
     unasked = pricing_service_pb2.QuotePurchasePriceRequest(
         lead=lead("CA", flow="priced").to_proto()
     )
+    assert list((await pricing.QuotePurchasePrice(unasked, timeout=5)).sales) == []
     wide = pricing_service_pb2.QuotePurchasePriceRequest(
-        lead=lead("CA", flow="wide").to_proto(), quote_first_stage=True
+        lead=lead("CA", flow="wide").to_proto(), quote_sales=True
     )
-    for request in (unasked, wide):
-        assert list((await pricing.QuotePurchasePrice(request, timeout=5)).first_stage) == []
+    reply = await pricing.QuotePurchasePrice(wide, timeout=5)
+    assert [q.step_index for q in reply.sales] == list(range(9))
+    assert {from_proto(q.price) for q in reply.sales} == {Decimal(40)}
 
 
 @pytest.mark.parametrize(("flow", "source"), [("nope", "vendor"), ("auto", "nope")])
@@ -173,29 +183,40 @@ async def test_unknown_step_is_not_found(
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_routing_ranks_by_priority_and_reports_skips(
+async def test_routing_offers_by_priority_at_the_quoted_prices_and_reports_skips(
+    pricing: pricing_service_pb2_grpc.PricingServiceStub,
     routing_channel: grpc.aio.Channel,
 ) -> None:
     stub = routing_service_pb2_grpc.RoutingServiceStub(routing_channel)
-    request = routing_service_pb2.RankStageRequest(lead=lead("CA").to_proto(), stage_index=0)
-    reply = await stub.RankStage(request, timeout=5)
-    assert (reply.stage_name, reply.strategy) == ("first-look", "priority")
-    assert [c.buyer_id for c in reply.candidates] == ["ca-only", "anyone"]
-
-    request = routing_service_pb2.RankStageRequest(lead=lead("TX").to_proto(), stage_index=0)
-    reply = await stub.RankStage(request, timeout=5)
-    assert [c.buyer_id for c in reply.candidates] == ["anyone"]
-    assert [(s.buyer_id, s.reason) for s in reply.skipped] == [("ca-only", "California only")]
-
-
-async def test_routing_unknown_stage_is_not_found(routing_channel: grpc.aio.Channel) -> None:
-    stub = routing_service_pb2_grpc.RoutingServiceStub(routing_channel)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.RankStage(
-            routing_service_pb2.RankStageRequest(lead=lead("CA").to_proto(), stage_index=3),
+    for state, offers, skips in (
+        ("CA", [("ca-only", Decimal(40)), ("anyone", Decimal(0))], []),
+        ("TX", [("anyone", Decimal(0))], [("ca-only", "California only")]),
+    ):
+        item = lead(state)
+        purchase = await pricing.QuotePurchasePrice(
+            pricing_service_pb2.QuotePurchasePriceRequest(lead=item.to_proto(), quote_sales=True),
             timeout=5,
         )
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        result = await distribute(stub, item, from_proto(purchase.price), purchase.sales)
+        # No delivery service here: each offer is that step's error and the next step runs.
+        assert [
+            (e.buyer_id, from_proto(e.sale_price))
+            for e in result.events
+            if e.outcome == lead_pb2.OUTCOME_ERROR
+        ] == offers
+        assert {e.stage_name for e in result.events} == {"first-look"}
+        assert skipped(result.events) == skips
+        assert result.outcome == "success"
+
+
+async def test_routing_unknown_flow_or_source_is_not_found(
+    routing_channel: grpc.aio.Channel,
+) -> None:
+    stub = routing_service_pb2_grpc.RoutingServiceStub(routing_channel)
+    for flow, source in (("nope", "vendor"), ("auto", "nope")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await distribute(stub, lead("CA", flow, source), "1")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_health_is_serving_and_reflection_lists_the_service(

@@ -8,7 +8,14 @@ import orjson
 import pytest
 
 from tests.conftest import Database
-from tests.service.test_gateway import CONFIG, KEY, LEAD, SUBMIT, InProcessSuite, in_process_suite
+from tests.service.helpers_gateway import (
+    CONFIG,
+    KEY,
+    LEAD,
+    SUBMIT,
+    InProcessSuite,
+    in_process_suite,
+)
 
 SOURCES = "sources: [{{id: vendor, name: Vendor, api_key: {key}}}]"
 LIMITED = CONFIG.replace(

@@ -4,6 +4,8 @@
 routing gRPC servers built by create_server, all in this test's process and event loop, against
 ONE database (the same SQLite file, the same PostgreSQL schema). The decisions race in the
 database exactly as they would between processes: nothing is shared in memory between them.
+The gRPC tests drive DistributeLead as the gateway does (tests/service/routing_helpers.py), with
+a real delivery service offering the leads to a real buyer over HTTP.
 The e2e tier (tests/e2e/test_routing_replicas_e2e.py) runs real processes.
 """
 
@@ -12,66 +14,105 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select
 
-from delivery_service.config import Settings as DeliverySettings
-from delivery_service.server import create_server as create_delivery
+from leadflow import db
+from leadflow.common.v1 import lead_pb2
 from leadflow.config import Config, parse_config
 from leadflow.fields import parse_lead
-from leadflow.kit import ServiceSettings, stop_server
+from leadflow.ledger.v1 import ledger_service_pb2
+from leadflow.pricing.v1 import pricing_service_pb2
 from leadflow.routing.v1 import routing_service_pb2 as pb
-from leadflow.routing.v1 import routing_service_pb2_grpc as pb_grpc
-from leadflow.wire import LeadData, from_proto, to_proto
-from pricing_service.server import create_server as create_pricing
+from leadflow.wire import LeadData, from_proto
 from routing_service.caps import CapRule, Claim, window_start
 from routing_service.peers import Addresses, Peers
 from routing_service.router import Router, SoldStep
 from routing_service.routing import RoutingPlan, lead_claims
-from routing_service.server import create_server
 from routing_service.store import LEAD_SCOPE, DuplicateClaim, RoutingStore
+from routing_service.tables import Base
 from tests.conftest import Database
+from tests.service.routing_helpers import (
+    Routing,
+    distribute,
+    offered,
+    routing_suite,
+    skipped,
+    step_quote,
+    stores,
+)
 
 pytestmark = pytest.mark.timeout(60)
+
+SUCCESS = lead_pb2.OUTCOME_SUCCESS
+FAILURE = lead_pb2.OUTCOME_FAILURE
+RecipientEvent = ledger_service_pb2.RecipientEvent
 
 OPEN = {day: ["00:00-24:00"] for day in ("monday", "tuesday", "wednesday", "thursday")} | {
     day: ["00:00-24:00"] for day in ("friday", "saturday", "sunday")
 }
 
+# `URL` is the test buyer's base URL (routing_helpers.Buyers): each buyer posts to its own path.
 CONFIG = f"""
-account: {{name: Test, time_zone: America/Chicago}}
+account: {{name: Test, time_zone: America/Chicago, allow_private_network_delivery: true}}
 sources: [{{id: vendor, name: Vendor, api_key: k}}]
 buyers:
   - id: capped
     name: Capped
     caps: [{{max_leads: 10, per: day}}]
-    delivery: {{type: http, url: "http://127.0.0.1:9/"}}
+    delivery: {{type: http, url: "URL/capped"}}
   - id: spender
     name: Spender
     caps: [{{max_amount: 50, per: month, reason: Monthly budget spent}}]
-    delivery: {{type: http, url: "http://127.0.0.1:9/"}}
-  - {{id: free, name: Free, delivery: {{type: http, url: "http://127.0.0.1:9/"}}}}
+    delivery: {{type: http, url: "URL/spender"}}
+  - {{id: free, name: Free, delivery: {{type: http, url: "URL/free"}}}}
   - id: closed
     name: Closed
     hours: {{time_zone: UTC}}
-    delivery: {{type: http, url: "http://127.0.0.1:9/"}}
+    delivery: {{type: http, url: "URL/closed"}}
+  - id: fixed
+    name: Fixed
+    pricing: {{prices: [{{amount: 7}}]}}
+    delivery: {{type: http, url: "URL/fixed"}}
+  - id: quoted
+    name: Quoted
+    pricing: {{service: {{url: "URL/price", timeout_ms: 2000, fallback_price: 1}}}}
+    delivery: {{type: http, url: "URL/quoted"}}
 flows:
   - id: auto
     name: Auto
+    require_sale: true
     hours: {json.dumps(OPEN)}
     duplicates: {{fields: [email, phone_1], within_days: 30, reason: Seen this one}}
     caps: [{{max_leads: 10, per: day}}]
     sources: [{{source: vendor}}]
     stages:
       - name: first
+        exclusive: true
         steps: [{{buyer: capped}}, {{buyer: spender}}, {{buyer: free}}, {{buyer: closed}}]
+      - name: rotation
+        strategy: round_robin
+        steps: [{{buyer: capped}}, {{buyer: free}}, {{buyer: spender}}]
+  - id: open
+    name: No flow caps
+    sources: [{{source: vendor}}]
+    stages:
+      - name: first
+        steps: [{{buyer: capped}}, {{buyer: spender}}, {{buyer: free}}, {{buyer: closed}}]
+  - id: budget
+    name: Budget
+    sources: [{{source: vendor}}]
+    stages: [{{name: only, steps: [{{buyer: spender}}]}}]
+  - id: rotating
+    name: Rotating
+    sources: [{{source: vendor}}]
+    stages:
       - name: rotation
         strategy: round_robin
         steps: [{{buyer: capped}}, {{buyer: free}}, {{buyer: spender}}]
@@ -92,6 +133,13 @@ flows:
           - {{buyer: closed}}
       - name: later
         steps: [{{buyer: capped}}]
+  - id: by-value
+    name: By sale price
+    sources: [{{source: vendor}}]
+    stages:
+      - name: best
+        strategy: highest_price
+        steps: [{{buyer: free}}, {{buyer: fixed}}, {{buyer: quoted}}]
   - id: stateless
     name: Stateless
     sources: [{{source: vendor}}]
@@ -101,7 +149,14 @@ flows:
 
 @pytest.fixture
 def config() -> Config:
-    return parse_config(CONFIG, {})
+    return parse_config(CONFIG.replace("URL", "http://127.0.0.1:9"), {})
+
+
+@pytest.fixture
+async def routing(database: Database) -> AsyncIterator[Routing]:
+    """Two routing replicas on `database`, a real delivery service and the test buyer."""
+    async with routing_suite(CONFIG, database) as running:
+        yield running
 
 
 _serial = 0
@@ -115,40 +170,18 @@ def lead(flow: str = "auto", **fields: str) -> LeadData:
     )
 
 
-@asynccontextmanager
-async def stores(database: Database, count: int) -> AsyncIterator[list[RoutingStore]]:
-    opened = [await RoutingStore.open(database.url, database.schema) for _ in range(count)]
-    try:
-        yield opened
-    finally:
-        for store in opened:
-            await store.close()
+def today(item: LeadData) -> datetime:
+    """The day window of the account's zone (buyer and flow day caps)."""
+    return window_start(item.submit_time, "day", 1, "America/Chicago")
 
 
-@asynccontextmanager
-async def replicas(
-    config: Config, database: Database, count: int = 2, peers: Addresses | None = None
-) -> AsyncIterator[list[pb_grpc.RoutingServiceStub]]:
-    """`count` routing servers, each with its own store, on one database."""
-    async with stores(database, count) as opened:
-        running = []
-        channels = []
-        peer_clients = []
-        try:
-            for store in opened:
-                peer = Peers(peers or Addresses())
-                peer_clients.append(peer)
-                server, port, health = await create_server("127.0.0.1:0", config, store, peer)
-                running.append((server, health))
-                channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-            yield [pb_grpc.RoutingServiceStub(channel) for channel in channels]
-        finally:
-            for channel in channels:
-                await channel.close()
-            for server, health in running:
-                await stop_server(server, health, grace=1)
-            for peer in peer_clients:
-                await peer.close()
+async def eventually(check: Any, within_s: float = 10) -> None:
+    """Wait until `check()` (a coroutine function) is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await check():
+        assert loop.time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
 
 
 # --- the store: atomic decisions shared by replicas --------------------------------------------
@@ -171,7 +204,7 @@ async def test_fifty_concurrent_reservations_on_two_replicas_take_exactly_the_ca
 
         results = await asyncio.gather(*(reserve(i) for i in range(50)))
         assert results.count(True) == 10
-        window = window_start(leads[0].submit_time, "day", 1, "America/Chicago")
+        window = today(leads[0])
         assert await one.counter("flow:auto:0", window) == (0, 0, 10, 10_000_000)
 
 
@@ -253,6 +286,37 @@ async def test_a_cap_no_lead_fits_refuses_all_or_nothing_and_a_retry_counts_once
         assert await store.counter("buyer:a-roomy:0", roomy.window) == (1, 2_000_000, 0, 0)
 
 
+async def test_a_first_offer_refused_inside_admission_gives_back_its_taken_caps_and_admits(
+    database: Database,
+) -> None:
+    # Admission also reserves the first offer's step caps in its transaction: a full cap there
+    # must not fail the admission, and the step's caps taken before it must be given back.
+    now = datetime.now(UTC)
+
+    def claim(key: str, max_leads: int | None, max_micros: int | None, micros: int) -> Claim:
+        rule = CapRule(key, "buyer", "day", 1, "UTC", max_leads, max_micros, None, f"{key} full")
+        return Claim(rule, rule.window(now), micros)
+
+    flow_cap = claim("flow:f:0", 5, None, 1_000_000)
+    roomy = claim("buyer:a-roomy:0", 5, None, 2_000_000)
+    small = claim("step:f:0:0:0", None, 1_000_000, 2_000_000)  # less money than the price
+    duplicate = DuplicateClaim("f", "digest-1", "Seen")
+    ttl = timedelta(minutes=5)
+    async with stores(database, 1) as (store,):
+        refusal, full, held = await store.admit_and_probe(
+            "L1", duplicate, [flow_cap], ttl, (), lambda full: ("step:0:0", [roomy, small])
+        )
+        assert refusal is None and full == set()
+        assert held is not None and held.scope == "step:0:0"
+        assert held.refusal is not None and held.refusal.reason == "step:f:0:0:0 full"
+        assert await store.counter("buyer:a-roomy:0", roomy.window) == (0, 0, 0, 0)
+        assert await store.counter("flow:f:0", flow_cap.window) == (0, 0, 1, 1_000_000)
+        # The admission stands: the duplicate key is this lead's, its flow hold settles.
+        assert await store.admit("L2", duplicate, [], ttl) is not None
+        assert await store.settle_lead("L1", True, duplicate, now, [], now) == (1, 0)
+        assert await store.counter("flow:f:0", flow_cap.window) == (1, 1_000_000, 0, 0)
+
+
 async def test_commit_counts_the_final_amount_and_release_gives_capacity_back(
     config: Config, database: Database
 ) -> None:
@@ -269,22 +333,27 @@ async def test_commit_counts_the_final_amount_and_release_gives_capacity_back(
         assert await store.counter("flow:auto:0", window) == (1, 3_000_000, 0, 0)
 
 
-async def test_settling_a_lead_commits_sold_steps_it_was_not_told_about_and_releases_the_rest(
+async def test_settling_a_lead_commits_sold_steps_at_their_final_price_and_releases_the_rest(
     config: Config, database: Database
 ) -> None:
     store = await RoutingStore.open(database.url, database.schema)
-    router = Router(RoutingPlan(config), store, Peers(Addresses()))
+    plan = RoutingPlan(config)
+    router = Router(plan, store, Peers(Addresses()))
     try:
         item = lead()
-        # The capped buyer is reserved in two stages for one lead; stage 0's SettleStep never
-        # arrived (the gateway lost routing), and the lead sold there.
-        assert await router.reserve_step(item, 0, 0, Decimal(2)) is None
-        assert await router.reserve_step(item, 1, 0, Decimal(2)) is None
-        window = window_start(item.submit_time, "day", 1, "America/Chicago")
+        flow, facts = plan.flow("auto"), plan.facts(item)
+        capped = flow.stages[0].steps[0]
+        # The capped buyer is held in two stages for one lead (each at its quoted price); it
+        # took the lead in stage 0 and answered with a price of its own, 3.
+        assert await router.reserve_step(facts, 0, capped, Decimal(2)) is None
+        assert await router.reserve_step(facts, 1, flow.stages[1].steps[0], Decimal(2)) is None
+        window = today(item)
         assert await store.counter("buyer:capped:0", window) == (0, 0, 2, 4_000_000)
-        committed, released = await router.settle_lead(item, False, [SoldStep(0, 0, "capped")])
+        committed, released = await router.settle_lead(
+            flow, facts, False, [SoldStep(0, 0, "capped", Decimal(3))]
+        )
         assert (committed, released) == (1, 1)
-        assert await store.counter("buyer:capped:0", window) == (1, 2_000_000, 0, 0)
+        assert await store.counter("buyer:capped:0", window) == (1, 3_000_000, 0, 0)
     finally:
         await store.close()
 
@@ -295,13 +364,18 @@ async def test_an_unknown_offer_keeps_its_holds_past_their_lapse_until_resolved(
     """SPEC 8.1: the lead is over, but whether the buyer has it is not known: the step's holds
     stay held (never swept, though reserved with a lapsed expiry) until ResolveStep."""
     store = await RoutingStore.open(database.url, database.schema)
-    router = Router(RoutingPlan(config), store, Peers(Addresses()), hold=timedelta(seconds=-1))
+    plan = RoutingPlan(config)
+    router = Router(plan, store, Peers(Addresses()), hold=timedelta(seconds=-1))
     try:
         kept, sold = lead(), lead()
-        window = window_start(kept.submit_time, "day", 1, "America/Chicago")
+        window = today(kept)
+        flow = plan.flow("auto")
+        capped = flow.stages[0].steps[0]
         for item in (kept, sold):
-            assert await router.reserve_step(item, 0, 0, Decimal(2)) is None
-        await router.settle_lead(kept, True, [], unknown=[SoldStep(0, 0, "capped")])
+            assert await router.reserve_step(plan.facts(item), 0, capped, Decimal(2)) is None
+        await router.settle_lead(
+            flow, plan.facts(kept), True, [], unknown=[SoldStep(0, 0, "capped")]
+        )
         await store.purge(datetime.now(UTC))  # sweeps what lapsed: not the unknown offer's hold
         assert await store.counter("buyer:capped:0", window) == (0, 0, 1, 2_000_000)
 
@@ -316,12 +390,14 @@ async def test_an_unknown_offer_resolved_as_no_sale_gives_its_capacity_back(
     config: Config, database: Database
 ) -> None:
     store = await RoutingStore.open(database.url, database.schema)
-    router = Router(RoutingPlan(config), store, Peers(Addresses()))
+    plan = RoutingPlan(config)
+    router = Router(plan, store, Peers(Addresses()))
     try:
         item = lead()
-        window = window_start(item.submit_time, "day", 1, "America/Chicago")
-        assert await router.reserve_step(item, 0, 0, Decimal(2)) is None
-        await router.settle_lead(item, True, [], unknown=[SoldStep(0, 0, "capped")])
+        window = today(item)
+        flow, facts = plan.flow("auto"), plan.facts(item)
+        assert await router.reserve_step(facts, 0, flow.stages[0].steps[0], Decimal(2)) is None
+        await router.settle_lead(flow, facts, True, [], unknown=[SoldStep(0, 0, "capped")])
 
         assert await router.resolve_step(item.id, 0, 0, sold=False) == 1
         assert await store.counter("buyer:capped:0", window) == (0, 0, 0, 0)
@@ -342,219 +418,307 @@ async def test_the_round_robin_cursor_is_shared_and_strict_across_replicas(
         assert sequence in ([0, 2, 0, 2], [2, 0, 2, 0])
 
 
-# --- the gRPC service ----------------------------------------------------------------------
+# --- the gRPC service: DistributeLead -------------------------------------------------------
 
 
 async def test_flow_cap_admits_exactly_ten_of_fifty_concurrent_leads_on_two_servers(
-    config: Config, database: Database
+    routing: Routing,
 ) -> None:
-    async with replicas(config, database) as stubs:
-        leads = [lead(email=f"u{i}@example.com") for i in range(50)]
-        replies = await asyncio.gather(
-            *(
-                stubs[i % 2].AdmitLead(
-                    pb.AdmitLeadRequest(lead=item.to_proto(), purchase_price=to_proto(Decimal(5))),
-                    timeout=20,
-                )
-                for i, item in enumerate(leads)
-            )
-        )
-        assert sum(r.admitted for r in replies) == 10
-        refused = [r for r in replies if not r.admitted]
-        assert {(r.reason, r.check) for r in refused} == {("Cap reached", pb.ADMISSION_CHECK_CAPS)}
-        # Leads that end in failure give their place back.
-        admitted = [item for item, r in zip(leads, replies, strict=True) if r.admitted]
-        for item in admitted[:3]:
-            await stubs[0].SettleLead(pb.SettleLeadRequest(lead=item.to_proto()), timeout=5)
-        retry = await stubs[1].AdmitLead(
-            pb.AdmitLeadRequest(lead=lead(email="late@example.com").to_proto()), timeout=5
-        )
-        assert retry.admitted
+    # Admitted leads wait at their first offering until the gate opens, holding their places.
+    gate = asyncio.Event()
+    waiting: list[str] = []
+
+    async def hold(event: RecipientEvent) -> bool:
+        waiting.append(event.id)
+        await gate.wait()
+        return True
+
+    leads = [lead(email=f"u{i}@example.com") for i in range(50)]
+    calls = [
+        asyncio.create_task(distribute(routing.stubs[i % 2], item, "5", acknowledge=hold))
+        for i, item in enumerate(leads)
+    ]
+
+    async def refused_all_others() -> bool:
+        return sum(call.done() for call in calls) >= 40
+
+    async def ten_at_their_offering() -> bool:
+        return len(waiting) == 10
+
+    await eventually(refused_all_others, within_s=30)
+    await eventually(ten_at_their_offering)
+    await asyncio.sleep(0.2)  # room for an eleventh admission, were there one
+    refused = [call.result() for call in calls if call.done()]
+    assert len(refused) == 40 and len(waiting) == 10
+    assert {(r.outcome, r.reason, len(r.events)) for r in refused} == {
+        ("failure", "Cap reached", 0)
+    }
+    assert routing.buyers.received == []  # nothing is offered before its acknowledgement
+
+    # Leads that end in failure give their place back: every buyer declines (require_sale).
+    routing.buyers.statuses.update(capped=422, spender=422, free=422)
+    gate.set()
+    failed = await asyncio.gather(*(call for call in calls if not call.done()))
+    assert {(r.outcome, r.reason) for r in failed} == {("failure", "No buyer accepted the lead")}
+    assert await routing.stores[0].counter("flow:auto:0", today(leads[0])) == (0, 0, 0, 0)
+    routing.buyers.statuses.clear()
+    late = await distribute(routing.stubs[1], lead(email="late@example.com"), "5")
+    assert late.outcome == "success"
+    assert offered(late.events) == [("capped", SUCCESS)]
 
 
-async def test_duplicates_and_hours_refuse_with_their_reasons(
-    config: Config, database: Database
+async def test_duplicates_and_hours_refuse_with_their_reasons_and_offer_nothing(
+    routing: Routing,
 ) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-        first = lead(email="ada@example.com", phone_1="5125550142")
-        twin = lead(email="ADA@example.com", phone_1="(512) 555-0142")
-        reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=first.to_proto()), timeout=5)
-        assert reply.admitted
-        reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=twin.to_proto()), timeout=5)
-        assert (reply.admitted, reply.reason, reply.check) == (
-            False,
-            "Seen this one",
-            pb.ADMISSION_CHECK_DUPLICATES,
-        )
-        closed = lead("closed-flow")
-        reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=closed.to_proto()), timeout=5)
-        assert (reply.admitted, reply.reason) == (False, "Outside hours of operation")
+    stub = routing.stubs[0]
+    first = lead(email="ada@example.com", phone_1="5125550142")
+    twin = lead(email="ADA@example.com", phone_1="(512) 555-0142")
+    assert (await distribute(stub, first, "5")).outcome == "success"
+    assert routing.buyers.names() == ["capped"]
+    for refused, reason in (
+        (twin, "Seen this one"),
+        (lead("closed-flow"), "Outside hours of operation"),
+    ):
+        assert await distribute(routing.stubs[1], refused, "5") == ([], "failure", reason)
+    assert routing.buyers.names() == ["capped"]  # a refused lead is offered to no one
 
 
 async def test_full_buyer_caps_skip_the_step_and_reservations_never_overshoot(
-    config: Config, database: Database
+    routing: Routing,
 ) -> None:
-    async with replicas(config, database) as stubs:
-        rank = await stubs[0].RankStage(
-            pb.RankStageRequest(lead=lead().to_proto(), stage_index=0), timeout=5
-        )
-        assert [c.buyer_id for c in rank.candidates] == ["capped", "spender", "free"]
-        assert [c.capped for c in rank.candidates] == [True, True, False]
-        assert [(s.buyer_id, s.reason) for s in rank.skipped] == [
-            ("closed", "Outside hours of operation")
-        ]
+    leads = [lead("open") for _ in range(50)]
+    results = await asyncio.gather(
+        *(distribute(routing.stubs[i % 2], item, "5") for i, item in enumerate(leads))
+    )
+    assert {r.outcome for r in results} == {"success"}
+    sold_to = [offered(r.events) for r in results]
+    assert sold_to.count([("capped", SUCCESS)]) == 10
+    assert sold_to.count([("spender", SUCCESS)]) == 40
+    for result in results:
+        left_out = skipped(result.events)
+        assert ("closed", "Outside hours of operation") in left_out
+        if offered(result.events) == [("spender", SUCCESS)]:
+            assert ("capped", "Cap reached") in left_out
+    assert routing.buyers.names().count("capped") == 10
+    assert await routing.stores[1].counter("buyer:capped:0", today(leads[0])) == (10, 0, 0, 0)
 
-        leads = [lead() for _ in range(50)]
-
-        async def sell(i: int) -> bool:
-            stub = stubs[i % 2]
-            request = pb.ReserveStepRequest(
-                lead=leads[i].to_proto(),
-                stage_index=0,
-                step_index=0,
-                sale_price=to_proto(Decimal(2)),
-            )
-            reply = await stub.ReserveStep(request, timeout=20)
-            if reply.reserved:
-                await stub.SettleStep(
-                    pb.SettleStepRequest(
-                        lead=leads[i].to_proto(),
-                        stage_index=0,
-                        step_index=0,
-                        sold=True,
-                        sale_price=to_proto(Decimal(2)),
-                    ),
-                    timeout=20,
-                )
-            else:
-                assert reply.reason == "Cap reached"
-            return reply.reserved
-
-        sold = await asyncio.gather(*(sell(i) for i in range(50)))
-        assert sold.count(True) == 10
-        rank = await stubs[1].RankStage(
-            pb.RankStageRequest(lead=lead().to_proto(), stage_index=0), timeout=5
-        )
-        assert [c.buyer_id for c in rank.candidates] == ["spender", "free"]
-        assert ("capped", "Cap reached") in [(s.buyer_id, s.reason) for s in rank.skipped]
+    after = await distribute(routing.stubs[1], lead("open"), "5")
+    assert skipped(after.events) == [
+        ("closed", "Outside hours of operation"),
+        ("capped", "Cap reached"),
+    ]
+    assert offered(after.events) == [("spender", SUCCESS)]
 
 
 async def test_an_amount_cap_counts_sale_prices_and_uses_its_own_reason(
-    config: Config, database: Database
+    routing: Routing,
 ) -> None:
-    async with replicas(config, database, count=1) as (stub,):
+    async def sell(price: str) -> list[RecipientEvent]:
+        # The sale quote comes with the lead, as the gateway has it from QuotePurchasePrice.
+        result = await distribute(routing.stubs[0], lead("budget"), "5", [step_quote(0, 0, price)])
+        return result.events
 
-        async def reserve(price: str) -> pb.ReserveStepResponse:
-            request = pb.ReserveStepRequest(
-                lead=lead().to_proto(),
-                stage_index=0,
-                step_index=1,
-                sale_price=to_proto(Decimal(price)),
-            )
-            reply: pb.ReserveStepResponse = await stub.ReserveStep(request, timeout=5)
-            return reply
-
-        assert (await reserve("30")).reserved
-        assert (await reserve("20")).reserved
-        refused = await reserve("0.01")
-        assert (refused.reserved, refused.reason) == (False, "Monthly budget spent")
+    for price in ("30", "20"):
+        (event,) = await sell(price)
+        assert (event.outcome, from_proto(event.sale_price)) == (SUCCESS, Decimal(price))
+    (refused,) = await sell("0.01")
+    assert (refused.outcome, refused.reason) == (lead_pb2.OUTCOME_SKIP, "Monthly budget spent")
+    assert routing.buyers.names() == ["spender", "spender"]
 
 
-async def test_round_robin_rotates_strictly_through_the_service(
-    config: Config, database: Database
-) -> None:
-    async with replicas(config, database) as stubs:
-        firsts = []
-        for i in range(6):
-            reply = await stubs[i % 2].RankStage(
-                pb.RankStageRequest(lead=lead().to_proto(), stage_index=1), timeout=5
-            )
-            firsts.append(reply.candidates[0].buyer_id)
-            assert len(reply.candidates) == 3
-        assert firsts == ["capped", "free", "spender"] * 2
+async def test_round_robin_rotates_strictly_through_the_service(routing: Routing) -> None:
+    firsts = []
+    for i in range(6):
+        result = await distribute(routing.stubs[i % 2], lead("rotating"), "5")
+        (sale,) = offered(result.events)
+        firsts.append(sale[0])
+    assert firsts == ["capped", "free", "spender"] * 2
+    assert routing.buyers.names() == firsts
 
 
-async def test_admission_asked_to_rank_answers_the_first_stage_as_rank_stage_would(
-    config: Config, database: Database
-) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-        rankings = {}
-        for price in ("3", "5"):
-            item = lead("priced")
-            reply = await stub.AdmitLead(
-                pb.AdmitLeadRequest(
-                    lead=item.to_proto(),
-                    purchase_price=to_proto(Decimal(price)),
-                    rank_first_stage=True,
-                ),
-                timeout=5,
-            )
-            assert reply.admitted and reply.HasField("first_stage")
-            rank = await stub.RankStage(
-                pb.RankStageRequest(
-                    lead=item.to_proto(), stage_index=0, purchase_price=to_proto(Decimal(price))
-                ),
-                timeout=5,
-            )
-            assert reply.first_stage == rank
-            rankings[price] = reply.first_stage
-    # The request's purchase price is the one the criteria see.
-    assert [c.buyer_id for c in rankings["5"].candidates] == ["free", "spender"]
-    assert [c.buyer_id for c in rankings["3"].candidates] == ["spender"]
-    assert [(s.buyer_id, s.reason) for s in rankings["3"].skipped] == [
+async def test_the_request_purchase_price_is_the_one_the_criteria_see(routing: Routing) -> None:
+    cheap = await distribute(routing.stubs[0], lead("priced"), "3")
+    assert skipped(cheap.events) == [
         ("free", "Too cheap"),
         ("closed", "Outside hours of operation"),
     ]
+    assert offered(cheap.events) == [("spender", SUCCESS), ("capped", SUCCESS)]
+    item = lead("priced")
+    dear = await distribute(routing.stubs[0], item, "5")
+    assert skipped(dear.events) == [("closed", "Outside hours of operation")]
+    assert offered(dear.events) == [("free", SUCCESS), ("capped", SUCCESS)]
+    # Events are numbered per lead in the order they were decided.
+    assert [e.id for e in dear.events] == [f"{item.id}-{n}" for n in (1, 2, 3)]
 
 
-async def test_admission_says_whether_the_lead_needs_settling(
-    config: Config, database: Database
+async def _rows(database: Database) -> dict[str, int]:
+    engine = db.create_engine(database.url, database.schema)
+    try:
+        async with engine.connect() as conn:
+            return {
+                table.name: int(
+                    (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+                )
+                for table in Base.metadata.sorted_tables
+            }
+    finally:
+        await engine.dispose()
+
+
+async def test_only_a_flow_that_keeps_state_writes_any(
+    routing: Routing, database: Database
 ) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-        # `auto` checks duplicates (the key is committed when the lead settles), `priced` has a
-        # capped buyer; `stateless` keeps nothing, so its leads need no SettleLead round trip.
-        for flow, needed in (("auto", True), ("priced", True), ("stateless", False)):
-            reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=lead(flow).to_proto()), timeout=5)
-            assert (reply.admitted, reply.needs_settlement) == (True, needed)
+    # `stateless` has no duplicate check, no cap and no strategy that counts sales: its leads
+    # cost routing no write at all. `auto` keeps its duplicate key once the lead is settled.
+    assert (await distribute(routing.stubs[0], lead("stateless"), "5")).outcome == "success"
+    assert set((await _rows(database)).values()) == {0}
+    assert (await distribute(routing.stubs[0], lead(email="kept@example.com"), "5")).outcome == (
+        "success"
+    )
+    rows = await _rows(database)
+    assert rows["duplicate_keys"] == 1 and rows["cap_holds"] == 0
 
 
-async def test_admission_ranks_nothing_unless_asked(config: Config, database: Database) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-        reply = await stub.AdmitLead(pb.AdmitLeadRequest(lead=lead("priced").to_proto()), timeout=5)
-        assert reply.admitted
-        assert not reply.HasField("first_stage")
-
-
-async def test_a_refused_lead_gets_no_first_stage_ranking(
-    config: Config, database: Database
+async def test_unknown_flow_or_source_is_not_found_and_a_stream_without_a_lead_invalid(
+    routing: Routing,
 ) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-
-        async def admit(item: LeadData) -> pb.AdmitLeadResponse:
-            reply: pb.AdmitLeadResponse = await stub.AdmitLead(
-                pb.AdmitLeadRequest(lead=item.to_proto(), rank_first_stage=True), timeout=5
-            )
-            return reply
-
-        assert (await admit(lead(email="bo@example.com"))).HasField("first_stage")
-        for refused, check in (
-            (lead(email="bo@example.com"), pb.ADMISSION_CHECK_DUPLICATES),
-            (lead("closed-flow"), pb.ADMISSION_CHECK_HOURS),
-        ):
-            reply = await admit(refused)
-            assert (reply.admitted, reply.check) == (False, check)
-            assert not reply.HasField("first_stage")
+    for item in (lead("nope"), LeadData("L1", "auto", "nope", parse_lead({}), datetime.now(UTC))):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await distribute(routing.stubs[0], item, "5")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    call = routing.stubs[0].DistributeLead(timeout=5)
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_unknown_flow_and_stage_are_not_found(config: Config, database: Database) -> None:
-    async with replicas(config, database, count=1) as (stub,):
-        for request in (
-            pb.RankStageRequest(lead=lead("nope").to_proto()),
-            pb.RankStageRequest(lead=lead().to_proto(), stage_index=9),
-        ):
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.RankStage(request, timeout=5)
-            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+# --- the offering handshake: no buyer has a lead the gateway does not know of ------------------
+
+
+async def test_an_unacknowledged_offering_is_never_sent_and_its_holds_go_back(
+    routing: Routing,
+) -> None:
+    item = lead(email="shy@example.com")
+
+    async def never(event: RecipientEvent) -> bool:
+        await asyncio.sleep(0.5)  # routing waits: delivery is not called meanwhile
+        assert routing.buyers.received == []
+        return False  # the gateway goes away without acknowledging
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await distribute(routing.stubs[0], item, "5", [step_quote(0, 0, "2")], acknowledge=never)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    await asyncio.sleep(0.3)
+    assert routing.buyers.received == []
+    store = routing.stores[0]
+    assert await store.counter("flow:auto:0", today(item)) == (0, 0, 0, 0)
+    assert await store.counter("buyer:capped:0", today(item)) == (0, 0, 0, 0)
+    # The duplicate key was given back too: the same lead is taken when it comes again.
+    again = await distribute(routing.stubs[1], item, "5")
+    assert (again.outcome, offered(again.events)) == ("success", [("capped", SUCCESS)])
+
+
+async def test_a_stream_cut_after_an_acknowledged_offering_keeps_that_offers_holds_for_resolution(
+    routing: Routing,
+) -> None:
+    """The gateway records an acknowledged offering it hears no more of as `unknown` (SPEC 8.1):
+    its buyer may have the lead, so routing keeps that step's holds, past the hold time, until
+    ResolveStep; the rest of the lead is settled at once, in the distribution's `finally`."""
+    routing.buyers.gate.clear()  # the buyer has the lead and has not answered yet
+    item = lead(email="cut@example.com")
+    call = asyncio.create_task(
+        distribute(routing.stubs[0], item, "5", [step_quote(0, 0, "2")], deadline_s=30)
+    )
+
+    async def buyer_has_it() -> bool:
+        return routing.buyers.names() == ["capped"]
+
+    await eventually(buyer_has_it)
+    call.cancel()  # the gateway dies: the stream is cut
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    store = routing.stores[1]
+    window = today(item)
+
+    async def settled() -> bool:
+        return await store.counter("flow:auto:0", window) == (0, 0, 0, 0)
+
+    await eventually(settled)
+    assert await store.counter("buyer:capped:0", window) == (0, 0, 1, 2_000_000)
+    routing.buyers.gate.set()
+    await store.purge(datetime.now(UTC) + timedelta(days=1))  # long past the hold time
+    assert await store.counter("buyer:capped:0", window) == (0, 0, 1, 2_000_000)
+    resolved = await routing.stubs[1].ResolveStep(
+        pb.ResolveStepRequest(lead_id=item.id, stage_index=0, step_index=0, sold=True), timeout=5
+    )
+    assert resolved.settled == 1
+    assert await store.counter("buyer:capped:0", window) == (1, 2_000_000, 0, 0)
+
+
+# --- sale quotes: given with the lead, or asked of pricing once per step -----------------------
+
+
+async def test_sale_quotes_given_with_the_lead_are_used_without_asking_pricing(
+    database: Database,
+) -> None:
+    # Pricing is down: a QuoteSalePrice call would fail the lead (its sale price is unknown).
+    async with routing_suite(CONFIG, database, count=1, pricing="down") as routing:
+        routing.buyers.statuses.update(fixed=422, quoted=422)
+        quotes = [step_quote(0, 1, "12.34"), step_quote(0, 2, "3.5", layer="step_rules")]
+        item = lead("by-value")
+        result = await distribute(routing.stubs[0], item, "5", quotes)
+    assert result.outcome == "success"
+    # highest_price ranks by the given quotes (not fixed's configured 7); `free` has no sale
+    # pricing: $0.00, layer none, asked of no one.
+    assert prices(result.events) == [
+        ("fixed", Decimal("12.34"), "buyer_rules"),
+        ("quoted", Decimal("3.5"), "step_rules"),
+        ("free", Decimal(0), "none"),
+    ]
+    assert offered(result.events) == [("fixed", FAILURE), ("quoted", FAILURE), ("free", SUCCESS)]
+    assert routing.buyers.names() == ["fixed", "quoted", "free"]
+
+
+def _quote_sale_calls() -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "leadflow.pricing.v1.PricingService",
+        "grpc_method": "QuoteSalePrice",
+    }
+    return REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
+async def test_a_service_priced_step_is_quoted_by_routing_once(database: Database) -> None:
+    async with routing_suite(CONFIG, database, count=1, pricing="running") as routing:
+        routing.buyers.bodies["price"] = {"price": 11}
+        routing.buyers.statuses["quoted"] = 422
+        assert routing.pricing is not None
+        item = lead("by-value")
+        purchase = await routing.pricing.QuotePurchasePrice(
+            pricing_service_pb2.QuotePurchasePriceRequest(lead=item.to_proto(), quote_sales=True),
+            timeout=5,
+        )
+        # Rules price `fixed`; `quoted` calls a pricing service and `free` has no sale pricing.
+        assert [(q.stage_index, q.step_index) for q in purchase.sales] == [(0, 1)]
+        before = _quote_sale_calls()
+        result = await distribute(
+            routing.stubs[0], item, from_proto(purchase.price), purchase.sales
+        )
+        assert _quote_sale_calls() - before == 1  # ranked and offered on one quote
+        assert routing.buyers.names().count("price") == 1
+    assert prices(result.events) == [
+        ("quoted", Decimal(11), "buyer_service"),
+        ("fixed", Decimal(7), "buyer_rules"),
+    ]
+    assert offered(result.events) == [("quoted", FAILURE), ("fixed", SUCCESS)]
+
+
+def prices(events: list[RecipientEvent]) -> list[tuple[str, Decimal, str]]:
+    """(buyer, sale price, price layer) of each offer, in order."""
+    return [
+        (e.buyer_id, from_proto(e.sale_price), e.price_audit.layer)
+        for e in events
+        if e.outcome != lead_pb2.OUTCOME_SKIP
+    ]
 
 
 # --- auctions: routing pings real buyers through the real delivery service -----------------------
@@ -570,7 +734,7 @@ buyers:
   - id: nine
     name: Nine
     ping: {type: http, url: "URL/nine", timeout_ms: 500, response: {price_path: bid, reference_path: id}}
-    delivery: {type: http, url: "URL/post"}
+    delivery: {type: http, url: "URL/post", mapping: {bid: "{{bid.id}}", state: "{{lead.state}}"}}
   - id: seven
     name: Seven
     ping: {type: http, url: "URL/seven", timeout_ms: 500, response: {price_path: bid, reference_path: id}}
@@ -598,67 +762,55 @@ flows:
         min_bid: 4
         steps: [{buyer: five}, {buyer: nine}, {buyer: seven}, {buyer: sleepy}, {buyer: cheap}, {buyer: fixed}]
 """
-BIDS = {"five": "5", "nine": "9", "seven": "7", "cheap": "1.5"}
+BIDS = {"five": "5", "nine": "9", "seven": "7", "cheap": "1.5", "sleepy": "0"}
 
 
 async def test_auction_orders_by_bid_drops_low_and_late_bidders_and_sends_no_pii(
     database: Database,
 ) -> None:
-    pinged: list[dict[str, Any]] = []
-    release = asyncio.Event()
-
-    async def bid(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        pinged.append(await request.json())
-        if name == "sleepy":
-            await release.wait()
-        return web.json_response({"bid": BIDS.get(name, "0"), "id": f"bid-{name}"})
-
-    app = web.Application()
-    app.router.add_post("/{name}", bid)
-    buyers = TestServer(app, host="127.0.0.1")
-    await buyers.start_server()
-    config = parse_config(AUCTION.replace("URL", str(buyers.make_url("")).rstrip("/")), {})
-    service = ServiceSettings(
-        config_path="", data_dir="", database_url=None, host="127.0.0.1", port=0, metrics_port=None
-    )
-    delivery, delivery_port, delivery_health = await create_delivery(
-        DeliverySettings(service=service), config
-    )
-    pricing, pricing_port, pricing_health = await create_pricing("127.0.0.1:0", config)
-    try:
-        peers = Addresses(
-            delivery=f"127.0.0.1:{delivery_port}", pricing=f"127.0.0.1:{pricing_port}"
+    async with routing_suite(AUCTION, database, count=1, pricing="running") as routing:
+        buyers = routing.buyers
+        buyers.bodies.update(
+            {name: {"bid": bid, "id": f"bid-{name}"} for name, bid in BIDS.items()}
         )
-        async with replicas(config, database, count=1, peers=peers) as (stub,):
-            item = lead(first_name="Ada", email="ada@example.com", phone_1="5125550142", state="CA")
-            started = asyncio.get_running_loop().time()
-            reply = await stub.RankStage(
-                pb.RankStageRequest(
-                    lead=item.to_proto(), stage_index=0, purchase_price=to_proto(Decimal(3))
-                ),
-                timeout=10,
-            )
-            elapsed = asyncio.get_running_loop().time() - started
-            release.set()
-    finally:
-        await stop_server(delivery, delivery_health, grace=1)
-        await stop_server(pricing, pricing_health, grace=1)
-        await buyers.close()
-    assert elapsed < 1.5, "the auction closes by its deadline"
+        buyers.statuses["post"] = 422  # every winner declines: each is offered in bid order
+        buyers.gate.clear()
+        buyers.gated = {"sleepy"}
+        item = lead(first_name="Ada", email="ada@example.com", phone_1="5125550142", state="CA")
+        assert routing.pricing is not None
+        purchase = await routing.pricing.QuotePurchasePrice(
+            pricing_service_pb2.QuotePurchasePriceRequest(lead=item.to_proto(), quote_sales=True),
+            timeout=5,
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_offer: list[float] = []
+
+        async def timed(event: RecipientEvent) -> bool:
+            first_offer.append(loop.time() - started)
+            return True
+
+        result = await distribute(
+            routing.stubs[0], item, "3", purchase.sales, acknowledge=timed, deadline_s=10
+        )
+        buyers.gate.set()
+    assert first_offer[0] < 1.5, "the auction closes by its deadline"
     # A step without a ping bids its quoted sale price (the buyer's pricing: 6).
-    assert [(c.buyer_id, from_proto(c.price)) for c in reply.candidates] == [
-        ("nine", Decimal(9)),
-        ("seven", Decimal(7)),
-        ("fixed", Decimal(6)),
-        ("five", Decimal(5)),
+    assert prices(result.events) == [
+        ("nine", Decimal(9), "bid"),
+        ("seven", Decimal(7), "bid"),
+        ("fixed", Decimal(6), "buyer_rules"),
+        ("five", Decimal(5), "bid"),
     ]
-    assert [c.price_audit.layer for c in reply.candidates] == ["bid", "bid", "buyer_rules", "bid"]
-    assert reply.candidates[0].bid_id == "bid-nine"
-    assert len(reply.candidates[0].ping_attempts) == 1
-    left_out = {s.buyer_id: s.reason for s in reply.skipped}
+    left_out = dict(skipped(result.events))
     assert left_out["sleepy"] == "No bid within the auction deadline"
     assert left_out["cheap"] == "Bid 1.50 under the minimum of 4.00"
+    # The winner's event carries its ping before its delivery; its post names the bid.
+    nine = next(e for e in result.events if e.buyer_id == "nine")
+    assert len(nine.attempts) >= 2 and "/nine" in nine.attempts[0].request
+    posts = [body for name, body in buyers.received if name == "post"]
+    assert posts[0] == {"bid": "bid-nine", "state": "CA"}
+    pinged = [body for name, body in buyers.received if name in BIDS]
     assert len(pinged) == 5
     for body in pinged:
         assert set(body) == {"state"}, body

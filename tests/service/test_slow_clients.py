@@ -20,7 +20,7 @@ import pytest
 from gateway.config import settings_from_env
 from gateway.http_server import HttpLimits
 from tests.conftest import Database
-from tests.service.test_gateway import KEY, LEAD, SUBMIT, InProcessSuite, in_process_suite
+from tests.service.helpers_gateway import KEY, LEAD, SUBMIT, InProcessSuite, in_process_suite
 
 LIMITS = HttpLimits(header_timeout_s=2.0, body_timeout_s=2.0)
 SLOW_CONNECTIONS = 500

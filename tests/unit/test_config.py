@@ -6,25 +6,9 @@ import pytest
 
 from leadflow.cli import main
 from leadflow.config import ConfigError, load_config, parse_config
+from tests.unit.helpers_config import BASE
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-
-BASE = """
-account: {name: Test}
-sources:
-  - {id: vendor, name: Vendor, api_key: k}
-buyers:
-  - id: acme
-    name: Acme
-    delivery: {type: http, url: "http://127.0.0.1:9/leads"}
-flows:
-  - id: auto
-    name: Auto
-    sources: [{source: vendor}]
-    stages:
-      - name: main
-        steps: [{buyer: acme}]
-"""
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
@@ -219,3 +203,24 @@ def test_override_outside_source_pricing_is_refused() -> None:
     assert problems(text) == [
         "buyers[0].pricing.override: override applies to a flow's source pricing only"
     ]
+
+
+def test_a_step_is_found_by_flow_stage_and_index() -> None:
+    config = parse_config(BASE, {})
+    assert config.step("auto", 0, 0) is config.flows[0].stages[0].steps[0]
+
+
+@pytest.mark.parametrize(
+    ("flow_id", "stage_index", "step_index", "missing"),
+    [
+        ("nope", 0, 0, "unknown flow 'nope'"),
+        ("auto", 1, 0, "flow 'auto' has no stage 1"),
+        ("auto", -1, 0, "flow 'auto' has no stage -1"),
+        ("auto", 0, 1, "stage 0 of flow 'auto' has no step 1"),
+    ],
+)
+def test_a_missing_step_names_what_is_missing(
+    flow_id: str, stage_index: int, step_index: int, missing: str
+) -> None:
+    with pytest.raises(LookupError, match=missing):
+        parse_config(BASE, {}).step(flow_id, stage_index, step_index)

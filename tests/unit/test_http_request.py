@@ -13,6 +13,7 @@ from xml.etree import ElementTree
 
 import orjson
 import pytest
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from delivery_service.http_adapter import (
@@ -25,7 +26,6 @@ from delivery_service.http_adapter import (
     retry_after_ms,
     signature_headers,
     split_url_template,
-    unflatten,
     wire_url,
 )
 from leadflow.config import HttpDelivery, Retry
@@ -300,8 +300,17 @@ def test_a_tampered_body_fails_standard_webhooks_verification() -> None:
         Webhook("plain-secret").verify(b'{"x":1}', headers)
 
 
-def test_unflatten_keeps_a_clashing_key_flat() -> None:
-    assert unflatten({"a": "1", "a.b": "2"}) == {"a": "1", "a.b": "2"}
+@pytest.mark.parametrize("mapping", [{"a": "1", "a.b": "2"}, {"a..b": "1"}])
+def test_a_json_mapping_whose_keys_cannot_nest_is_refused_at_load(mapping: dict[str, str]) -> None:
+    # Sent flat beside its parent, `a.b` would reach the buyer in a shape the mapping does not
+    # describe; the vendor side refuses the same keys (leadflow.payload.unflatten).
+    with pytest.raises(ValidationError, match="mapping"):
+        build(mapping=mapping)
+
+
+def test_a_form_mapping_keeps_its_dot_keys_flat() -> None:
+    request = build(format="form", mapping={"a": "1", "a.b": "2"})
+    assert parse_qsl(request.body.decode()) == [("a", "1"), ("a.b", "2")]
 
 
 RETRY = Retry(attempts=5, backoff_ms=100, multiplier=Decimal(2), max_backoff_ms=500)

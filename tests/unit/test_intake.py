@@ -18,8 +18,9 @@ from gateway.intake import (
     redirect_target,
     rename_trustedform,
     render,
-    unflatten,
+    vendor_fields,
 )
+from gateway.submission import checked_idempotency_key, read_vendor_parameters
 
 
 def test_json_body_is_read_as_an_object() -> None:
@@ -62,17 +63,24 @@ def test_body_in_a_wrong_charset_is_a_bad_request() -> None:
 
 
 def test_dot_keys_unflatten_into_objects() -> None:
-    assert unflatten({"a.b": "1", "a.c": "2", "d": "3"}) == {"a": {"b": "1", "c": "2"}, "d": "3"}
+    fields = vendor_fields({"a.b": "1", "a.c": "2", "d": "3"})
+    assert fields == {"a": {"b": "1", "c": "2"}, "d": "3"}
 
 
 def test_a_key_that_is_both_a_value_and_an_object_is_refused() -> None:
     with pytest.raises(BadRequest, match="both a value and an object"):
-        unflatten({"a": "1", "a.b": "2"})
+        vendor_fields({"a": "1", "a.b": "2"})
 
 
 def test_too_many_fields_are_refused() -> None:
     with pytest.raises(BadRequest, match="too many fields"):
-        unflatten({f"f{i}": "x" for i in range(1001)})
+        vendor_fields({f"f{i}": "x" for i in range(1001)})
+
+
+def test_dot_keys_inside_nested_objects_may_not_exceed_the_depth() -> None:
+    nested = {".".join(["b"] * 20): {".".join(["c"] * 20): 1}}
+    with pytest.raises(BadRequest, match="nested deeper"):
+        vendor_fields(nested)
 
 
 def test_query_pairs_merge_over_body_values() -> None:
@@ -91,7 +99,7 @@ def test_query_pairs_merge_over_body_values() -> None:
         ("text/plain", "text/plain"),
         ("text/*", "text/xml"),
         ("text/plain;q=0.5, application/json;q=0.9", "application/json"),
-        ("application/json;q=0, */*;q=0.1", "application/xml"),
+        ("application/json;q=0, */*;q=0.1", "text/xml"),
         ("image/png", None),
         ("application/json;q=0", None),
     ],
@@ -219,17 +227,37 @@ XML_CASES = [
     (b'<lead source="web"><a>1</a></lead>', {"source": "web", "a": "1"}),
     # An attribute and a child element of one name are a list, as repeated elements.
     (b'<lead><car year="2019"><year>2020</year></car></lead>', {"car": {"year": ["2019", "2020"]}}),
-    # Namespaces are dropped from element and attribute names.
+    # Namespaces are dropped from element and attribute names (SPEC 5.1; LeadConduit keeps
+    # the prefix: `l:first_name`); declarations are attributes, kept as LeadConduit keeps them.
     (
         b'<l:lead xmlns:l="urn:lead" xmlns:x="urn:x"><l:first_name>Ada</l:first_name>'
         b'<x:phone x:type="cell">1</x:phone></l:lead>',
-        {"first_name": "Ada", "phone": {"_": "1", "type": "cell"}},
+        {
+            "xmlns:l": "urn:lead",
+            "xmlns:x": "urn:x",
+            "first_name": "Ada",
+            "phone": {"_": "1", "type": "cell"},
+        },
     ),
-    (b'<lead xmlns="urn:default"><state>CA</state></lead>', {"state": "CA"}),
-    (b'<lead xmlns:a="urn:a" xmlns:b="urn:b"><a:x>1</a:x><b:x>2</b:x></lead>', {"x": ["1", "2"]}),
-    # Repeated elements are a list; empty elements an empty string; text is trimmed.
+    (
+        b'<lead xmlns="urn:default"><state>CA</state></lead>',
+        {"xmlns": "urn:default", "state": "CA"},
+    ),
+    (
+        b'<lead xmlns="urn:default"><state xmlns="urn:s">CA</state></lead>',
+        {"xmlns": "urn:default", "state": {"_": "CA", "xmlns": "urn:s"}},
+    ),
+    (
+        b'<lead xmlns:a="urn:a" xmlns:b="urn:b"><a:x>1</a:x><b:x>2</b:x></lead>',
+        {"xmlns:a": "urn:a", "xmlns:b": "urn:b", "x": ["1", "2"]},
+    ),
+    # Repeated elements are a list; empty elements an empty string; text is kept as sent.
     (b"<lead><a>1</a><a>2</a><a>3</a></lead>", {"a": ["1", "2", "3"]}),
-    (b"<lead><a/><b></b><c>  x  </c></lead>", {"a": "", "b": "", "c": "x"}),
+    (
+        b"<lead><a/><b></b><c>  x  </c><d>  </d></lead>",
+        {"a": "", "b": "", "c": "  x  ", "d": "  "},
+    ),
+    (b"<lead><a>\n x <b>1</b>\n</a></lead>", {"a": {"_": "\n x \n", "b": "1"}}),
     (b"<lead><![CDATA[]]><a><![CDATA[<b>]]></a></lead>", {"a": "<b>"}),
     # Mixed content: the element's own text under "_" beside its children.
     (b"<lead><a>x<b>1</b>y</a></lead>", {"a": {"b": "1", "_": "xy"}}),
@@ -263,7 +291,8 @@ NEGOTIATION = [
     ("", "application/json"),
     ("*/*", "application/json"),  # LeadConduit: */* means JSON
     ("*", "application/json"),  # Java's URLConnection
-    ("*/*;q=0.8", "application/json"),
+    ("*/*;q=0.8", "text/xml"),  # only a bare */* means JSON to LeadConduit
+    ("text/html, */*;q=0.1", "text/xml"),
     ("application/*", "application/xml"),  # LeadConduit's matcher picks XML
     ("APPLICATION/*", "application/xml"),
     ("text/*", "text/xml"),
@@ -276,8 +305,9 @@ NEGOTIATION = [
     ("text/plain", "text/plain"),
     ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/xml"),
     ("text/plain;q=0.5, application/json;q=0.9", "application/json"),
-    ("application/xml;q=0.5, */*", "application/json"),  # quality before specificity (RFC 9110)
-    ("application/json;q=0, */*;q=0.1", "application/xml"),
+    # quality before specificity (RFC 9110; LeadConduit's matcher: application/xml)
+    ("application/xml;q=0.5, */*", "text/xml"),
+    ("application/json;q=0, */*;q=0.1", "text/xml"),
     ("application/json;q=abc", None),
     ("application/json;q=2", "application/json"),
     ("image/png", None),
@@ -338,6 +368,20 @@ def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
     assert redirect_target(url) == url
 
 
+def test_a_repeated_redirect_url_is_its_first() -> None:
+    # LeadConduit takes the first of `redir_url=http://a.com&redir_url=http://b.com`.
+    assert redirect_target(["http://a.com", "http://b.com"]) == "http://a.com"
+    with pytest.raises(BadRequest):
+        redirect_target(["ftp://a.com", "http://b.com"])
+
+
+def test_a_form_body_is_trimmed_before_it_is_read() -> None:
+    # LeadConduit trims the body: "  first_name=Ada  " is first_name "Ada".
+    assert parse_body("application/x-www-form-urlencoded", b"  first_name=Ada  ") == {
+        "first_name": "Ada"
+    }
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -355,10 +399,32 @@ def test_an_http_redirect_url_is_taken_as_it_is(url: str) -> None:
         "http://example.com:port/",
         "http://[::1/",
         "http://example.com/" + "x" * 2048,
-        ["http://a.example/", "http://b.example/"],  # repeated
         {"x": "http://example.com/"},  # redir_url.x=…
     ],
 )
 def test_anything_else_as_redirect_url_is_a_bad_request(value: object) -> None:
     with pytest.raises(BadRequest, match="redir_url"):
         redirect_target(value)
+
+
+def test_vendor_parameters_take_out_what_is_no_lead_field() -> None:
+    read = read_vendor_parameters(
+        {"first_name": "Ada", "price": "12.50", "ping_id": "p1", "redir_url": "https://v.example/"}
+    )
+    assert read.submission.fields == {"first_name": "Ada"}
+    assert read.submission.override_price == "12.50"
+    assert read.submission.ping_id == "p1"
+    assert read.redirect == "https://v.example/"
+
+
+def test_a_nested_price_is_no_override() -> None:
+    read = read_vendor_parameters({"price.amount": "1"})
+    assert read.submission.override_price == "not a single value"
+    assert "price" not in read.submission.fields
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_idempotency_key_must_be_1_to_255_characters(key: str) -> None:
+    with pytest.raises(BadRequest, match="Idempotency-Key"):
+        checked_idempotency_key(key)
+    assert checked_idempotency_key("k" * 255) == "k" * 255

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from leadflow.fields import FIELD_TYPES, STANDARD_FIELDS, parse_lead, parse_value
 from leadflow.rules import compile_rule_set, operator_allowed
-from leadflow.variables import build_context, variable_type
+from leadflow.variables import build_context, display, variable_type
 
 TODAY = date(2026, 12, 3)
 
@@ -61,7 +61,10 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
         ("dob", "2008-12-03", {"age": 18}),
         ("dob", "2008-12-04", {"age": 17.9}),
         # the name and place types are text
-        ("first_name", " Ada ", {"normal": "Ada", "valid": True, "kind": "first_name"}),
+        # text is kept as sent (LeadConduit: " Ada  Lovelace " stays so for every text type)
+        ("first_name", " Ada ", {"normal": " Ada ", "valid": True, "kind": "first_name"}),
+        ("city", " Ada  Lovelace ", {"normal": " Ada  Lovelace "}),
+        ("string", " Ada  Lovelace ", {"normal": " Ada  Lovelace "}),
         ("last_name", "Lovelace", {"normal": "Lovelace", "valid": True}),
         ("city", "Austin", {"normal": "Austin", "valid": True}),
         # street: a number then a name
@@ -107,6 +110,35 @@ def parsed(type_name: str, raw: object) -> dict[str, Any]:
             "https://cert.trustedform.com/11NgkzK_mroUbOD1-x66NigDliU1kdvbaCtLGvyja1K80vU1sKh9grlwP78vzKSp4ncwAfJAlNPNVY8f",
             {"valid": True, "type": None},  # encrypted: its type needs TrustedForm's key
         ),
+        # values below are LeadConduit's own output (leadconduit-types 4.23)
+        ("date", "06/02/2014", {"normal": "2014-06-02T00:00:00.000Z", "valid": True}),
+        ("dob", "1980-05-17", {"normal": "1980-05-17T00:00:00.000Z", "year": 1980}),
+        ("dob", "junk", {"valid": False, "masked": False}),  # LeadConduit: valid, 2026-06-01
+        ("range", "abc", {"valid": False, "min": None, "max": None, "avg": None, "mid": None}),
+        ("gender", "man", {"normal": "man", "valid": False, "abbr": None}),
+        ("gender", "unknown", {"valid": False, "abbr": None}),
+        ("boolean", "on", {"valid": False}),
+        ("boolean", "off", {"valid": False}),
+        ("state", "Narnia", {"name": "Narnia", "valid": False}),  # LeadConduit: valid
+        ("phone", "555-555-5555", {"normal": "5555555555", "area": "555", "valid": False}),
+        ("phone", "555-555-5555", {"exchange": "555", "line": "5555", "number": "5555555"}),
+        ("last_name", " lovelace ", {"normal": " lovelace "}),
+        ("date", "6/2/2014 10:30", {"normal": "2014-06-02T00:00:00.000Z", "valid": True}),
+        ("date", "2014-18-07", {"normal": "2014-07-18T00:00:00.000Z", "valid": True}),
+        ("postal_code", "78751-", {"normal": "78751", "zip": "78751", "four": None}),
+        ("postal_code", "78751-", {"code": "78751-", "valid": True}),
+        ("postal_code", "K1A-0B1", {"valid": False}),
+        ("state", "MH", {"normal": "MH", "name": "Marshall Islands", "valid": True}),
+        ("state", "PW", {"normal": "PW", "name": "Palau", "valid": True}),
+        # invalid here (LeadConduit: valid), with the parts LeadConduit gives
+        ("email", "a@-example.com", {"valid": False, "user": "a", "domain": "-example.com"}),
+        ("email", "a@-example.com", {"host": "-example", "tld": "com", "is_free": False}),
+        ("email", "ada@localhost", {"valid": False, "user": "ada", "domain": "localhost"}),
+        ("email", "ada@", {"valid": False, "normal": "ada@"}),
+        # JSON values that are no text: a name or city is invalid, a string is their text
+        ("first_name", 123, {"valid": False, "normal": "123"}),
+        ("city", True, {"valid": False, "normal": "true"}),
+        ("string", 42, {"valid": True, "normal": "42"}),
     ],
 )
 def test_types_agree_with_leadconduit(
@@ -176,3 +208,14 @@ def test_operators_of_the_new_types(op: str, type_name: str, allowed: bool) -> N
 def test_the_ipv6_form_of_an_ipv4_address_is_leadconduits(address: ipaddress.IPv4Address) -> None:
     field = parsed("ip", str(address))
     assert field["ipv6_format"] == ipaddress.IPv6Address(f"ffff::{address}").compressed
+
+
+def test_a_date_is_recorded_as_a_timestamp_and_shown_as_its_calendar_date() -> None:
+    # LeadConduit records 2014-06-02T00:00:00.000Z and delivers `{{lead.dob}}` as 2014-06-02.
+    field = parsed("dob", "06/02/2014")
+    assert field["normal"] == "2014-06-02T00:00:00.000Z"
+    assert display(field) == "2014-06-02"
+    rule = compile_rule_set([{"lhv": "dob", "op": "is equal to", "rhv": "2014-06-02"}])
+    assert rule.evaluate(build_context({"dob": field})).passed
+    other = compile_rule_set([{"lhv": "dob", "op": "is equal to", "rhv": "2014-06-03"}])
+    assert not other.evaluate(build_context({"dob": field})).passed

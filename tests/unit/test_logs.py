@@ -117,7 +117,7 @@ def test_an_unknown_log_format_or_level_is_a_clear_problem() -> None:
     ("request_message", "lead_id"),
     [
         (delivery_service_pb2.DeliverLeadRequest(lead={"id": "L1"}), "L1"),
-        (routing_service_pb2.RankStageRequest(lead={"id": "L2"}), "L2"),
+        (routing_service_pb2.DistributeLeadRequest(lead={"id": "L2"}), "L2"),
         (ledger_service_pb2.GetLeadRequest(lead_id="L3"), "L3"),
     ],
 )

@@ -176,3 +176,48 @@ async def test_override_price_is_ignored_where_override_is_off() -> None:
     quote = await purchase_quote(config(source="{prices: [{amount: 7}]}"), lead(), "99")
     assert quote.price == Decimal("7.00")
     assert "override is off" in quote.audit.note
+
+
+QUOTED_WITH_PURCHASE = """
+account: {name: Test}
+sources: [{id: vendor, name: Vendor, api_key: k}]
+buyers:
+  - id: acme
+    name: Acme
+    pricing: {prices: [{amount: 20}, {amount: 30, rule_set: [{lhv: buyer.id, op: is equal to, rhv: acme}]}]}
+    delivery: {type: http, url: "http://127.0.0.1:9/"}
+  - id: bolt
+    name: Bolt
+    pricing: {prices: [{amount: 20}, {amount: 30, rule_set: [{lhv: buyer.id, op: is equal to, rhv: acme}]}]}
+    delivery: {type: http, url: "http://127.0.0.1:9/"}
+  - {id: bare, name: Bare, delivery: {type: http, url: "http://127.0.0.1:9/"}}
+flows:
+  - id: auto
+    name: Auto
+    fields: {lead_quality: string}
+    sources: [{source: vendor}]
+    stages:
+      - name: first
+        steps:
+          - {buyer: bolt}
+          - {buyer: bare}
+          - {buyer: acme, pricing: {service: {url: "http://127.0.0.1:9/", fallback_price: 1}}}
+      - name: second
+        steps: [{buyer: acme}, {buyer: bare, pricing: {prices: [{amount: "purchase_price * 2"}]}}]
+"""
+
+
+async def test_rules_sales_quote_every_rules_priced_step_as_sale_would() -> None:
+    """Quoted with the purchase price for routing: one rule context for the lead, its `buyer`
+    set per step; steps with a pricing service or no sale pricing are left out."""
+    config = parse_config(QUOTED_WITH_PURCHASE, {})
+    async with aiohttp.ClientSession() as session:
+        pricer = Pricer(config, PricingServiceClient(session))
+        quotes = pricer.rules_sales(lead(), Decimal("7.5"))
+        assert [(s, k, q.price) for s, k, q in quotes] == [
+            (0, 0, Decimal(20)),
+            (1, 0, Decimal(30)),
+            (1, 1, Decimal(15)),
+        ]
+        for s, k, quote in quotes:
+            assert quote == await pricer.sale(lead(), s, k, Decimal("7.5"))
