@@ -56,37 +56,21 @@ def _now() -> datetime:
 
 
 class AttemptLog:
-    """The writes of the delivery path, in one group commit: the attempts and answers that arrive
-    while a transaction is being written share the next one (SQLite has a single writer, and
-    each transaction costs a commit and a round of aiosqlite's thread hops whatever it holds).
-
-    A delivery waits for the write of its attempt and of its answer, never for the deletion of
-    its row: deletions wait in memory and go with the next write, or on their own after
-    FORGET_LINGER_S when no write comes. Under load they add no transaction at all; a deletion
-    lost with the process leaves a row that recovery drops after ANSWER_GRACE (the ledger says
-    the answer is booked), so the linger stays well under that grace."""
-
-    FORGET_LINGER_S = 0.25
+    """The writes of the delivery path, in one group commit: the attempts, answers and
+    deletions that arrive while a transaction is being written share the next one (a delivery
+    waits for the write of its attempt and of its answer, never for the deletion). One writer
+    rather than one per kind: SQLite has a single writer anyway, and three concurrent
+    transactions queued on its lock cost three commits where one does."""
 
     def __init__(self, store: DeliveryStore) -> None:
-        self._forgotten: list[str] = []  # event ids whose rows are no longer needed
-        self._writes: GroupCommit[SentAttempt | Answer | None] = GroupCommit(self._write)
-        self._store = store
-        self._flush: asyncio.Task[None] | None = None
-
-    async def _write(self, items: list[SentAttempt | Answer | None]) -> None:
-        forgotten, self._forgotten = self._forgotten, []
-        try:
-            await self._store.write_attempts(
+        self._writes: GroupCommit[SentAttempt | Answer | str] = GroupCommit(
+            lambda items: store.write_attempts(
                 [item for item in items if isinstance(item, SentAttempt)],
                 [item for item in items if isinstance(item, Answer)],
-                forgotten,
+                [item for item in items if isinstance(item, str)],  # event ids to forget
             )
-        except Exception:
-            if forgotten:
-                # Harmless: recovery reports the answers, the ledger says they are settled.
-                log.warning("could not drop %d settled attempts", len(forgotten), exc_info=True)
-            raise
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def sent(
         self, buyer: Buyer, request: delivery_service_pb2.DeliverLeadRequest, event_id: str
@@ -109,28 +93,21 @@ class AttemptLog:
         )
 
     def done(self, event_id: str) -> None:
-        """The caller has the answer: the row is not needed (deleted with a later write)."""
-        self._forgotten.append(event_id)
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.get_running_loop().create_task(self._flush_later())
+        """The caller has the answer: the row is not needed (written in the background)."""
+        task = asyncio.get_running_loop().create_task(self._forget(event_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.FORGET_LINGER_S)
-        await self._flush_now()
-
-    async def _flush_now(self) -> None:
-        if not self._forgotten:
-            return  # a write took them along
-        with contextlib.suppress(Exception):  # logged by _write; the rows wait for recovery
-            await self._writes.submit(None)  # a write of nothing but the waiting deletions
+    async def _forget(self, event_id: str) -> None:
+        try:
+            await self._writes.submit(event_id)
+        except Exception:
+            # Harmless: recovery reports the answer, the ledger says it is settled, and it goes.
+            log.warning("could not drop the settled attempt %s", event_id, exc_info=True)
 
     async def drain(self) -> None:
-        """Write the waiting deletions now (the service is stopping)."""
-        if self._flush is not None and not self._flush.done():
-            self._flush.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush
-        await self._flush_now()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
 
 
 class Recovery:

@@ -354,34 +354,3 @@ async def test_the_attempt_log_groups_concurrent_deliveries_into_few_transaction
     assert [sum(kind) for kind in zip(*calls, strict=True)] == [20, 20, 20]
     # A transaction per burst, not three per delivery.
     assert len(calls) < 20
-
-
-async def test_settled_attempts_are_deleted_with_the_next_write_or_soon_after(
-    database: Database,
-) -> None:
-    store = await DeliveryStore.open(database.url, database.schema)
-    calls: list[tuple[int, int, int]] = []
-    write = store.write_attempts
-
-    async def counted(sent: Any, answers: Any, forgotten: Any) -> None:
-        calls.append((len(sent), len(answers), len(forgotten)))
-        await write(sent, answers, forgotten)
-
-    store.write_attempts = counted  # type: ignore[method-assign]
-    log = AttemptLog(store)
-    buyer = parse_config(config_text("http://127.0.0.1:9/leads"), {}).buyers_by_id["plain"]
-    try:
-        for n in range(5):  # one delivery at a time, as under light load
-            await log.sent(buyer, deliver_request(f"L{n}", "plain"), f"E{n}")
-            await log.answered(f"E{n}", DeliveryResult("success", ""))
-            log.done(f"E{n}")
-        # Each deletion went with the next delivery's write: two transactions per delivery.
-        assert len(calls) == 10
-        assert [forgotten for _, _, forgotten in calls] == [0, 0] + [1, 0] * 4
-        assert await store.open_attempts() == 1
-        await asyncio.sleep(AttemptLog.FORGET_LINGER_S * 2)  # the last one, on its own
-        assert await store.open_attempts() == 0
-        assert calls[-1] == (0, 0, 1)
-    finally:
-        await log.drain()
-        await store.close()
