@@ -45,10 +45,60 @@ def _rowcount(result: object) -> int:
     return int(result.rowcount)
 
 
+# An answer to its attempt's row (the delivery path's second write; built once).
+_UPDATE_ANSWER = (
+    update(HttpAttemptRow)
+    .where(HttpAttemptRow.event_id == bindparam("b_event_id"))
+    .values(
+        state=ANSWERED,
+        answer_time=bindparam("b_answer_time"),
+        next_try_time=bindparam("b_next_try_time"),
+        outcome=bindparam("b_outcome"),
+        reason=bindparam("b_reason"),
+        price_micros=bindparam("b_price_micros"),
+        attempts=bindparam("b_attempts"),
+    )
+)
+
+# One statement for any number of rows: an IN list is compiled anew for each length.
+_DELETE_ATTEMPT = delete(HttpAttemptRow).where(HttpAttemptRow.event_id == bindparam("b_event_id"))
+
+
+def _sent_row(item: SentAttempt) -> dict[str, object]:
+    return {
+        "event_id": item.event_id,
+        "buyer_id": item.buyer_id,
+        "lead_id": item.lead_id,
+        "request": item.request,
+        "state": SENT,
+        "send_time": item.send_time,
+        "next_try_time": item.orphan_time,
+        "outcome": "",
+        "reason": "",
+        "attempts": [],
+        "tries": 0,
+        "last_error": "",
+    }
+
+
+def _answer_row(answer: Answer) -> dict[str, object]:
+    return {
+        "b_event_id": answer.event_id,
+        "b_answer_time": answer.answer_time,
+        "b_next_try_time": answer.answer_time + ANSWER_GRACE,
+        "b_outcome": answer.outcome,
+        "b_reason": answer.reason,
+        "b_price_micros": None if answer.price is None else to_micros(answer.price),
+        "b_attempts": [attempt.to_json() for attempt in answer.attempts],
+    }
+
+
 class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Built once: the delivery path writes it for every lead.
+        self._insert_sent = db.insert_ignore(HttpAttemptRow, engine.dialect, ["event_id"])
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
@@ -502,63 +552,29 @@ class DeliveryStore:
 
     async def record_sent(self, sent: Sequence[SentAttempt]) -> None:
         """Before their requests leave; a retried DeliverLead's row is already there."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                db.insert_ignore(HttpAttemptRow, self._engine.dialect, ["event_id"]),
-                [
-                    {
-                        "event_id": item.event_id,
-                        "buyer_id": item.buyer_id,
-                        "lead_id": item.lead_id,
-                        "request": item.request,
-                        "state": SENT,
-                        "send_time": item.send_time,
-                        "next_try_time": item.orphan_time,
-                        "outcome": "",
-                        "reason": "",
-                        "attempts": [],
-                        "tries": 0,
-                        "last_error": "",
-                    }
-                    for item in sent
-                ],
-            )
+        await self.write_attempts(sent, (), ())
 
     async def record_answers(self, answers: Sequence[Answer]) -> None:
         """The buyers' answers, before they are returned; looked at by recovery after a grace."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(HttpAttemptRow)
-                .where(HttpAttemptRow.event_id == bindparam("b_event_id"))
-                .values(
-                    state=ANSWERED,
-                    answer_time=bindparam("b_answer_time"),
-                    next_try_time=bindparam("b_next_try_time"),
-                    outcome=bindparam("b_outcome"),
-                    reason=bindparam("b_reason"),
-                    price_micros=bindparam("b_price_micros"),
-                    attempts=bindparam("b_attempts"),
-                ),
-                [
-                    {
-                        "b_event_id": a.event_id,
-                        "b_answer_time": a.answer_time,
-                        "b_next_try_time": a.answer_time + ANSWER_GRACE,
-                        "b_outcome": a.outcome,
-                        "b_reason": a.reason,
-                        "b_price_micros": None if a.price is None else to_micros(a.price),
-                        "b_attempts": [attempt.to_json() for attempt in a.attempts],
-                    }
-                    for a in answers
-                ],
-            )
+        await self.write_attempts((), answers, ())
 
     async def forget_attempts(self, event_ids: Sequence[str]) -> None:
         """Deliveries whose caller has their answer, or that recovery settled."""
+        await self.write_attempts((), (), event_ids)
+
+    async def write_attempts(
+        self, sent: Sequence[SentAttempt], answers: Sequence[Answer], forgotten: Sequence[str]
+    ) -> None:
+        """The delivery path's three writes in one transaction (one commit): new attempts, then
+        answers, then rows no longer needed. An attempt's answer and its deletion come after
+        its own write has returned, so never before it in the same call."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(HttpAttemptRow).where(HttpAttemptRow.event_id.in_(list(event_ids)))
-            )
+            if sent:
+                await conn.execute(self._insert_sent, [_sent_row(item) for item in sent])
+            if answers:
+                await conn.execute(_UPDATE_ANSWER, [_answer_row(answer) for answer in answers])
+            if forgotten:
+                await conn.execute(_DELETE_ATTEMPT, [{"b_event_id": id_} for id_ in forgotten])
 
     async def due_attempts(
         self, now: datetime, hold_until: datetime, limit: int

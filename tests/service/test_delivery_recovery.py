@@ -18,6 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from delivery_service.attempts import Answer, SentAttempt
 from delivery_service.config import Settings
+from delivery_service.http_adapter import DeliveryResult
+from delivery_service.recovery import AttemptLog
 from delivery_service.server import DeliveryServer, Deps, create_server
 from delivery_service.store import DeliveryStore
 from leadflow.common.v1 import lead_pb2
@@ -289,3 +291,66 @@ async def test_an_answer_whose_caller_gave_up_waiting_is_booked_late(
         return await settled_outcome(running, "L4") == [lead_pb2.OUTCOME_SUCCESS]
 
     await until(booked)
+
+
+async def test_one_write_takes_new_attempts_answers_and_deletions_together(
+    database: Database,
+) -> None:
+    store = await DeliveryStore.open(database.url, database.schema)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    try:
+        request = deliver_request("L1", "plain").SerializeToString()
+        await store.write_attempts(
+            [
+                SentAttempt("A", "plain", "L1", request, past, past),
+                SentAttempt("B", "plain", "L1", request, past, past),
+            ],
+            (),
+            (),
+        )
+        await store.write_attempts(
+            [SentAttempt("C", "plain", "L1", request, past, past)],
+            [Answer("A", "success", "", Decimal("12.5"), (), past)],
+            ["B"],
+        )
+        due = await store.due_attempts(datetime.now(UTC), datetime.now(UTC), 10)
+    finally:
+        await store.close()
+    by_id = {attempt.event_id: attempt for attempt in due}
+    assert sorted(by_id) == ["A", "C"]
+    answer = by_id["A"].answer
+    assert answer is not None and (answer.outcome, answer.price) == ("success", Decimal("12.5"))
+    assert (by_id["C"].state, by_id["C"].answer) == ("sent", None)
+
+
+async def test_the_attempt_log_groups_concurrent_deliveries_into_few_transactions(
+    database: Database,
+) -> None:
+    store = await DeliveryStore.open(database.url, database.schema)
+    calls: list[tuple[int, int, int]] = []
+    write = store.write_attempts
+
+    async def counted(sent: Any, answers: Any, forgotten: Any) -> None:
+        calls.append((len(sent), len(answers), len(forgotten)))
+        await write(sent, answers, forgotten)
+
+    store.write_attempts = counted  # type: ignore[method-assign]
+    log = AttemptLog(store)
+    config = parse_config(config_text("http://127.0.0.1:9/leads"), {})
+    buyer = config.buyers_by_id["plain"]
+
+    async def deliver(n: int) -> None:
+        event_id = f"E{n}"
+        await log.sent(buyer, deliver_request(f"L{n}", "plain"), event_id)
+        await log.answered(event_id, DeliveryResult("success", ""))
+        log.done(event_id)
+
+    try:
+        await asyncio.gather(*(deliver(n) for n in range(20)))
+        await log.drain()
+        assert await store.open_attempts() == 0
+    finally:
+        await store.close()
+    assert [sum(kind) for kind in zip(*calls, strict=True)] == [20, 20, 20]
+    # A transaction per burst, not three per delivery.
+    assert len(calls) < 20
