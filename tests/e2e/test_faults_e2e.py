@@ -162,19 +162,30 @@ class Storage:
 
     def rows(self, service: str, query: str) -> list[tuple[Any, ...]]:
         """`query` on the service's storage, read beside the running suite."""
+        [found] = self.snapshot(service, [query])
+        return found
+
+    def snapshot(self, service: str, queries: list[str]) -> list[list[tuple[Any, ...]]]:
+        """`queries` read in one transaction: one state of the service's storage even while it
+        is still being written (delivery's recovery books late outcomes after the leads)."""
         if self.url is None:
             with read_only(self.data_dir / f"{service}.db") as db:
-                return db.execute(query).fetchall()
+                db.execute("BEGIN")  # a WAL read transaction: one snapshot for every query
+                try:
+                    return [db.execute(query).fetchall() for query in queries]
+                finally:
+                    db.rollback()
         # Called from the test's event loop as well as from threads: a loop of its own.
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, _postgres_rows(self.url, service, query)).result()
+            return pool.submit(asyncio.run, _postgres_rows(self.url, service, queries)).result()
 
 
-async def _postgres_rows(url: str, schema: str, query: str) -> list[tuple[Any, ...]]:
+async def _postgres_rows(url: str, schema: str, queries: list[str]) -> list[list[tuple[Any, ...]]]:
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        return [tuple(row) for row in await conn.fetch(query)]
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return [[tuple(row) for row in await conn.fetch(query)] for query in queries]
     finally:
         await conn.close()
 
@@ -327,41 +338,27 @@ def wait_outbox_drained(suite: Suite, storage: Storage) -> float:
     raise AssertionError(f"{waiting} lead records still in the outbox after {DRAIN_TIMEOUT_S}s")
 
 
-def wait_deliveries_settled(storage: Storage) -> None:
-    """Until delivery's recovery has settled every real-time delivery a kill left open (its
-    late outcome reported to the ledger): the ledger is read once it stopped changing."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        [(open_attempts,)] = storage.rows("delivery", "SELECT count(*) FROM http_attempts")
-        if open_attempts == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{open_attempts} deliveries still open after {DRAIN_TIMEOUT_S}s")
-
-
 def check_ledger(
     storage: Storage, answers: list[Answer], buyer: BuyerServer, *, resent: bool = False
 ) -> dict[str, Any]:
     """Every 201 answer's lead is in the ledger once with that outcome and price; no sale or
     purchase twice; the journal balances; no buyer got a lead twice (with `resent`, but for the
     same request sent again, its webhook-id unchanged). Returns counts to report."""
-    sources = {
-        lead_id: (outcome, price_paid)
-        for lead_id, outcome, price_paid in storage.rows(
-            "ledger",
+    # One snapshot: delivery's recovery may still book a late outcome (a result and its sale
+    # posting, in one transaction) while the ledger is read.
+    source_rows, recipients, postings, results = storage.snapshot(
+        "ledger",
+        [
             "SELECT l.id, s.outcome, s.price_paid_micros"
             " FROM leads l LEFT JOIN source_events s ON s.lead_id = l.id",
-        )
-    }
-    recipients = storage.rows(
-        "ledger",
-        "SELECT lead_id, id, buyer_id, sale_price_micros, outcome, reason FROM recipient_events",
+            "SELECT lead_id, id, buyer_id, sale_price_micros, outcome, reason"
+            " FROM recipient_events",
+            "SELECT kind, lead_id, recipient_event_id, debit_account, credit_account,"
+            " amount_micros FROM postings",
+            "SELECT recipient_event_id, outcome FROM delivery_results",
+        ],
     )
-    postings = storage.rows(
-        "ledger",
-        "SELECT kind, lead_id, recipient_event_id, debit_account, credit_account, amount_micros"
-        " FROM postings",
-    )
+    sources = {lead_id: (outcome, price_paid) for lead_id, outcome, price_paid in source_rows}
 
     told = [a for a in answers if a.status == 201]
     missing = [a.lead_id for a in told if a.lead_id not in sources]
@@ -377,9 +374,7 @@ def check_ledger(
     assert len(told) <= len(sources) <= len(answers)
 
     # A queued or unknown event completed later as a sale is one too (its own outcome stays).
-    completed = dict(
-        storage.rows("ledger", "SELECT recipient_event_id, outcome FROM delivery_results")
-    )
+    completed = dict(results)
     sold = [
         (lead, event, buyer_id, price)
         for lead, event, buyer_id, price, outcome, _ in recipients
@@ -475,7 +470,6 @@ async def run_under_faults(
     try:
         answers = await run_load_with_faults(suite, count=count, rate=rate, faults=faults)
         drained = await asyncio.to_thread(wait_outbox_drained, suite, storage)
-        await asyncio.to_thread(wait_deliveries_settled, storage)
         counts = check_ledger(storage, answers, buyer)
     finally:
         code = await asyncio.to_thread(suite.stop)
