@@ -9,7 +9,6 @@ RecordLeads are left out, as the issue says."""
 from __future__ import annotations
 
 import base64
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,16 +18,15 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.run import grpc_calls
 from tests.e2e.harness import BuyerServer, Suite, start_suite
 
 pytestmark = pytest.mark.timeout(180)
 
 PRODUCTION = Path(__file__).parents[2] / "bench" / "production.yaml"
 SOURCE_KEY = "demo-source-key"  # production.yaml's default
-LEFT_OUT = {"RecordLeads"}  # batched: many leads per call
-SERVICES = 4  # pricing, routing, delivery, ledger: metrics ports port_base + 11..14
+LEFT_OUT = {"LedgerService.RecordLeads"}  # batched: many leads per call
 
 
 def _respond(_path: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -64,20 +62,10 @@ def _config(tmp: Path, buyer: BuyerServer, *, caps: bool) -> Path:
 
 
 def _calls(suite: Suite) -> Counter[str]:
-    calls: Counter[str] = Counter()
-    for i in range(SERVICES):
-        url = f"http://127.0.0.1:{suite.port_base + 11 + i}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name != "grpc_server_handled":
-                continue
-            for sample in family.samples:
-                service = sample.labels.get("grpc_service", "")
-                method = sample.labels.get("grpc_method", "")
-                if "Health" in service or method in LEFT_OUT:
-                    continue
-                calls[f"{service.rsplit('.', 1)[-1]}.{method}"] += int(sample.value)
+    """The bench's count of handled calls by `Service.Method`, the ledger's batches left out."""
+    calls = grpc_calls(suite.port_base)
+    for method in LEFT_OUT:
+        calls.pop(method, None)
     return calls
 
 
