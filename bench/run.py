@@ -128,6 +128,92 @@ def grpc_calls(port_base: int) -> Counter[str]:
     return calls
 
 
+# Where a lead's time goes at half the maximum rate: each hop's histogram, on the process that
+# measures it (SERVICES' index), and the hop it is nested in. Means add up (a hop's own time is
+# its mean minus its inner hop's); p99s are read off the buckets, so they are only as fine as
+# the buckets are.
+HOPS = {
+    # hop: (service index, metric, method label or "", inner hop)
+    "lead": (4, "leadflow_lead_duration_seconds", "", ""),
+    "pricing": (4, "grpc_client_handling_seconds", "QuotePurchasePrice", ""),
+    "distribute": (1, "grpc_server_handling_seconds", "DistributeLead", "deliver"),
+    "deliver": (2, "grpc_server_handling_seconds", "DeliverLead", "buyer"),
+    "buyer": (2, "leadflow_delivery_duration_seconds", "", ""),
+}
+
+
+@dataclass
+class Histogram:
+    total: float = 0.0
+    count: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
+
+    def minus(self, other: Histogram) -> Histogram:
+        return Histogram(
+            self.total - other.total,
+            self.count - other.count,
+            {le: n - other.buckets.get(le, 0.0) for le, n in self.buckets.items()},
+        )
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000 * self.total / self.count if self.count else float("nan")
+
+    def quantile_ms(self, q: float) -> float:
+        """Prometheus' histogram_quantile: linear within the bucket the rank falls in."""
+        if not self.count:
+            return float("nan")
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for le, cumulative in sorted(self.buckets.items()):
+            if cumulative >= rank:
+                if le == float("inf"):
+                    return 1000 * lower
+                share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+                return 1000 * (lower + (le - lower) * share)
+            lower, below = le, cumulative
+        return 1000 * lower
+
+
+def hop_histograms(port_base: int) -> dict[str, Histogram]:
+    """The HOPS' histograms now, summed over their labels."""
+    texts: dict[int, str] = {}
+    hops: dict[str, Histogram] = {}
+    for hop, (index, metric, method, _inner) in HOPS.items():
+        if index not in texts:
+            url = f"http://127.0.0.1:{port_base + 11 + index}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                texts[index] = response.read().decode()
+        histogram = hops[hop] = Histogram()
+        for family in text_string_to_metric_families(texts[index]):
+            if family.name != metric:
+                continue
+            for sample in family.samples:
+                if method and sample.labels.get("grpc_method") != method:
+                    continue
+                if sample.name.endswith("_sum"):
+                    histogram.total += sample.value
+                elif sample.name.endswith("_count"):
+                    histogram.count += sample.value
+                elif sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    histogram.buckets[le] = histogram.buckets.get(le, 0.0) + sample.value
+    return hops
+
+
+def hops_summary(before: dict[str, Histogram], after: dict[str, Histogram]) -> str:
+    """Mean and p99 of each hop over a phase, and each hop's own mean (less its inner hop's)."""
+    spent = {hop: after[hop].minus(before[hop]) for hop in HOPS}
+    parts = []
+    for hop, (_index, _metric, _method, inner) in HOPS.items():
+        text = f"{hop} mean={spent[hop].mean_ms:.1f} p99~{spent[hop].quantile_ms(0.99):.0f}"
+        if inner:
+            text += f" own={spent[hop].mean_ms - spent[inner].mean_ms:.1f}"
+        parts.append(text)
+    gateway_own = spent["lead"].mean_ms - spent["pricing"].mean_ms - spent["distribute"].mean_ms
+    parts.append(f"gateway own={gateway_own:.1f}")
+    return "latency_ms_by_hop: " + "; ".join(parts)
+
+
 def postgres_backends() -> list[int]:
     """The server processes connected to the bench database (its share of PostgreSQL's CPU)."""
     listing = subprocess.run(
@@ -203,7 +289,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def measure(
-    url: str, seconds: float, label: str, meter: Meter | None = None, max_only: bool = False
+    url: str,
+    seconds: float,
+    label: str,
+    meter: Meter | None = None,
+    max_only: bool = False,
+    port_base: int | None = None,
 ) -> Measured:
     """Warm-up, max throughput, then an open loop at half the max for `seconds` each."""
     drive(url, SOURCE_KEY, count=300, seconds=seconds, concurrency=8, seed=9)
@@ -217,8 +308,11 @@ def measure(
     if max_only:
         return Measured(maximum, None, usage)
     rate = max(maximum.per_s / 2, 1.0)
+    hops_before = hop_histograms(port_base) if port_base is not None else None
     half = drive(url, SOURCE_KEY, count=int(rate * seconds) + 1, seconds=seconds, rate=rate)
     print(f"  {label} {half.summary()}", flush=True)
+    if port_base is not None and hops_before is not None:
+        print(f"    {hops_summary(hops_before, hop_histograms(port_base))}", flush=True)
     return Measured(maximum, half, usage)
 
 
@@ -252,7 +346,12 @@ def bench_suite(
             try:
                 meter = Meter(suite, buyer.pid, database_url is not None)
                 return measure(
-                    suite.base_url + SUBMIT_PATH, seconds, f"suite ({flow})", meter, max_only
+                    suite.base_url + SUBMIT_PATH,
+                    seconds,
+                    f"suite ({flow})",
+                    meter,
+                    max_only,
+                    suite.port_base,
                 )
             finally:
                 suite.stop()

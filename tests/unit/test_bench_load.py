@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench.load import LoadResult, realistic_lead, run_load
-from bench.run import FLOWS, cpu_seconds
+from bench.run import FLOWS, Histogram, cpu_seconds, hops_summary
 from leadflow.config import load_config
 from leadflow.fields import parse_lead
 
@@ -66,3 +66,25 @@ def test_cpu_seconds_reads_a_process_cpu_and_zero_once_it_has_gone() -> None:
         pass
     assert cpu_seconds(os.getpid()) > before
     assert cpu_seconds(2**22 + 1) == 0.0  # above Linux's largest pid: never a process
+
+
+def test_a_hop_histogram_reads_its_mean_and_quantiles_off_the_phase_alone() -> None:
+    before = Histogram(total=100.0, count=1000, buckets={0.01: 1000, 0.1: 1000, float("inf"): 1000})
+    # The phase: 100 observations, 90 under 10 ms and 10 between 10 and 100 ms, 2 s in all.
+    after = Histogram(total=102.0, count=1100, buckets={0.01: 1090, 0.1: 1100, float("inf"): 1100})
+    phase = after.minus(before)
+    assert phase.count == 100 and phase.mean_ms == pytest.approx(20.0)
+    assert phase.quantile_ms(0.5) == pytest.approx(10 * 50 / 90)
+    assert phase.quantile_ms(0.99) == pytest.approx(10 + 90 * 9 / 10)
+
+
+def test_each_hop_s_own_time_is_its_mean_less_the_hop_it_wraps() -> None:
+    def hist(mean_ms: float) -> Histogram:
+        return Histogram(total=mean_ms / 1000 * 10, count=10, buckets={float("inf"): 10})
+
+    empty = {hop: Histogram() for hop in ("lead", "pricing", "distribute", "deliver", "buyer")}
+    spent = {"lead": 30.0, "pricing": 2.0, "distribute": 25.0, "deliver": 12.0, "buyer": 10.0}
+    summary = hops_summary(empty, {hop: hist(ms) for hop, ms in spent.items()})
+    assert "distribute mean=25.0" in summary and "own=13.0" in summary
+    assert "deliver mean=12.0" in summary and "own=2.0" in summary
+    assert summary.endswith("gateway own=3.0")
