@@ -436,6 +436,20 @@ def quantile(measured: Measured, q: float) -> float:
     return measured.half.quantile_ms(q) if measured.half is not None else float("nan")
 
 
+def python_loop_ms(runs: int = 5) -> float:
+    """This machine's speed now: a fixed pure-Python loop, median of `runs` (milliseconds).
+    Shared machines change speed between sessions and within one; CPU per lead is comparable
+    across runs only beside this."""
+    times = []
+    for _ in range(runs):
+        started = time.process_time()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        times.append((time.process_time() - started) * 1000)
+    return sorted(times)[runs // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--databases", default="sqlite,postgresql")
@@ -447,6 +461,7 @@ def main() -> None:
     unknown = set(flows) - set(FLOWS)
     if unknown:
         parser.error(f"unknown flows {sorted(unknown)}: choose from {', '.join(FLOWS)}")
+    print(f"machine: python_loop_ms={python_loop_ms():.0f}", flush=True)
     results = {
         name: bench_database(name, flows, args.seconds, args.max_only)
         for name in args.databases.split(",")
