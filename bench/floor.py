@@ -1,6 +1,6 @@
 """The transport's own CPU per lead: what a lead's hops cost with nothing done in them.
 
-    .venv/bin/python -m bench.floor [--calls 4000] [--runs 3]
+    .venv/bin/python -m bench.floor [--calls 4000] [--runs 3] [--concurrency 1 16]
 
 A lead sold on its first offer crosses, in the suite: the vendor's HTTP request into the
 gateway, QuotePurchasePrice (unary), DistributeLead (a stream of two round trips: the lead and
@@ -8,7 +8,9 @@ its offering, the acknowledgement and the outcome), DeliverLead (unary) and the 
 POST to the buyer. This measures each of those hops alone, between two processes of its own on
 127.0.0.1 with empty handlers (grpc.aio and aiohttp on uvloop, as the services run them), and
 prints the CPU microseconds each end spends per hop (`/proc/<pid>/stat`, median of `--runs`), so
-that the suite's CPU per lead can be read against the floor its shape cannot go under. The
+that the suite's CPU per lead can be read against the floor its shape cannot go under. With one
+call at a time every call pays a whole event-loop wake-up and poll at each end; with 16 at once
+they share them, as a loaded suite's calls do. The
 ledger's batches and the buyer's own work are left out; payloads are 600 bytes, a lead's size.
 """
 
@@ -30,7 +32,6 @@ import uvloop
 from aiohttp import web
 
 PAYLOAD = b"x" * 600
-CONCURRENCY = 16
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -92,7 +93,7 @@ def _serve(kind: str, port: int, ready: Queue[int]) -> None:
 
 
 async def _measure(
-    one: Callable[[], Awaitable[object]], calls: int, server_pid: int
+    one: Callable[[], Awaitable[object]], calls: int, concurrency: int, server_pid: int
 ) -> tuple[float, float]:
     """CPU microseconds per call of this process (the client) and of the server."""
     for _ in range(200):
@@ -103,14 +104,14 @@ async def _measure(
             await one()
 
     client0, server0 = cpu_seconds(os.getpid()), cpu_seconds(server_pid)
-    await asyncio.gather(*(worker(calls // CONCURRENCY) for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
     client1, server1 = cpu_seconds(os.getpid()), cpu_seconds(server_pid)
-    done = calls // CONCURRENCY * CONCURRENCY
+    done = calls // concurrency * concurrency
     return 1e6 * (client1 - client0) / done, 1e6 * (server1 - server0) / done
 
 
 async def _hops(
-    grpc_port: int, http_port: int, grpc_pid: int, http_pid: int, calls: int
+    grpc_port: int, http_port: int, grpc_pid: int, http_pid: int, calls: int, concurrency: int
 ) -> dict[str, tuple[float, float]]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
     unary: Any = channel.unary_unary("/floor.Floor/Unary")
@@ -132,10 +133,13 @@ async def _hops(
             async with session.post(url, data=PAYLOAD) as response:
                 await response.read()
 
+        def measured(one: Callable[[], Awaitable[object]], pid: int) -> Awaitable[Any]:
+            return _measure(one, calls, concurrency, pid)
+
         results = {
-            "gRPC unary call": await _measure(lambda: unary(PAYLOAD), calls, grpc_pid),
-            "gRPC stream, two round trips": await _measure(one_stream, calls, grpc_pid),
-            "HTTP POST (aiohttp)": await _measure(one_post, calls, http_pid),
+            "gRPC unary call": await measured(lambda: unary(PAYLOAD), grpc_pid),
+            "gRPC stream, two round trips": await measured(one_stream, grpc_pid),
+            "HTTP POST (aiohttp)": await measured(one_post, http_pid),
         }
     await channel.close()
     return results
@@ -145,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     ready: Queue[int] = context.Queue()
@@ -159,14 +164,19 @@ def main() -> None:
     grpc_pid, http_pid = (server.pid for server in servers)
     assert grpc_pid is not None and http_pid is not None
     try:
-        runs = [
-            uvloop.run(_hops(grpc_port, http_port, grpc_pid, http_pid, args.calls))
-            for _ in range(args.runs)
-        ]
+        for concurrency in args.concurrency:
+            runs = [
+                uvloop.run(_hops(grpc_port, http_port, grpc_pid, http_pid, args.calls, concurrency))
+                for _ in range(args.runs)
+            ]
+            report(runs, concurrency)
     finally:
         for server in servers:
             server.kill()
-    print(f"CPU µs per hop, median of {args.runs} runs of {args.calls} calls ({CONCURRENCY} open)")
+
+
+def report(runs: list[dict[str, tuple[float, float]]], concurrency: int) -> None:
+    print(f"{concurrency} call(s) at once: CPU µs per hop, median of {len(runs)} runs")
     totals: dict[str, float] = {}
     for hop in runs[0]:
         caller = statistics.median(run[hop][0] for run in runs)
@@ -179,7 +189,7 @@ def main() -> None:
         + totals["gRPC stream, two round trips"]
         + 2 * totals["HTTP POST (aiohttp)"]
     )
-    print(f"floor: transport_cpu_ms_per_lead={lead / 1000:.2f}")
+    print(f"floor: concurrency={concurrency} transport_cpu_ms_per_lead={lead / 1000:.2f}")
 
 
 if __name__ == "__main__":
