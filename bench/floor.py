@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import statistics
 from collections.abc import Awaitable, Callable
 from multiprocessing.queues import Queue
@@ -31,21 +30,9 @@ import grpc
 import uvloop
 from aiohttp import web
 
+from bench.run import cpu_seconds, free_port
+
 PAYLOAD = b"x" * 600
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _grpc_server(port: int, ready: Queue[int]) -> None:
