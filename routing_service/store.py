@@ -17,29 +17,33 @@ Every write transaction starts with a write statement, so SQLite takes its write
 (waiting on busy_timeout) instead of failing to upgrade a read snapshot.
 
 Cost (issue 14): a lead of a flow with caps and a duplicate check runs about a dozen statements
-here, so each must be cheap. The hot statements are built once, with bind parameters, on Core
-tables (SQLAlchemy then reuses their compiled form instead of building, hashing and looking up
-a new statement per call), and each transaction runs as one synchronous function: on SQLite whole
-in one worker thread on a pysqlite engine (aiosqlite hands every statement, fetch and cursor
-close over to its thread and back separately), on PostgreSQL in one greenlet (`run_sync`).
-SQLite's write transactions of this process also queue on an asyncio lock: a writer that finds
-SQLite's lock taken polls for it in its busy handler with sleeps of up to 100 ms.
+here, so each must be cheap. The statements of a lead's transactions are built once on Core
+tables (the schema's one home) and compiled once per dialect into SQL text (`_Sql`); they run
+on the driver's own connection with plain parameters (datetimes converted once by the column
+type's own processor, rows read back as the driver gives them): no SQLAlchemy execution context,
+cache key or result processing per statement. Each transaction runs as one synchronous function
+over `_Tx`: on SQLite whole in one worker thread on a pysqlite connection, on PostgreSQL in one
+greenlet on the asyncpg connection. SQLite's write transactions of this process also queue on an
+asyncio lock: a writer that finds SQLite's lock taken polls for it in its busy handler with
+sleeps of up to 100 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+import sqlite3
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    TupleType,
     and_,
     bindparam,
     case,
@@ -52,7 +56,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from leadflow import db
 from routing_service.caps import CapRule, Claim
@@ -128,16 +135,117 @@ def _ordered(claims: Sequence[Claim]) -> list[Claim]:
     return sorted(claims, key=lambda c: (c.rule.key, c.window))
 
 
-class _Statements:
-    """The statements of the per-lead path, built once per dialect with bind parameters."""
+class _Slot:
+    """Where a call's parameter goes in a compiled statement: `params[name]`, or one element
+    of an expanding IN list (`params[name][index]`, `[index][part]` for a tuple)."""
 
-    def __init__(self, postgres: bool) -> None:
+    __slots__ = ("index", "name", "part")
+
+    def __init__(self, name: str, index: int = -1, part: int = -1) -> None:
+        self.name, self.index, self.part = name, index, part
+
+    def take(self, params: Mapping[str, Any]) -> Any:
+        value = params[self.name]
+        if self.index >= 0:
+            value = value[self.index]
+            if self.part >= 0:
+                value = value[self.part]
+        return value
+
+
+class _Sql:
+    """A statement compiled once for one dialect into its SQL text and the place of each
+    parameter (a statement with an expanding IN list once per list length). `bind` lays out a
+    call's parameters for the driver; constants of the statement are filled in."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        self._compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        binds = self._compiled.bind_names
+        self._required = [(name, bind) for bind, name in binds.items() if bind.required]
+        self._expanding = [name for name, bind in self._required if bind.expanding]
+        self._layouts: dict[tuple[int, ...], tuple[str, list[Any]]] = {}
+
+    def _layout(self, lengths: tuple[int, ...]) -> tuple[str, list[Any]]:
+        found = self._layouts.get(lengths)
+        if found is not None:
+            return found
+        size = dict(zip(self._expanding, lengths, strict=True))
+        markers: dict[str, Any] = {}
+        for name, bind in self._required:
+            if not bind.expanding:
+                markers[name] = _Slot(name)
+            elif isinstance(bind.type, TupleType):
+                parts = len(bind.type.types)
+                markers[name] = [
+                    tuple(_Slot(name, i, j) for j in range(parts)) for i in range(size[name])
+                ]
+            else:
+                markers[name] = [_Slot(name, i) for i in range(size[name])]
+        compiled = self._compiled
+        params = compiled.construct_params(markers)
+        if self._expanding:
+            state = compiled.construct_expanded_state(params)
+            layout = (state.statement, list(state.positional_parameters))
+        else:
+            layout = (compiled.string, [params[name] for name in compiled.positiontup])
+        self._layouts[lengths] = layout
+        return layout
+
+    def bind(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        text, slots = self._layout(tuple(len(params[name]) for name in self._expanding))
+        return text, [s.take(params) if type(s) is _Slot else s for s in slots]
+
+
+class _Tx(Protocol):
+    """The statements of one transaction, on the driver's connection."""
+
+    def rows(self, sql: _Sql, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]: ...
+
+    def run(self, sql: _Sql, params: Mapping[str, Any]) -> None: ...
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._cursor = conn.cursor()
+
+    def rows(self, sql: _Sql, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        return self._cursor.execute(*sql.bind(params)).fetchall()
+
+    def run(self, sql: _Sql, params: Mapping[str, Any]) -> None:
+        self._cursor.execute(*sql.bind(params))
+
+
+class _AsyncpgTx:
+    """Runs inside `greenlet_spawn`: each statement awaits the asyncpg connection directly."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def rows(self, sql: _Sql, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        text, args = sql.bind(params)
+        rows: Sequence[Sequence[Any]] = await_only(self._conn.fetch(text, *args))
+        return rows
+
+    def run(self, sql: _Sql, params: Mapping[str, Any]) -> None:
+        text, args = sql.bind(params)
+        await_only(self._conn.execute(text, *args))
+
+
+class _Statements:
+    """The statements of a lead's transactions, built once and compiled for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        postgres = dialect.name == "postgresql"
         insert = postgresql.insert if postgres else sqlite.insert
         counter, hold, dup, sale = COUNTERS.c, HOLDS.c, DUPLICATES.c, SALES.c
+        self._dialect = dialect
         self._insert = insert
-        self._takes: dict[tuple[bool, bool], Any] = {}
+        self._takes: dict[tuple[bool, bool], _Sql] = {}
 
-        self.hold = (
+        def sql(statement: Executable) -> _Sql:
+            return _Sql(statement, dialect)
+
+        self.hold = sql(
             insert(HOLDS)
             .values(
                 lead_id=bindparam("lead_id"),
@@ -151,10 +259,10 @@ class _Statements:
             .returning(hold.lead_id)
         )
         returned = (hold.scope, hold.cap_key, hold.window_start, hold.micros)
-        self.drop_holds = (
+        self.drop_holds = sql(
             delete(HOLDS).where(hold.lead_id == bindparam("lead_id")).returning(*returned)
         )
-        self.drop_scoped_holds = (
+        self.drop_scoped_holds = sql(
             delete(HOLDS)
             .where(
                 hold.lead_id == bindparam("lead_id"),
@@ -162,7 +270,7 @@ class _Statements:
             )
             .returning(*returned)
         )
-        self.drop_holds_except = (
+        self.drop_holds_except = sql(
             delete(HOLDS)
             .where(
                 hold.lead_id == bindparam("lead_id"),
@@ -170,7 +278,15 @@ class _Statements:
             )
             .returning(*returned)
         )
-        self.keep_holds = (
+        self.drop_hold = sql(
+            delete(HOLDS).where(
+                hold.lead_id == bindparam("lead_id"),
+                hold.scope == bindparam("scope"),
+                hold.cap_key == bindparam("key"),
+                hold.window_start == bindparam("window"),
+            )
+        )
+        self.keep_holds = sql(
             update(HOLDS)
             .where(
                 hold.lead_id == bindparam("held_lead"),
@@ -178,7 +294,7 @@ class _Statements:
             )
             .values(expires_time=bindparam("until"))
         )
-        self.move = (
+        self.move = sql(
             update(COUNTERS)
             .where(counter.cap_key == bindparam("key"), counter.window_start == bindparam("window"))
             .values(
@@ -192,7 +308,7 @@ class _Statements:
                 + bindparam("add_micros", type_=counter.used_micros.type),
             )
         )
-        self.ensure_counter = (
+        self.ensure_counter = sql(
             insert(COUNTERS)
             .values(
                 cap_key=bindparam("key"),
@@ -205,20 +321,43 @@ class _Statements:
             )
             .on_conflict_do_nothing(index_elements=["cap_key", "window_start"])
         )
-        self.usage = select(
-            counter.cap_key,
-            counter.window_start,
-            counter.used_leads + counter.held_leads,
-            counter.used_micros + counter.held_micros,
-        ).where(
-            tuple_(counter.cap_key, counter.window_start).in_(bindparam("pairs", expanding=True))
+        self.usage = sql(
+            select(
+                counter.cap_key,
+                counter.window_start,
+                counter.used_leads + counter.held_leads,
+                counter.used_micros + counter.held_micros,
+            ).where(
+                tuple_(counter.cap_key, counter.window_start).in_(
+                    bindparam("pairs", expanding=True)
+                )
+            )
         )
-        self.counter = select(
-            counter.used_leads, counter.used_micros, counter.held_leads, counter.held_micros
-        ).where(counter.cap_key == bindparam("key"), counter.window_start == bindparam("window"))
+        self.expired = sql(
+            select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
+            .where(
+                tuple_(hold.cap_key, hold.window_start).in_(bindparam("pairs", expanding=True)),
+                hold.expires_time < bindparam("now", type_=hold.expires_time.type),
+            )
+            .group_by(hold.cap_key, hold.window_start)
+        )
+        lapsed = (
+            select(hold.lead_id, hold.scope, hold.cap_key)
+            .where(
+                hold.cap_key == bindparam("key"),
+                hold.window_start == bindparam("window"),
+                hold.expires_time < bindparam("now", type_=hold.expires_time.type),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        self.sweep = sql(
+            delete(HOLDS)
+            .where(tuple_(hold.lead_id, hold.scope, hold.cap_key).in_(lapsed))
+            .returning(hold.micros)
+        )
 
         claim = insert(DUPLICATES)
-        self.claim_duplicate = (
+        self.claim_duplicate = sql(
             claim.values(
                 flow_id=bindparam("flow_id"),
                 digest=bindparam("digest"),
@@ -244,25 +383,30 @@ class _Statements:
             dup.digest == bindparam("dup_digest"),
             dup.lead_id == bindparam("dup_lead"),
         )
-        self.commit_duplicate = (
+        self.commit_duplicate = sql(
             update(DUPLICATES)
             .where(held_by)
             .values(committed=True, expires_time=bindparam("until", type_=dup.expires_time.type))
         )
-        self.drop_duplicate = delete(DUPLICATES).where(held_by)
+        self.drop_duplicate = sql(delete(DUPLICATES).where(held_by))
 
         count = insert(SALES)
-        self.count_sale = count.values(
-            flow_id=bindparam("flow_id"),
-            stage_index=bindparam("stage_index"),
-            buyer_id=bindparam("buyer_id"),
-            day=bindparam("day"),
-            sales=1,
-            last_sold_time=bindparam("when"),
-        ).on_conflict_do_update(
-            index_elements=["flow_id", "stage_index", "buyer_id", "day"],
-            set_={"sales": sale.sales + 1, "last_sold_time": count.excluded.last_sold_time},
+        self.count_sale = sql(
+            count.values(
+                flow_id=bindparam("flow_id"),
+                stage_index=bindparam("stage_index"),
+                buyer_id=bindparam("buyer_id"),
+                day=bindparam("day"),
+                sales=1,
+                last_sold_time=bindparam("when"),
+            ).on_conflict_do_update(
+                index_elements=["flow_id", "stage_index", "buyer_id", "day"],
+                set_={"sales": sale.sales + 1, "last_sold_time": count.excluded.last_sold_time},
+            )
         )
+        self.counter = select(
+            counter.used_leads, counter.used_micros, counter.held_leads, counter.held_micros
+        ).where(counter.cap_key == bindparam("key"), counter.window_start == bindparam("window"))
         self.sales_on = select(sale.buyer_id, sale.sales).where(
             sale.flow_id == bindparam("flow_id"),
             sale.stage_index == bindparam("stage_index"),
@@ -276,7 +420,7 @@ class _Statements:
             .group_by(sale.buyer_id)
         )
 
-    def take(self, leads: bool, micros: bool) -> Any:
+    def take(self, leads: bool, micros: bool) -> _Sql:
         """Create the window's counter holding this claim, or add the claim to it if it fits:
         one statement, so the check and the increment are one atomic step. Returns a row when
         taken. Built per kind of limit (leads, money, both, none)."""
@@ -316,8 +460,9 @@ class _Statements:
             )
             .returning(counter.cap_key)
         )
-        self._takes[(leads, micros)] = statement
-        return statement
+        compiled = _Sql(statement, self._dialect)
+        self._takes[(leads, micros)] = compiled
+        return compiled
 
 
 def _fits_empty(claim: Claim) -> bool:
@@ -337,11 +482,29 @@ def _reading(engine: Engine, work: Callable[[Connection], T]) -> T:
         return work(conn)
 
 
+def _sqlite_run(engine: Engine, work: Callable[[_Tx], T], commit: bool) -> T:
+    """`work` on a pooled pysqlite connection: committed (`commit`) or rolled back."""
+    conn = engine.raw_connection()
+    try:
+        driver = conn.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        result = work(_SqliteTx(driver))
+        if commit:
+            conn.commit()
+        return result
+    finally:
+        conn.close()  # rolls back what is not committed
+
+
 class RoutingStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._sql = _Statements(self._postgres)
+        self._sql = _Statements(engine.dialect)
+        # A datetime parameter as the driver takes it (SQLite: text in SQLAlchemy's format).
+        self._time: Callable[[datetime], Any] = HOLDS.c.expires_time.type.dialect_impl(
+            engine.dialect
+        ).bind_processor(engine.dialect) or (lambda value: value)
         # SQLite: transactions run whole in a worker thread on a pysqlite engine of the same
         # file, and this process's writers queue here rather than in SQLite's busy handler.
         self._sync: Engine | None = None
@@ -363,18 +526,35 @@ class RoutingStore:
             self._sync.dispose()
         await self._engine.dispose()
 
-    async def _write(self, work: Callable[[Connection], T], one_statement: bool = False) -> T:
-        """`work` in one write transaction; an exception rolls it back. Work of one statement
-        runs in autocommit on PostgreSQL (the statement is atomic by itself): no BEGIN and
-        COMMIT round trips."""
+    async def _run(
+        self, work: Callable[[_Tx], T], write: bool = True, one_statement: bool = False
+    ) -> T:
+        """`work` on the driver's connection: in one write transaction (`write`; an exception
+        rolls it back), or reading only. Reads, and writes of one statement (atomic by
+        themselves), run in autocommit on PostgreSQL: no BEGIN and COMMIT round trips."""
+        if self._sync is not None:
+            run = partial(_sqlite_run, self._sync, work, write)
+            loop = asyncio.get_running_loop()
+            if not write:
+                return await loop.run_in_executor(None, run)
+            assert self._write_lock is not None
+            async with self._write_lock:
+                return await loop.run_in_executor(None, run)
+        async with self._engine.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            tx = _AsyncpgTx(raw)
+            if not write or one_statement:
+                return await greenlet_spawn(work, tx)
+            async with raw.transaction():
+                return await greenlet_spawn(work, tx)
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one write transaction on SQLAlchemy's connection (what a lead's path does
+        not run); an exception rolls it back."""
         if self._sync is not None:
             assert self._write_lock is not None
             async with self._write_lock:
                 return await asyncio.to_thread(_transaction, self._sync, work)
-        if one_statement:
-            async with self._engine.connect() as conn:
-                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await autocommit.run_sync(work)
         async with self._engine.begin() as conn:
             return await conn.run_sync(work)
 
@@ -388,45 +568,36 @@ class RoutingStore:
 
     # --- caps ---------------------------------------------------------------------------------
 
-    def _take(self, conn: Connection, claim: Claim) -> bool:
+    def _take(self, tx: _Tx, claim: Claim, window: Any) -> bool:
         """Count one more lead (and its money) as held on the claim's window; False when full."""
         if not _fits_empty(claim):
             return False
         max_leads, max_micros = claim.limit
         statement = self._sql.take(max_leads is not None, max_micros is not None)
-        row = conn.execute(
+        rows = tx.rows(
             statement,
             {
                 "key": claim.rule.key,
-                "window": claim.window,
-                "window_end": claim.rule.window_end(claim.window),
+                "window": window,
+                "window_end": self._time(claim.rule.window_end(claim.window)),
                 "micros": claim.micros,
                 "max_leads": max_leads,
                 "max_micros": max_micros,
             },
-        ).first()
-        return row is not None
+        )
+        return bool(rows)
 
-    def _sweep(self, conn: Connection, key: str, window: datetime, now: datetime) -> int:
+    def _sweep(self, tx: _Tx, key: str, window: Any, now: Any) -> int:
         """Give back what expired holds on one window kept (their gateway never settled).
+        `window` and `now` as the driver takes them.
 
         A hold its late gateway is settling right now is locked by that settlement and skipped
         (PostgreSQL SKIP LOCKED): the settlement gives it back, and waiting for it here while
         holding the counter's row lock could deadlock with it.
         """
-        hold = HOLDS.c
-        lapsed = (
-            select(hold.lead_id, hold.scope, hold.cap_key)
-            .where(hold.cap_key == key, hold.window_start == window, hold.expires_time < now)
-            .with_for_update(skip_locked=True)
-        )
-        rows = conn.execute(
-            delete(HOLDS)
-            .where(tuple_(hold.lead_id, hold.scope, hold.cap_key).in_(lapsed))
-            .returning(hold.micros)
-        ).all()
+        rows = tx.rows(self._sql.sweep, {"key": key, "window": window, "now": now})
         if rows:
-            conn.execute(
+            tx.run(
                 self._sql.move,
                 {
                     "key": key,
@@ -442,60 +613,62 @@ class RoutingStore:
 
     def _reserve_in(
         self,
-        conn: Connection,
+        tx: _Tx,
         lead_id: str,
         scope: str,
         claims: Sequence[Claim],
-        expires: datetime,
-        now: datetime,
+        expires: Any,
+        now: Any,
     ) -> None:
+        """`expires` and `now` as the driver takes them."""
         for claim in _ordered(claims):
-            inserted = conn.execute(
+            window = self._time(claim.window)
+            inserted = tx.rows(
                 self._sql.hold,
                 {
                     "lead_id": lead_id,
                     "scope": scope,
                     "cap_key": claim.rule.key,
-                    "window_start": claim.window,
+                    "window_start": window,
                     "micros": claim.micros,
                     "expires_time": expires,
                 },
-            ).first()
-            if inserted is None:
+            )
+            if not inserted:
                 continue  # a retried request: this lead already holds the cap
-            if self._take(conn, claim):
+            if self._take(tx, claim, window):
                 continue
-            if self._sweep(conn, claim.rule.key, claim.window, now) and self._take(conn, claim):
+            if self._sweep(tx, claim.rule.key, window, now) and self._take(tx, claim, window):
                 continue
             raise _Refused(Refusal("caps", claim.rule.reason, claim.rule), claim)
 
     def _try_reserve(
         self,
-        conn: Connection,
+        tx: _Tx,
         lead_id: str,
         scope: str,
         claims: Sequence[Claim],
-        expires: datetime,
-        now: datetime,
+        expires: Any,
+        now: Any,
     ) -> Refusal | None:
         """`_reserve_in` inside a larger transaction that must not fail with it: a refusal
         undoes this scope's holds (the claims taken before the full one are given back; the
         full one's hold row, never counted, is deleted) and is returned."""
         try:
-            self._reserve_in(conn, lead_id, scope, claims, expires, now)
+            self._reserve_in(tx, lead_id, scope, claims, expires, now)
         except _Refused as refused:
             failed = refused.claim
             assert failed is not None
-            hold = HOLDS.c
-            conn.execute(
-                delete(HOLDS).where(
-                    hold.lead_id == lead_id,
-                    hold.scope == scope,
-                    hold.cap_key == failed.rule.key,
-                    hold.window_start == failed.window,
-                )
+            tx.run(
+                self._sql.drop_hold,
+                {
+                    "lead_id": lead_id,
+                    "scope": scope,
+                    "key": failed.rule.key,
+                    "window": self._time(failed.window),
+                },
             )
-            self._settle_holds(conn, lead_id, [scope], [])
+            self._settle_holds(tx, lead_id, [scope], [])
             return refused.refusal
         return None
 
@@ -506,19 +679,20 @@ class RoutingStore:
         if not claims:
             return None
         now = datetime.now(UTC)
+        expires, at = self._time(now + ttl), self._time(now)
 
-        def work(conn: Connection) -> None:
-            self._reserve_in(conn, lead_id, scope, claims, now + ttl, now)
+        def work(tx: _Tx) -> None:
+            self._reserve_in(tx, lead_id, scope, claims, expires, at)
 
         try:
-            await self._write(work)
+            await self._run(work)
         except _Refused as refused:
             return refused.refusal
         return None
 
     def _settle_holds(
         self,
-        conn: Connection,
+        tx: _Tx,
         lead_id: str,
         scopes: Collection[str] | None,
         commit: Collection[str],
@@ -534,18 +708,18 @@ class RoutingStore:
         Counters are updated in the one global key order, like reservations.
         """
         if scopes is not None:
-            held = conn.execute(
+            held = tx.rows(
                 self._sql.drop_scoped_holds, {"lead_id": lead_id, "scopes": list(scopes)}
-            ).all()
+            )
         elif keep:
-            held = conn.execute(
-                self._sql.drop_holds_except, {"lead_id": lead_id, "keep": list(keep)}
-            ).all()
+            held = tx.rows(self._sql.drop_holds_except, {"lead_id": lead_id, "keep": list(keep)})
         else:
-            held = conn.execute(self._sql.drop_holds, {"lead_id": lead_id}).all()
-        amounts = {(c.rule.key, c.window): c.micros for c in final}
+            held = tx.rows(self._sql.drop_holds, {"lead_id": lead_id})
+        # Windows as the driver hands them back and takes them (SQLite: text), compared so too.
+        finals = [((c.rule.key, self._time(c.window)), c) for c in final]
+        amounts = {pair: c.micros for pair, c in finals}
         # Per window: [held leads, held micros] to give back, [used leads, used micros] to add.
-        deltas: dict[tuple[str, datetime], list[int]] = {}
+        deltas: dict[tuple[str, Any], list[int]] = {}
         committed = released = 0
         for scope, key, window, micros in held:
             delta = deltas.setdefault((key, window), [0, 0, 0, 0])
@@ -557,23 +731,23 @@ class RoutingStore:
                 committed += 1
             else:
                 released += 1
-        lapsed = [c for c in final if (c.rule.key, c.window) not in deltas]
-        for claim in lapsed:
-            deltas[(claim.rule.key, claim.window)] = [0, 0, 1, claim.micros]
+        lapsed = [(pair, c) for pair, c in finals if pair not in deltas]
+        for pair, claim in lapsed:
+            deltas[pair] = [0, 0, 1, claim.micros]
             committed += 1
-        for claim in sorted(lapsed, key=lambda c: (c.rule.key, c.window)):
-            conn.execute(
+        for (key, window), claim in sorted(lapsed, key=lambda lapse: lapse[0]):
+            tx.run(
                 self._sql.ensure_counter,
                 {
-                    "key": claim.rule.key,
-                    "window": claim.window,
-                    "window_end": claim.rule.window_end(claim.window),
+                    "key": key,
+                    "window": window,
+                    "window_end": self._time(claim.rule.window_end(claim.window)),
                 },
             )
         for (key, window), (held_leads, held_micros, used_leads, used_micros) in sorted(
             deltas.items()
         ):
-            conn.execute(
+            tx.run(
                 self._sql.move,
                 {
                     "key": key,
@@ -591,12 +765,12 @@ class RoutingStore:
     ) -> int:
         """Commit (with the `final` amounts) or release one scope's holds."""
 
-        def work(conn: Connection) -> tuple[int, int]:
+        def work(tx: _Tx) -> tuple[int, int]:
             return self._settle_holds(
-                conn, lead_id, [scope], [scope] if commit else [], final if commit else ()
+                tx, lead_id, [scope], [scope] if commit else [], final if commit else ()
             )
 
-        committed, released = await self._write(work)
+        committed, released = await self._run(work)
         return committed + released
 
     async def usage(self, claims: Sequence[Claim]) -> set[tuple[str, datetime]]:
@@ -607,41 +781,39 @@ class RoutingStore:
         """
         if not claims:
             return set()
-        now = datetime.now(UTC)
-        return await self._read(lambda conn: self._full(conn, claims, now))
+        now = self._time(datetime.now(UTC))
+        return await self._run(lambda tx: self._full(tx, claims, now), write=False)
 
-    def _full(
-        self, conn: Connection, claims: Sequence[Claim], now: datetime
-    ) -> set[tuple[str, datetime]]:
+    def _full(self, tx: _Tx, claims: Sequence[Claim], now: Any) -> set[tuple[str, datetime]]:
         if not claims:
             return set()
-        pairs = list({(c.rule.key, c.window) for c in claims})
+        # Counters are keyed by the window as the driver hands it back (SQLite: text).
+        windows = {(c.rule.key, c.window): (c.rule.key, self._time(c.window)) for c in claims}
         counters = {
             (key, window): (int(leads), int(micros))
-            for key, window, leads, micros in conn.execute(self._sql.usage, {"pairs": pairs})
+            for key, window, leads, micros in tx.rows(
+                self._sql.usage, {"pairs": list(set(windows.values()))}
+            )
         }
-        full = [claim for claim in claims if not _fits(claim, counters)]
+        full = [c for c in claims if not _fits(c, counters.get(windows[(c.rule.key, c.window)]))]
         if not full:
             return set()
-        hold = HOLDS.c
         expired = {
             (key, window): (int(n), int(micros or 0))
-            for key, window, n, micros in conn.execute(
-                select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
-                .where(
-                    tuple_(hold.cap_key, hold.window_start).in_(
-                        [(c.rule.key, c.window) for c in full]
-                    ),
-                    hold.expires_time < now,
-                )
-                .group_by(hold.cap_key, hold.window_start)
+            for key, window, n, micros in tx.rows(
+                self._sql.expired,
+                {"pairs": list({windows[(c.rule.key, c.window)] for c in full}), "now": now},
             )
         }
         live = {
             pair: (leads - expired.get(pair, (0, 0))[0], micros - expired.get(pair, (0, 0))[1])
             for pair, (leads, micros) in counters.items()
         }
-        return {(c.rule.key, c.window) for c in full if not _fits(c, live)}
+        return {
+            (c.rule.key, c.window)
+            for c in full
+            if not _fits(c, live.get(windows[(c.rule.key, c.window)]))
+        }
 
     async def counter(self, key: str, window: datetime) -> tuple[int, int, int, int] | None:
         """(used leads, used micros, held leads, held micros) of one window: for tests and ops."""
@@ -678,39 +850,35 @@ class RoutingStore:
         stage's step caps) and the reservation of the step `first_offer` picks from that usage
         (the step the lead is offered first, when it is known without another round trip):
         one transaction where there were three."""
-        now = datetime.now(UTC)
+        if duplicate is None and not claims and first_offer is None:
+            return None, await self.usage(probe), None
+        moment = datetime.now(UTC)
+        now, expires = self._time(moment), self._time(moment + ttl)
 
-        def work(conn: Connection) -> tuple[set[tuple[str, datetime]], HeldStep | None]:
+        def work(tx: _Tx) -> tuple[set[tuple[str, datetime]], HeldStep | None]:
             if duplicate is not None:
-                self._claim_duplicate(conn, lead_id, duplicate, now, now + ttl)
-            self._reserve_in(conn, lead_id, LEAD_SCOPE, claims, now + ttl, now)
-            full = self._full(conn, probe, now)
+                self._claim_duplicate(tx, lead_id, duplicate, now, expires)
+            self._reserve_in(tx, lead_id, LEAD_SCOPE, claims, expires, now)
+            full = self._full(tx, probe, now)
             picked = first_offer(full) if first_offer is not None else None
             if picked is None:
                 return full, None
             scope, step_claims = picked
-            refusal = self._try_reserve(conn, lead_id, scope, step_claims, now + ttl, now)
+            refusal = self._try_reserve(tx, lead_id, scope, step_claims, expires, now)
             return full, HeldStep(scope, refusal)
 
-        if duplicate is None and not claims and first_offer is None:
-            return None, await self.usage(probe), None
         try:
             # Without caps to reserve the writes are one statement; the probe only reads.
             one = not claims and first_offer is None
-            full, held = await self._write(work, one_statement=one)
+            full, held = await self._run(work, one_statement=one)
         except _Refused as refused:
             return refused.refusal, set(), None
         return None, full, held
 
     def _claim_duplicate(
-        self,
-        conn: Connection,
-        lead_id: str,
-        duplicate: DuplicateClaim,
-        now: datetime,
-        hold_until: datetime,
+        self, tx: _Tx, lead_id: str, duplicate: DuplicateClaim, now: Any, hold_until: Any
     ) -> None:
-        row = conn.execute(
+        rows = tx.rows(
             self._sql.claim_duplicate,
             {
                 "flow_id": duplicate.flow_id,
@@ -719,8 +887,8 @@ class RoutingStore:
                 "expires_time": hold_until,
                 "now": now,
             },
-        ).first()
-        if row is None:
+        )
+        if not rows:
             raise _Refused(Refusal("duplicates", duplicate.reason))
 
     # --- the end of a lead --------------------------------------------------------------------
@@ -742,8 +910,9 @@ class RoutingStore:
         commit = {step_scope(sale.stage_index, sale.step_index) for sale in sales}
         if accepted:
             commit.add(LEAD_SCOPE)
+        sold_at = self._time(sold_time)
 
-        def work(conn: Connection) -> tuple[int, int]:
+        def work(tx: _Tx) -> tuple[int, int]:
             # The duplicate key before any counter, as in admission: one lock order.
             if duplicate is not None:
                 key = {
@@ -752,30 +921,35 @@ class RoutingStore:
                     "dup_lead": lead_id,
                 }
                 if accepted and duplicate_until is not None:
-                    conn.execute(self._sql.commit_duplicate, {**key, "until": duplicate_until})
+                    until = self._time(duplicate_until)
+                    tx.run(self._sql.commit_duplicate, {**key, "until": until})
                 else:
-                    conn.execute(self._sql.drop_duplicate, key)
+                    tx.run(self._sql.drop_duplicate, key)
             for sale in sorted(sales, key=lambda s: (s.flow_id, s.stage_index, s.buyer_id)):
-                conn.execute(
+                tx.run(
                     self._sql.count_sale,
                     {
                         "flow_id": sale.flow_id,
                         "stage_index": sale.stage_index,
                         "buyer_id": sale.buyer_id,
                         "day": sale.day,
-                        "when": sold_time,
+                        "when": sold_at,
                     },
                 )
             if unknown:
                 # SPEC 8.1: an offer whose fate is unknown keeps its holds, never lapsing, until
                 # ResolveStep commits or releases them (a hold already resolved is not here).
-                conn.execute(
+                tx.run(
                     self._sql.keep_holds,
-                    {"held_lead": lead_id, "held_scopes": list(unknown), "until": NEVER},
+                    {
+                        "held_lead": lead_id,
+                        "held_scopes": list(unknown),
+                        "until": self._time(NEVER),
+                    },
                 )
-            return self._settle_holds(conn, lead_id, None, commit, final, keep=unknown)
+            return self._settle_holds(tx, lead_id, None, commit, final, keep=unknown)
 
-        return await self._write(work)
+        return await self._run(work)
 
     # --- strategies' state --------------------------------------------------------------------
 
@@ -837,8 +1011,9 @@ class RoutingStore:
                 ).all()
             )
 
+        at = self._time(now)
         for key, window in sorted(await self._read(find)):
-            await self._write(partial(self._sweep, key=key, window=window, now=now))
+            await self._run(partial(self._sweep, key=key, window=self._time(window), now=at))
         day_ago = now - timedelta(days=1)
         oldest = (now - timedelta(days=SALES_KEPT_DAYS)).date().isoformat()
 
@@ -857,8 +1032,9 @@ def db_time(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _fits(claim: Claim, usage: dict[tuple[str, datetime], tuple[int, int]]) -> bool:
-    leads, micros = usage.get((claim.rule.key, claim.window), (0, 0))
+def _fits(claim: Claim, usage: tuple[int, int] | None) -> bool:
+    """Whether the claim fits on its window's usage (leads, micros; None: an empty window)."""
+    leads, micros = usage or (0, 0)
     max_leads, max_micros = claim.limit
     if max_leads is not None and leads + 1 > max_leads:
         return False
