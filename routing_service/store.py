@@ -125,9 +125,10 @@ FirstOffer = Callable[[set[tuple[str, datetime]]], tuple[str, Sequence[Claim]] |
 
 
 class _Refused(Exception):
-    def __init__(self, refusal: Refusal, claim: Claim | None = None) -> None:
+    def __init__(self, refusal: Refusal, untaken: Sequence[Claim] = ()) -> None:
         self.refusal = refusal
-        self.claim = claim  # the cap claim that did not fit
+        # The cap claims held but not counted: the one that did not fit and any after it.
+        self.untaken = untaken
 
 
 def _ordered(claims: Sequence[Claim]) -> list[Claim]:
@@ -203,6 +204,14 @@ class _Tx(Protocol):
 
     def run(self, sql: _Sql, params: Mapping[str, Any]) -> None: ...
 
+    def rows_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+        """`sql` once per parameter set, in order: the rows of all."""
+        ...
+
+    def run_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> None:
+        """`sql` once per parameter set, in order."""
+        ...
+
 
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -214,9 +223,17 @@ class _SqliteTx:
     def run(self, sql: _Sql, params: Mapping[str, Any]) -> None:
         self._cursor.execute(*sql.bind(params))
 
+    def rows_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+        return [row for one in params for row in self.rows(sql, one)]
+
+    def run_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> None:
+        for one in params:
+            self.run(sql, one)
+
 
 class _AsyncpgTx:
-    """Runs inside `greenlet_spawn`: each statement awaits the asyncpg connection directly."""
+    """Runs inside `greenlet_spawn`: each statement awaits the asyncpg connection directly.
+    A statement run for several parameter sets is sent in one pipelined round trip."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -230,6 +247,23 @@ class _AsyncpgTx:
         text, args = sql.bind(params)
         await_only(self._conn.execute(text, *args))
 
+    def rows_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+        if len(params) <= 1:
+            return self.rows(sql, params[0]) if params else []
+        bound = [sql.bind(one) for one in params]
+        rows: Sequence[Sequence[Any]] = await_only(
+            self._conn.fetchmany(bound[0][0], [args for _, args in bound])
+        )
+        return rows
+
+    def run_many(self, sql: _Sql, params: Sequence[Mapping[str, Any]]) -> None:
+        if len(params) <= 1:
+            if params:
+                self.run(sql, params[0])
+            return
+        bound = [sql.bind(one) for one in params]
+        await_only(self._conn.executemany(bound[0][0], [args for _, args in bound]))
+
 
 class _Statements:
     """The statements of a lead's transactions, built once and compiled for one dialect."""
@@ -238,9 +272,7 @@ class _Statements:
         postgres = dialect.name == "postgresql"
         insert = postgresql.insert if postgres else sqlite.insert
         counter, hold, dup, sale = COUNTERS.c, HOLDS.c, DUPLICATES.c, SALES.c
-        self._dialect = dialect
         self._insert = insert
-        self._takes: dict[tuple[bool, bool], _Sql] = {}
 
         def sql(statement: Executable) -> _Sql:
             return _Sql(statement, dialect)
@@ -256,7 +288,7 @@ class _Statements:
                 expires_time=bindparam("expires_time"),
             )
             .on_conflict_do_nothing(index_elements=["lead_id", "scope", "cap_key"])
-            .returning(hold.lead_id)
+            .returning(hold.cap_key)
         )
         returned = (hold.scope, hold.cap_key, hold.window_start, hold.micros)
         self.drop_holds = sql(
@@ -356,6 +388,42 @@ class _Statements:
             .returning(hold.micros)
         )
 
+        # Create the window's counter holding this claim, or add the claim to it if it fits:
+        # one statement, so the check and the increment are one atomic step. Returns a row
+        # when taken. A limit passed as NULL does not apply: one statement for every kind of
+        # cap, so that a lead's claims can be sent together (`_Tx.rows_many`).
+        take = insert(COUNTERS)
+        max_leads = bindparam("max_leads", type_=counter.used_leads.type)
+        max_micros = bindparam("max_micros", type_=counter.used_micros.type)
+        self.take = sql(
+            take.values(
+                cap_key=bindparam("key"),
+                window_start=bindparam("window"),
+                window_end=bindparam("window_end"),
+                used_leads=0,
+                used_micros=0,
+                held_leads=1,
+                held_micros=bindparam("micros"),
+            )
+            .on_conflict_do_update(
+                index_elements=["cap_key", "window_start"],
+                set_={
+                    "held_leads": counter.held_leads + 1,
+                    "held_micros": counter.held_micros + take.excluded.held_micros,
+                },
+                where=and_(
+                    max_leads.is_(None)
+                    | (counter.used_leads + counter.held_leads + 1 <= max_leads),
+                    max_micros.is_(None)
+                    | (
+                        counter.used_micros + counter.held_micros + take.excluded.held_micros
+                        <= max_micros
+                    ),
+                ),
+            )
+            .returning(counter.cap_key)
+        )
+
         claim = insert(DUPLICATES)
         self.claim_duplicate = sql(
             claim.values(
@@ -419,50 +487,6 @@ class _Statements:
             )
             .group_by(sale.buyer_id)
         )
-
-    def take(self, leads: bool, micros: bool) -> _Sql:
-        """Create the window's counter holding this claim, or add the claim to it if it fits:
-        one statement, so the check and the increment are one atomic step. Returns a row when
-        taken. Built per kind of limit (leads, money, both, none)."""
-        found = self._takes.get((leads, micros))
-        if found is not None:
-            return found
-        counter = COUNTERS.c
-        conditions = []
-        if leads:
-            conditions.append(
-                counter.used_leads + counter.held_leads + 1
-                <= bindparam("max_leads", type_=counter.used_leads.type)
-            )
-        take = self._insert(COUNTERS)
-        if micros:
-            conditions.append(
-                counter.used_micros + counter.held_micros + take.excluded.held_micros
-                <= bindparam("max_micros", type_=counter.used_micros.type)
-            )
-        statement = (
-            take.values(
-                cap_key=bindparam("key"),
-                window_start=bindparam("window"),
-                window_end=bindparam("window_end"),
-                used_leads=0,
-                used_micros=0,
-                held_leads=1,
-                held_micros=bindparam("micros"),
-            )
-            .on_conflict_do_update(
-                index_elements=["cap_key", "window_start"],
-                set_={
-                    "held_leads": counter.held_leads + 1,
-                    "held_micros": counter.held_micros + take.excluded.held_micros,
-                },
-                where=and_(*conditions) if conditions else None,
-            )
-            .returning(counter.cap_key)
-        )
-        compiled = _Sql(statement, self._dialect)
-        self._takes[(leads, micros)] = compiled
-        return compiled
 
 
 def _fits_empty(claim: Claim) -> bool:
@@ -568,24 +592,22 @@ class RoutingStore:
 
     # --- caps ---------------------------------------------------------------------------------
 
+    def _take_params(self, claim: Claim, window: Any) -> dict[str, Any]:
+        max_leads, max_micros = claim.limit
+        return {
+            "key": claim.rule.key,
+            "window": window,
+            "window_end": self._time(claim.rule.window_end(claim.window)),
+            "micros": claim.micros,
+            "max_leads": max_leads,
+            "max_micros": max_micros,
+        }
+
     def _take(self, tx: _Tx, claim: Claim, window: Any) -> bool:
         """Count one more lead (and its money) as held on the claim's window; False when full."""
         if not _fits_empty(claim):
             return False
-        max_leads, max_micros = claim.limit
-        statement = self._sql.take(max_leads is not None, max_micros is not None)
-        rows = tx.rows(
-            statement,
-            {
-                "key": claim.rule.key,
-                "window": window,
-                "window_end": self._time(claim.rule.window_end(claim.window)),
-                "micros": claim.micros,
-                "max_leads": max_leads,
-                "max_micros": max_micros,
-            },
-        )
-        return bool(rows)
+        return bool(tx.rows(self._sql.take, self._take_params(claim, window)))
 
     def _sweep(self, tx: _Tx, key: str, window: Any, now: Any) -> int:
         """Give back what expired holds on one window kept (their gateway never settled).
@@ -620,11 +642,23 @@ class RoutingStore:
         expires: Any,
         now: Any,
     ) -> None:
-        """`expires` and `now` as the driver takes them."""
+        """Hold every claim, then count them into their windows, in the global key order; a
+        full window is swept of lapsed holds and tried again. `expires` and `now` as the driver
+        takes them.
+
+        The holds are sent together, then the counters (PostgreSQL: one round trip each, so
+        the hot counter rows stay locked for one round trip and the commit). A claim after a
+        full one is taken too, which changes nothing: a refusal rolls back, or `_try_reserve`
+        gives back what the scope took."""
+        # One claim per cap: a second one's hold would conflict with the first's, never taken.
+        ordered: list[Claim] = []
         for claim in _ordered(claims):
-            window = self._time(claim.window)
-            inserted = tx.rows(
-                self._sql.hold,
+            if not ordered or ordered[-1].rule.key != claim.rule.key:
+                ordered.append(claim)
+        windows = [self._time(claim.window) for claim in ordered]
+        held = tx.rows_many(
+            self._sql.hold,
+            [
                 {
                     "lead_id": lead_id,
                     "scope": scope,
@@ -632,15 +666,31 @@ class RoutingStore:
                     "window_start": window,
                     "micros": claim.micros,
                     "expires_time": expires,
-                },
+                }
+                for claim, window in zip(ordered, windows, strict=True)
+            ],
+        )
+        # A claim whose hold was there already (a retried request) is held: nothing to count.
+        inserted = {row[0] for row in held}
+        pending = [
+            (claim, window)
+            for claim, window in zip(ordered, windows, strict=True)
+            if claim.rule.key in inserted
+        ]
+        fitting = [(claim, window) for claim, window in pending if _fits_empty(claim)]
+        taken = {
+            row[0]
+            for row in tx.rows_many(
+                self._sql.take, [self._take_params(claim, window) for claim, window in fitting]
             )
-            if not inserted:
-                continue  # a retried request: this lead already holds the cap
-            if self._take(tx, claim, window):
+        }
+        for n, (claim, window) in enumerate(pending):
+            if claim.rule.key in taken:
                 continue
             if self._sweep(tx, claim.rule.key, window, now) and self._take(tx, claim, window):
                 continue
-            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule), claim)
+            untaken = [claim] + [c for c, _ in pending[n + 1 :] if c.rule.key not in taken]
+            raise _Refused(Refusal("caps", claim.rule.reason, claim.rule), untaken)
 
     def _try_reserve(
         self,
@@ -652,21 +702,23 @@ class RoutingStore:
         now: Any,
     ) -> Refusal | None:
         """`_reserve_in` inside a larger transaction that must not fail with it: a refusal
-        undoes this scope's holds (the claims taken before the full one are given back; the
-        full one's hold row, never counted, is deleted) and is returned."""
+        undoes this scope's holds (the claims taken are given back; the hold rows of those
+        not taken, never counted, are deleted) and is returned."""
         try:
             self._reserve_in(tx, lead_id, scope, claims, expires, now)
         except _Refused as refused:
-            failed = refused.claim
-            assert failed is not None
-            tx.run(
+            assert refused.untaken
+            tx.run_many(
                 self._sql.drop_hold,
-                {
-                    "lead_id": lead_id,
-                    "scope": scope,
-                    "key": failed.rule.key,
-                    "window": self._time(failed.window),
-                },
+                [
+                    {
+                        "lead_id": lead_id,
+                        "scope": scope,
+                        "key": failed.rule.key,
+                        "window": self._time(failed.window),
+                    }
+                    for failed in refused.untaken
+                ],
             )
             self._settle_holds(tx, lead_id, [scope], [])
             return refused.refusal
@@ -744,19 +796,22 @@ class RoutingStore:
                     "window_end": self._time(claim.rule.window_end(claim.window)),
                 },
             )
-        for (key, window), (held_leads, held_micros, used_leads, used_micros) in sorted(
-            deltas.items()
-        ):
-            tx.run(
+        if deltas:
+            tx.run_many(
                 self._sql.move,
-                {
-                    "key": key,
-                    "window": window,
-                    "give_leads": held_leads,
-                    "give_micros": held_micros,
-                    "add_leads": used_leads,
-                    "add_micros": used_micros,
-                },
+                [
+                    {
+                        "key": key,
+                        "window": window,
+                        "give_leads": held_leads,
+                        "give_micros": held_micros,
+                        "add_leads": used_leads,
+                        "add_micros": used_micros,
+                    }
+                    for (key, window), (held_leads, held_micros, used_leads, used_micros) in sorted(
+                        deltas.items()
+                    )
+                ],
             )
         return committed, released
 
@@ -913,7 +968,8 @@ class RoutingStore:
         sold_at = self._time(sold_time)
 
         def work(tx: _Tx) -> tuple[int, int]:
-            # The duplicate key before any counter, as in admission: one lock order.
+            # The duplicate key before any counter, as in admission, then the counters, then the
+            # sales rows: one lock order.
             if duplicate is not None:
                 key = {
                     "dup_flow": duplicate.flow_id,
@@ -925,17 +981,6 @@ class RoutingStore:
                     tx.run(self._sql.commit_duplicate, {**key, "until": until})
                 else:
                     tx.run(self._sql.drop_duplicate, key)
-            for sale in sorted(sales, key=lambda s: (s.flow_id, s.stage_index, s.buyer_id)):
-                tx.run(
-                    self._sql.count_sale,
-                    {
-                        "flow_id": sale.flow_id,
-                        "stage_index": sale.stage_index,
-                        "buyer_id": sale.buyer_id,
-                        "day": sale.day,
-                        "when": sold_at,
-                    },
-                )
             if unknown:
                 # SPEC 8.1: an offer whose fate is unknown keeps its holds, never lapsing, until
                 # ResolveStep commits or releases them (a hold already resolved is not here).
@@ -947,7 +992,26 @@ class RoutingStore:
                         "until": self._time(NEVER),
                     },
                 )
-            return self._settle_holds(tx, lead_id, None, commit, final, keep=unknown)
+            settled = self._settle_holds(tx, lead_id, None, commit, final, keep=unknown)
+            # The sales last: a stage's sales row is as hot as its buyer's cap counter, and is
+            # then locked only for this statement and the commit.
+            if sales:
+                tx.run_many(
+                    self._sql.count_sale,
+                    [
+                        {
+                            "flow_id": sale.flow_id,
+                            "stage_index": sale.stage_index,
+                            "buyer_id": sale.buyer_id,
+                            "day": sale.day,
+                            "when": sold_at,
+                        }
+                        for sale in sorted(
+                            sales, key=lambda s: (s.flow_id, s.stage_index, s.buyer_id)
+                        )
+                    ],
+                )
+            return settled
 
         return await self._run(work)
 

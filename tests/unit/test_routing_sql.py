@@ -14,14 +14,13 @@ from routing_service.store import COUNTERS, _Sql, _Statements
 
 
 def test_parameters_are_laid_out_by_name_with_the_constants_filled_in() -> None:
-    take = _Statements(pysqlite.dialect()).take(leads=True, micros=False)
-    text, args = take.bind(
-        {"key": "k", "window": "w", "window_end": "e", "micros": 7, "max_leads": 3, "extra": 1}
-    )
+    take = _Statements(pysqlite.dialect()).take
+    params = {"key": "k", "window": "w", "window_end": "e", "micros": 7, "max_leads": 3}
+    text, args = take.bind({**params, "max_micros": None, "extra": 1})
     assert text.count("?") == len(args)
     # cap_key, window_start, window_end, used_leads=0, used_micros=0, held_leads=1, micros,
-    # held_leads + 1, used + held + 1 <= max_leads
-    assert args == ["k", "w", "e", 0, 0, 1, 7, 1, 1, 3]
+    # held_leads + 1, max_leads IS NULL OR used + held + 1 <= max_leads, max_micros IS NULL OR …
+    assert args == ["k", "w", "e", 0, 0, 1, 7, 1, 3, 1, 3, None, None]
 
 
 def test_postgresql_numbers_the_parameters_once_each() -> None:
@@ -60,12 +59,16 @@ def test_statements_run_on_the_driver_as_compiled() -> None:
     )
     sql = _Statements(pysqlite.dialect())
     window = sql_time(datetime(2026, 3, 1, 6, tzinfo=UTC))
-    params = {"key": "k", "window": window, "window_end": window, "micros": 5, "max_leads": 1}
-    take = sql.take(leads=True, micros=False)
-    assert conn.execute(*take.bind(params)).fetchall() == [("k",)]
-    assert conn.execute(*take.bind(params)).fetchall() == []  # full: one lead at most
+    params = {"key": "k", "window": window, "window_end": window, "micros": 5}
+    one_lead = {**params, "max_leads": 1, "max_micros": None}
+    assert conn.execute(*sql.take.bind(one_lead)).fetchall() == [("k",)]
+    assert conn.execute(*sql.take.bind(one_lead)).fetchall() == []  # full: one lead at most
+    no_limit = {**params, "max_leads": None, "max_micros": None}
+    assert conn.execute(*sql.take.bind(no_limit)).fetchall() == [("k",)]
+    ten_micros = {**params, "max_leads": None, "max_micros": 10}
+    assert conn.execute(*sql.take.bind(ten_micros)).fetchall() == []  # 10 held: no room for 5
     usage = conn.execute(*sql.usage.bind({"pairs": [("k", window), ("other", window)]}))
-    assert usage.fetchall() == [("k", window, 1, 5)]
+    assert usage.fetchall() == [("k", window, 2, 10)]
 
 
 def sql_time(value: datetime) -> str:
