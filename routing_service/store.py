@@ -51,8 +51,10 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    null,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -353,18 +355,15 @@ class _Statements:
             )
             .on_conflict_do_nothing(index_elements=["cap_key", "window_start"])
         )
-        self.usage = sql(
-            select(
-                counter.cap_key,
-                counter.window_start,
-                counter.used_leads + counter.held_leads,
-                counter.used_micros + counter.held_micros,
-            ).where(
-                tuple_(counter.cap_key, counter.window_start).in_(
-                    bindparam("pairs", expanding=True)
-                )
-            )
+        usage = select(
+            counter.cap_key,
+            counter.window_start,
+            counter.used_leads + counter.held_leads,
+            counter.used_micros + counter.held_micros,
+        ).where(
+            tuple_(counter.cap_key, counter.window_start).in_(bindparam("pairs", expanding=True))
         )
+        self.usage = sql(usage)
         self.expired = sql(
             select(hold.cap_key, hold.window_start, func.count(), func.sum(hold.micros))
             .where(
@@ -425,7 +424,7 @@ class _Statements:
         )
 
         claim = insert(DUPLICATES)
-        self.claim_duplicate = sql(
+        claim_duplicate = (
             claim.values(
                 flow_id=bindparam("flow_id"),
                 digest=bindparam("digest"),
@@ -446,6 +445,19 @@ class _Statements:
             )
             .returning(dup.lead_id)
         )
+        self.claim_duplicate = sql(claim_duplicate)
+        # PostgreSQL: the duplicate key claimed in a CTE of the usage read that follows it in
+        # admission (`usage`'s rows, then one row of NULLs and the number of keys claimed, 0 or
+        # 1): one round trip less. The read takes no lock; the key is the only row locked.
+        self.claim_and_usage: _Sql | None = None
+        if postgres:
+            claimed = claim_duplicate.cte("claimed")
+            self.claim_and_usage = sql(
+                union_all(
+                    usage,
+                    select(null(), null(), func.count(), null()).select_from(claimed),
+                )
+            )
         held_by = and_(
             dup.flow_id == bindparam("dup_flow"),
             dup.digest == bindparam("dup_digest"),
@@ -859,17 +871,30 @@ class RoutingStore:
         now = self._time(datetime.now(UTC))
         return await self._run(lambda tx: self._full(tx, claims, now), write=False)
 
-    def _full(self, tx: _Tx, claims: Sequence[Claim], now: Any) -> set[tuple[str, datetime]]:
+    def _full(
+        self,
+        tx: _Tx,
+        claims: Sequence[Claim],
+        now: Any,
+        duplicate: dict[str, Any] | None = None,
+    ) -> set[tuple[str, datetime]]:
+        """The claims' full windows. With `duplicate` (the parameters of the duplicate key's
+        claim, PostgreSQL) the key is claimed in the same statement (`claim_and_usage`)."""
         if not claims:
             return set()
         # Counters are keyed by the window as the driver hands it back (SQLite: text).
         windows = {(c.rule.key, c.window): (c.rule.key, self._time(c.window)) for c in claims}
-        counters = {
-            (key, window): (int(leads), int(micros))
-            for key, window, leads, micros in tx.rows(
-                self._sql.usage, {"pairs": list(set(windows.values()))}
-            )
-        }
+        pairs = list(set(windows.values()))
+        if duplicate is not None:
+            assert self._sql.claim_and_usage is not None
+            rows = tx.rows(self._sql.claim_and_usage, {**duplicate, "pairs": pairs})
+            # The claim's row is the one without a cap key: how many keys it claimed.
+            if not any(row[0] is None and row[2] for row in rows):
+                raise _Refused(Refusal("duplicates", duplicate["reason"]))
+            rows = [row for row in rows if row[0] is not None]
+        else:
+            rows = tx.rows(self._sql.usage, {"pairs": pairs})
+        counters = {(key, window): (int(leads), int(micros)) for key, window, leads, micros in rows}
         full = [c for c in claims if not _fits(c, counters.get(windows[(c.rule.key, c.window)]))]
         if not full:
             return set()
@@ -930,11 +955,24 @@ class RoutingStore:
         moment = datetime.now(UTC)
         now, expires = self._time(moment), self._time(moment + ttl)
 
+        key = None
+        if duplicate is not None:
+            key = {
+                "flow_id": duplicate.flow_id,
+                "digest": duplicate.digest,
+                "lead_id": lead_id,
+                "expires_time": expires,
+                "now": now,
+                "reason": duplicate.reason,
+            }
+        # PostgreSQL: the key claimed with the usage read when no cap is reserved between them.
+        with_usage = bool(key and probe and not claims and self._sql.claim_and_usage)
+
         def work(tx: _Tx) -> tuple[set[tuple[str, datetime]], HeldStep | None]:
-            if duplicate is not None:
-                self._claim_duplicate(tx, lead_id, duplicate, now, expires)
+            if key is not None and not with_usage:
+                self._claim_duplicate(tx, key)
             self._reserve_in(tx, lead_id, LEAD_SCOPE, claims, expires, now)
-            full = self._full(tx, probe, now)
+            full = self._full(tx, probe, now, key if with_usage else None)
             picked = first_offer(full) if first_offer is not None else None
             if picked is None:
                 return full, None
@@ -950,21 +988,9 @@ class RoutingStore:
             return refused.refusal, set(), None
         return None, full, held
 
-    def _claim_duplicate(
-        self, tx: _Tx, lead_id: str, duplicate: DuplicateClaim, now: Any, hold_until: Any
-    ) -> None:
-        rows = tx.rows(
-            self._sql.claim_duplicate,
-            {
-                "flow_id": duplicate.flow_id,
-                "digest": duplicate.digest,
-                "lead_id": lead_id,
-                "expires_time": hold_until,
-                "now": now,
-            },
-        )
-        if not rows:
-            raise _Refused(Refusal("duplicates", duplicate.reason))
+    def _claim_duplicate(self, tx: _Tx, key: dict[str, Any]) -> None:
+        if not tx.rows(self._sql.claim_duplicate, key):
+            raise _Refused(Refusal("duplicates", key["reason"]))
 
     # --- the end of a lead --------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from routing_service.caps import CapRule, Claim, window_start
 from routing_service.peers import Addresses, Peers
 from routing_service.router import Router, SoldStep
 from routing_service.routing import RoutingPlan, lead_claims
-from routing_service.store import LEAD_SCOPE, DuplicateClaim, RoutingStore
+from routing_service.store import LEAD_SCOPE, DuplicateClaim, HeldStep, RoutingStore
 from routing_service.tables import Base
 from tests.conftest import Database
 from tests.service.routing_helpers import (
@@ -222,6 +222,31 @@ async def test_twenty_identical_leads_at_once_claim_the_duplicate_key_once(
         refusals = [r for r in results if r is not None]
         assert len(refusals) == 19
         assert {(r.check, r.reason) for r in refusals} == {("duplicates", "Seen this one")}
+
+
+async def test_twenty_identical_leads_admitted_with_their_first_offer_hold_it_once(
+    database: Database,
+) -> None:
+    # Admission with a probe and a first offer (on PostgreSQL the key is claimed in the
+    # statement that reads the probe's counters): one lead wins the key and holds the step.
+    now = datetime.now(UTC)
+    rule = CapRule("buyer:acme:0", "buyer", "day", 1, "UTC", 100, None, None, "full")
+    step = [Claim(rule, rule.window(now), 1_000_000)]
+    async with stores(database, 2) as (one, two):
+        claim = DuplicateClaim("auto", "f" * 64, "Seen this one")
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).admit_and_probe(
+                    f"L{i}", claim, [], timedelta(minutes=5), step, lambda full: ("step:0:0", step)
+                )
+                for i in range(20)
+            )
+        )
+        admitted = [(full, held) for refusal, full, held in results if refusal is None]
+        assert admitted == [(set(), HeldStep("step:0:0", None))]
+        refusals = [refusal for refusal, _, _ in results if refusal is not None]
+        assert {(r.check, r.reason) for r in refusals} == {("duplicates", "Seen this one")}
+        assert await one.counter("buyer:acme:0", step[0].window) == (0, 0, 1, 1_000_000)
 
 
 async def test_a_released_duplicate_key_can_be_claimed_again_a_committed_one_cannot(
