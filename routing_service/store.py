@@ -25,7 +25,14 @@ cache key or result processing per statement. Each transaction runs as one synch
 over `_Tx`: on SQLite whole in one worker thread on a pysqlite connection, on PostgreSQL in one
 greenlet on the asyncpg connection. SQLite's write transactions of this process also queue on an
 asyncio lock: a writer that finds SQLite's lock taken polls for it in its busy handler with
-sleeps of up to 100 ms.
+sleeps of up to 100 ms. SQLAlchemy's per-statement SQL spans do not see these statements: a
+lead's admission and settlement have one span each instead.
+
+On PostgreSQL every round trip counts twice, in CPU (a socket write and a wake-up on both sides)
+and in how long the hot rows (a buyer's daily counter, a stage's sales row) stay locked: a
+reservation's holds and its counter takes are each sent together (`_Tx.rows_many`, pipelined), the
+duplicate key rides in the statement of the usage read (admission) or of the holds' deletion
+(settlement), and the hot rows are locked last, just before the commit.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from leadflow import db
+from leadflow import db, tracing
 from routing_service.caps import CapRule, Claim
 from routing_service.tables import Base
 
@@ -983,7 +990,9 @@ class RoutingStore:
         try:
             # Without caps to reserve the writes are one statement; the probe only reads.
             one = not claims and first_offer is None
-            full, held = await self._run(work, one_statement=one)
+            # One span per transaction: its statements bypass SQLAlchemy's per-statement spans.
+            with tracing.span("routing admission", lead_id):
+                full, held = await self._run(work, one_statement=one)
         except _Refused as refused:
             return refused.refusal, set(), None
         return None, full, held
@@ -1064,7 +1073,8 @@ class RoutingStore:
                 )
             return settled
 
-        return await self._run(work)
+        with tracing.span("routing settlement", lead_id):
+            return await self._run(work)
 
     # --- strategies' state --------------------------------------------------------------------
 
