@@ -35,7 +35,7 @@ from routing_service.caps import CapRule, Claim, window_start
 from routing_service.peers import Addresses, Peers
 from routing_service.router import Router, SoldStep
 from routing_service.routing import RoutingPlan, lead_claims
-from routing_service.store import LEAD_SCOPE, DuplicateClaim, RoutingStore
+from routing_service.store import LEAD_SCOPE, DuplicateClaim, HeldStep, RoutingStore
 from routing_service.tables import Base
 from tests.conftest import Database
 from tests.service.routing_helpers import (
@@ -224,6 +224,31 @@ async def test_twenty_identical_leads_at_once_claim_the_duplicate_key_once(
         assert {(r.check, r.reason) for r in refusals} == {("duplicates", "Seen this one")}
 
 
+async def test_twenty_identical_leads_admitted_with_their_first_offer_hold_it_once(
+    database: Database,
+) -> None:
+    # Admission with a probe and a first offer (on PostgreSQL the key is claimed in the
+    # statement that reads the probe's counters): one lead wins the key and holds the step.
+    now = datetime.now(UTC)
+    rule = CapRule("buyer:acme:0", "buyer", "day", 1, "UTC", 100, None, None, "full")
+    step = [Claim(rule, rule.window(now), 1_000_000)]
+    async with stores(database, 2) as (one, two):
+        claim = DuplicateClaim("auto", "f" * 64, "Seen this one")
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).admit_and_probe(
+                    f"L{i}", claim, [], timedelta(minutes=5), step, lambda full: ("step:0:0", step)
+                )
+                for i in range(20)
+            )
+        )
+        admitted = [(full, held) for refusal, full, held in results if refusal is None]
+        assert admitted == [(set(), HeldStep("step:0:0", None))]
+        refusals = [refusal for refusal, _, _ in results if refusal is not None]
+        assert {(r.check, r.reason) for r in refusals} == {("duplicates", "Seen this one")}
+        assert await one.counter("buyer:acme:0", step[0].window) == (0, 0, 1, 1_000_000)
+
+
 async def test_a_released_duplicate_key_can_be_claimed_again_a_committed_one_cannot(
     database: Database,
 ) -> None:
@@ -315,6 +340,42 @@ async def test_a_first_offer_refused_inside_admission_gives_back_its_taken_caps_
         assert await store.admit("L2", duplicate, [], ttl) is not None
         assert await store.settle_lead("L1", True, duplicate, now, [], now) == (1, 0)
         assert await store.counter("flow:f:0", flow_cap.window) == (1, 1_000_000, 0, 0)
+
+
+async def test_full_caps_before_and_after_a_taken_one_leave_every_counter_as_it_was(
+    database: Database,
+) -> None:
+    # A step's claims are held together and then counted together (in key order): a refusal
+    # gives back the one taken between two full ones and deletes the full ones' holds uncounted.
+    now = datetime.now(UTC)
+
+    def claim(key: str, max_leads: int | None, max_micros: int | None) -> Claim:
+        rule = CapRule(key, "buyer", "day", 1, "UTC", max_leads, max_micros, None, f"{key} full")
+        return Claim(rule, rule.window(now), 2_000_000)
+
+    first_full = claim("buyer:a:0", 0, None)  # no lead fits, not even into an empty window
+    roomy = claim("buyer:b:0", 5, None)
+    money_full = claim("buyer:c:0", None, 1_000_000)
+    last_full = claim("buyer:d:0", 1, None)
+    ttl = timedelta(minutes=5)
+    async with stores(database, 1) as (store,):
+        assert await store.reserve("L0", LEAD_SCOPE, [last_full], ttl) is None
+        offer = [money_full, last_full, roomy, first_full]
+        refusal, _, held = await store.admit_and_probe(
+            "L1", None, [], ttl, (), lambda full: ("step:0:0", offer)
+        )
+        assert refusal is None and held is not None and held.refusal is not None
+        assert held.refusal.reason == "buyer:a:0 full"  # the first in key order
+        assert await store.counter("buyer:a:0", first_full.window) is None
+        assert await store.counter("buyer:b:0", roomy.window) == (0, 0, 0, 0)
+        assert await store.counter("buyer:c:0", money_full.window) is None
+        assert await store.counter("buyer:d:0", last_full.window) == (0, 0, 1, 2_000_000)
+        # L1 holds nothing: settling it gives nothing back, and L0's hold is still counted.
+        assert await store.settle_lead("L1", False, None, None, [], now) == (0, 0)
+        assert await store.counter("buyer:d:0", last_full.window) == (0, 0, 1, 2_000_000)
+        # Without the full ones the step is taken, each cap once.
+        assert await store.reserve("L2", "step:0:0", [roomy, roomy], ttl) is None
+        assert await store.counter("buyer:b:0", roomy.window) == (0, 0, 1, 2_000_000)
 
 
 async def test_commit_counts_the_final_amount_and_release_gives_capacity_back(
