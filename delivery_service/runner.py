@@ -430,7 +430,7 @@ class BatchRunner:
                 now=now,
             )
             if done and batch.kind != "resend":
-                metrics.DELIVERIES.labels(target.buyer.id, target.kind, "success").inc(len(leads))
+                metrics.delivered(target.buyer.id, target.kind, "success").inc(len(leads))
             log.info(
                 "batch %s to buyer %s: delivered %d lead(s) as %s",
                 batch.id,
@@ -484,9 +484,7 @@ class BatchRunner:
             recovering_name=batch.remote_name if recovering else None,
             on_name=on_name,
         )
-        metrics.DELIVERY_SECONDS.labels(target.buyer.id, target.kind).observe(
-            perf_counter() - start
-        )
+        metrics.delivery_seconds(target.buyer.id, target.kind).observe(perf_counter() - start)
         return result, len(file.content)
 
     async def _renew(self, batch_id: str) -> None:
