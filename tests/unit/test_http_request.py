@@ -253,12 +253,12 @@ def test_described_url_follows_the_lead_values_in_it() -> None:
         {"type": "http", "method": "GET", "url": "https://buyer.example/leads?token=tk-123456"}
     )
     builder = RequestBuilder(spec)
-    for state in ("california", "texas", "california"):
+    for state, code in (("california", "CA"), ("texas", "TX"), ("california", "CA")):
         fields = parse_lead({"state": state})
         request = builder.build(fields, build_context(fields))
         first_line = request.described.splitlines()[0]
         assert first_line == f"GET {request.url.replace('tk-123456', MASK)}"
-        assert dict(parse_qsl(urlsplit(request.url).query))["state"] == fields["state"]["normal"]
+        assert dict(parse_qsl(urlsplit(request.url).query))["state"] == code
 
 
 def test_described_request_masks_a_url_password_and_token_parameter() -> None:
