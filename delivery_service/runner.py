@@ -573,10 +573,11 @@ class BatchRunner:
         metrics.OUTCOMES_UNREPORTED.set(await self._store.unreported_count())
 
     async def _due_runs(self, now: datetime) -> None:
+        scheduled = [t for t in self.buyers.values() if t.schedule != REALTIME]
+        if not scheduled:  # no schedule to look at (HTTP and real-time buyers only)
+            return
         states = await self._store.schedules()
-        for target in self.buyers.values():
-            if target.schedule == REALTIME:
-                continue
+        for target in scheduled:
             buyer = target.buyer
             zone = buyer_time_zone(self._config, buyer)
             state = states.get(buyer.id)
