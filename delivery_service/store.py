@@ -608,7 +608,14 @@ class DeliveryStore:
         if self._sync is not None:
             await asyncio.to_thread(_in_transaction, self._sync, work)
             return
-        # PostgreSQL: the transaction's statements in one greenlet.
+        # PostgreSQL: the transaction's statements in one greenlet. One statement (a lone
+        # delivery's write, say) is atomic by itself, asyncpg's executemany too: it runs in
+        # autocommit, without the BEGIN and COMMIT round trips.
+        if sum(1 for kind in (sent, answers, forgotten) if kind) == 1:
+            async with self._engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.run_sync(work)
+            return
         async with self._engine.begin() as conn:
             await conn.run_sync(work)
 
