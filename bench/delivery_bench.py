@@ -9,7 +9,8 @@ delivery_service` as processes of their own on 127.0.0.1, then for each concurre
 - delivery: DeliverLead over gRPC; the service renders the mapping, checks the address, POSTs,
   parses the answer with the buyer's response rules and records the attempt.
 
-Prints leads/s and p50/p95/p99 latency of both, and the overhead (delivery minus baseline).
+Prints leads/s and p50/p95/p99 latency of both, the delivery process's CPU ms per lead, and the
+overhead (delivery minus baseline).
 Traffic goes only to 127.0.0.1 and stops after `--leads` per run or `--max-seconds`.
 """
 
@@ -92,6 +93,7 @@ class Result:
     leads: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float | None = None  # the delivery process's CPU time during the run
 
     def line(self) -> str:
         ordered = sorted(self.latencies)
@@ -99,10 +101,15 @@ class Result:
         def pct(p: float) -> float:
             return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
+        cpu = (
+            f"  cpu={self.cpu_seconds * 1000 / self.leads:5.2f} ms/lead"
+            if self.cpu_seconds is not None
+            else ""
+        )
         return (
             f"{self.name:<9} c={self.concurrency:<3} leads={self.leads:<6} "
             f"rate={self.leads / self.seconds:8.0f}/s  p50={pct(0.50):6.2f} ms  "
-            f"p95={pct(0.95):6.2f} ms  p99={pct(0.99):6.2f} ms"
+            f"p95={pct(0.95):6.2f} ms  p99={pct(0.99):6.2f} ms{cpu}"
         )
 
     def p50(self) -> float:
@@ -133,6 +140,12 @@ async def drive(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return Result(name, concurrency, len(latencies), time.perf_counter() - started, latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lead_request(index: int) -> pb.DeliverLeadRequest:
@@ -197,7 +210,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
 
 
 async def measure(
-    buyer_port: int, delivery_port: int, leads: int, levels: list[int], max_seconds: float
+    buyer_port: int,
+    delivery_port: int,
+    delivery_pid: int,
+    leads: int,
+    levels: list[int],
+    max_seconds: float,
 ) -> list[Result]:
     buyer_url = f"http://127.0.0.1:{buyer_port}/leads"
     body = orjson.dumps({**{k: "x" for k in MAPPING}, "price": "20.00"})
@@ -228,7 +246,10 @@ async def measure(
         offset += 200
         for level in levels:
             results.append(await drive("baseline", direct, leads, level, max_seconds))
-            results.append(await drive("delivery", deliver, leads, level, max_seconds))
+            before = cpu_seconds(delivery_pid)
+            result = await drive("delivery", deliver, leads, level, max_seconds)
+            result.cpu_seconds = cpu_seconds(delivery_pid) - before
+            results.append(result)
             offset += leads
     return results
 
@@ -266,7 +287,14 @@ def main() -> None:
             wait_for_port(buyer_port, buyer)
             wait_for_port(delivery_port, delivery)
             results = asyncio.run(
-                measure(buyer_port, delivery_port, leads, args.concurrency, args.max_seconds)
+                measure(
+                    buyer_port,
+                    delivery_port,
+                    delivery.pid,
+                    leads,
+                    args.concurrency,
+                    args.max_seconds,
+                )
             )
         finally:
             for process in (delivery, buyer):

@@ -223,6 +223,14 @@ def mask_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     return masked
 
 
+def needs_mask(payload: Mapping[str, Any]) -> bool:
+    """Whether `mask_payload` would mask any value of the payload."""
+    return any(
+        needs_mask(value) if isinstance(value, Mapping) else SENSITIVE_NAME.search(key)
+        for key, value in payload.items()
+    )
+
+
 def mask_url(url: str) -> str:
     """The URL without its userinfo password or secret-looking query parameters."""
     parts = urlsplit(url)
@@ -238,9 +246,10 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def describe(method: str, url: str, headers: Mapping[str, str], body: bytes) -> str:
-    """A request as text: request line, headers (secret ones masked), blank line, body."""
-    lines = [f"{method} {mask_url(url)}"]
+def describe(method: str, masked_url: str, headers: Mapping[str, str], body: bytes) -> str:
+    """A request as text: request line (its URL masked by `mask_url`), headers (secret ones
+    masked), blank line, body."""
+    lines = [f"{method} {masked_url}"]
     for name, value in headers.items():
         lines.append(f"{name}: {MASK if SENSITIVE_NAME.search(name) else value}")
     text = "\n".join(lines) + "\n\n" + body.decode("utf-8", errors="replace")
@@ -372,6 +381,17 @@ class RequestBuilder:
         self._secrets = self._config_secrets(spec)
         # Decoded once, so a malformed secret stops the server at start rather than each lead.
         self._signing_key = webhook_key(spec.signing_secret) if spec.signing_secret else None
+        # Nesting only changes a mapping with a dot key; without one it would copy the dict.
+        self._nests = spec.nests_mapping and any("." in key for key in spec.mapping or {})
+        # Whether a mapping's rendered payload has values to mask: its keys, and so its shape,
+        # are the configuration's (every rendered value is text). None: the lead's own fields
+        # go out (no mapping), so it is looked at per lead.
+        self._masks: bool | None = None
+        if spec.mapping is not None:
+            shape = self._shape({key: "" for key in spec.mapping})
+            self._masks = mask_payload(shape) != shape
+        # The last URL shown masked: a URL without lead values is the same for every lead.
+        self._shown_url = ("", "")
 
     @staticmethod
     def _config_secrets(spec: HttpDelivery) -> tuple[str, ...]:
@@ -388,12 +408,19 @@ class RequestBuilder:
         # Very short secrets would mask ordinary text; they are masked by name instead.
         return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
 
+    def _shape(self, rendered: dict[str, Any]) -> dict[str, Any]:
+        # The configuration was refused at load if its keys cannot be nested.
+        return unflatten(rendered) if self._nests else rendered
+
     def payload(self, fields: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         if self._mapping is None:
             return plain_values(fields)
-        rendered = render_mapping(self._mapping, context)
-        # The configuration was refused at load if its keys cannot be nested.
-        return unflatten(rendered) if self.spec.nests_mapping else rendered
+        return self._shape(render_mapping(self._mapping, context))
+
+    def _masked_url(self, url: str) -> str:
+        if self._shown_url[0] != url:
+            self._shown_url = (url, mask_url(url))
+        return self._shown_url[1]
 
     def build(self, fields: Mapping[str, Any], context: Mapping[str, Any]) -> PreparedRequest:
         spec = self.spec
@@ -415,8 +442,14 @@ class RequestBuilder:
             headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
         elif spec.auth is not None:
             headers["Authorization"] = f"Bearer {spec.auth.token}"
-        shown_url, shown_body, _ = encode(spec.method, spec.format, base_url, mask_payload(payload))
-        described = describe(spec.method, shown_url, headers, shown_body)
+        masks = self._masks if self._masks is not None else needs_mask(payload)
+        if masks:
+            shown_url, shown_body, _ = encode(
+                spec.method, spec.format, base_url, mask_payload(payload)
+            )
+        else:  # the masked payload would be an equal copy, encoded the same
+            shown_url, shown_body = url, body
+        described = describe(spec.method, self._masked_url(shown_url), headers, shown_body)
         for secret in self._secrets:
             described = described.replace(secret, MASK)
         return PreparedRequest(spec.method, url, headers, body, described)
@@ -546,6 +579,13 @@ class HttpAdapter:
         self._session = session
         self._allow_private = allow_private_network
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
+        # The last URL as it goes on the wire: one without lead values is the same every time.
+        self._wire: tuple[str, URL] | None = None
+
+    def _wire_url(self, url: str) -> URL:
+        if self._wire is None or self._wire[0] != url:
+            self._wire = (url, wire_url(url))
+        return self._wire[1]
 
     async def deliver(
         self, fields: Mapping[str, Any], context: Mapping[str, Any], message_id: str
@@ -593,7 +633,7 @@ class HttpAdapter:
         try:
             async with self._session.request(
                 request.method,
-                wire_url(request.url),
+                self._wire_url(request.url),
                 headers=request.headers,
                 data=request.body or None,
                 allow_redirects=False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DELIVERIES = Counter(
@@ -42,3 +44,15 @@ CIRCUIT_REFUSED = Counter(
 CIRCUIT_OPENED = Counter(
     "leadflow_delivery_circuit_opened_total", "Times a buyer's circuit opened.", ["buyer"]
 )
+
+
+# labels() takes a lock and checks its arguments on every call; a delivery's children are
+# looked up once per buyer, adapter and outcome instead (a handful per configuration).
+@cache
+def delivered(buyer: str, adapter: str, outcome: str) -> Counter:
+    return DELIVERIES.labels(buyer, adapter, outcome)
+
+
+@cache
+def delivery_seconds(buyer: str, adapter: str) -> Histogram:
+    return DELIVERY_SECONDS.labels(buyer, adapter)

@@ -174,16 +174,22 @@ def parse_document(content_type: str, body: bytes, override: str | None = None) 
 _BRACKET = re.compile(r"\[\s*(\d+|\*)\s*\]")
 
 
+@lru_cache(maxsize=1024)
+def _json_path(path: str) -> tuple[str, ...]:
+    """A configured JSON path's keys (read once per path, not once per answer)."""
+    # `errors[0].message` (lodash's bracket form) is `errors.0.message`.
+    dotted = _BRACKET.sub(r".\1", path.strip().removeprefix("$"))
+    return tuple(part for part in dotted.lstrip(".").split(".") if part)
+
+
 def json_values(value: Any, path: str) -> list[Any]:
     """Values at a dot path: `result.errors.0.message`, `errors.*.message` (`*` is every key or
     item), `array.0.status` for an answer that is an array; a list without an index maps over
     its items."""
-    # `errors[0].message` (lodash's bracket form) is `errors.0.message`.
-    dotted = _BRACKET.sub(r".\1", path.strip().removeprefix("$"))
-    parts = [part for part in dotted.lstrip(".").split(".") if part]
+    parts = _json_path(path)
     if isinstance(value, list):
         # LeadConduit names an answer that is an array `array`; other paths find nothing in it.
-        if parts[:1] != ["array"]:
+        if parts[:1] != ("array",):
             return []
         parts = parts[1:]
     current = [value]

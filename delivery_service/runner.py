@@ -430,7 +430,7 @@ class BatchRunner:
                 now=now,
             )
             if done and batch.kind != "resend":
-                metrics.DELIVERIES.labels(target.buyer.id, target.kind, "success").inc(len(leads))
+                metrics.delivered(target.buyer.id, target.kind, "success").inc(len(leads))
             log.info(
                 "batch %s to buyer %s: delivered %d lead(s) as %s",
                 batch.id,
@@ -484,9 +484,7 @@ class BatchRunner:
             recovering_name=batch.remote_name if recovering else None,
             on_name=on_name,
         )
-        metrics.DELIVERY_SECONDS.labels(target.buyer.id, target.kind).observe(
-            perf_counter() - start
-        )
+        metrics.delivery_seconds(target.buyer.id, target.kind).observe(perf_counter() - start)
         return result, len(file.content)
 
     async def _renew(self, batch_id: str) -> None:
@@ -575,10 +573,11 @@ class BatchRunner:
         metrics.OUTCOMES_UNREPORTED.set(await self._store.unreported_count())
 
     async def _due_runs(self, now: datetime) -> None:
+        scheduled = [t for t in self.buyers.values() if t.schedule != REALTIME]
+        if not scheduled:  # no schedule to look at (HTTP and real-time buyers only)
+            return
         states = await self._store.schedules()
-        for target in self.buyers.values():
-            if target.schedule == REALTIME:
-                continue
+        for target in scheduled:
             buyer = target.buyer
             zone = buyer_time_zone(self._config, buyer)
             state = states.get(buyer.id)

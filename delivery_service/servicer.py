@@ -292,9 +292,9 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             finally:
                 # Only the buyer's own answers move the circuit; a template error is ours.
                 self._breakers.record(buyer.id, errored, probe)
-        metrics.DELIVERIES.labels(buyer.id, kind, result.outcome).inc()
+        metrics.delivered(buyer.id, kind, result.outcome).inc()
         if result.outcome != "queued":  # queueing is a database write, not a delivery
-            metrics.DELIVERY_SECONDS.labels(buyer.id, kind).observe(perf_counter() - start)
+            metrics.delivery_seconds(buyer.id, kind).observe(perf_counter() - start)
         log.debug(
             "lead %s to buyer %s: %s in %d attempt(s)",
             lead.id,

@@ -9,12 +9,24 @@ SQLite has one writer at a time, which gives the same guarantees in the embedded
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import CursorResult, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -93,12 +105,25 @@ def _answer_row(answer: Answer) -> dict[str, object]:
     }
 
 
+def _in_transaction(engine: Engine, work: Callable[[Connection], None]) -> None:
+    with engine.begin() as conn:
+        work(conn)
+
+
 class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # Built once: the delivery path writes it for every lead.
         self._insert_sent = db.insert_ignore(HttpAttemptRow, engine.dialect, ["event_id"])
+        # SQLite: the attempt log's transactions run whole in one worker thread on a pysqlite
+        # engine of the same file, where aiosqlite hands BEGIN, every statement, its cursor's
+        # close and COMMIT over to its thread and back separately (as routing's and the
+        # gateway's stores do). Those writes are serialized by the attempt log's group commit.
+        self._sync: Engine | None = None
+        if engine.dialect.name == "sqlite":
+            self._sync = create_engine(engine.url.set(drivername="sqlite"))
+            event.listen(self._sync, "connect", db.sqlite_pragmas)
 
     @classmethod
     async def open(cls, url: str, schema: str) -> DeliveryStore:
@@ -106,6 +131,8 @@ class DeliveryStore:
         return cls(await db.open_engine(url, schema, Base.metadata))
 
     async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
         await self._engine.dispose()
 
     # --- the queue -------------------------------------------------------------------------
@@ -568,13 +595,29 @@ class DeliveryStore:
         """The delivery path's three writes in one transaction (one commit): new attempts, then
         answers, then rows no longer needed. An attempt's answer and its deletion come after
         its own write has returned, so never before it in the same call."""
-        async with self._engine.begin() as conn:
+        insert_sent = self._insert_sent
+
+        def work(conn: Connection) -> None:
             if sent:
-                await conn.execute(self._insert_sent, [_sent_row(item) for item in sent])
+                conn.execute(insert_sent, [_sent_row(item) for item in sent])
             if answers:
-                await conn.execute(_UPDATE_ANSWER, [_answer_row(answer) for answer in answers])
+                conn.execute(_UPDATE_ANSWER, [_answer_row(answer) for answer in answers])
             if forgotten:
-                await conn.execute(_DELETE_ATTEMPT, [{"b_event_id": id_} for id_ in forgotten])
+                conn.execute(_DELETE_ATTEMPT, [{"b_event_id": id_} for id_ in forgotten])
+
+        if self._sync is not None:
+            await asyncio.to_thread(_in_transaction, self._sync, work)
+            return
+        # PostgreSQL: the transaction's statements in one greenlet. One statement (a lone
+        # delivery's write, say) is atomic by itself, asyncpg's executemany too: it runs in
+        # autocommit, without the BEGIN and COMMIT round trips.
+        if sum(1 for kind in (sent, answers, forgotten) if kind) == 1:
+            async with self._engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.run_sync(work)
+            return
+        async with self._engine.begin() as conn:
+            await conn.run_sync(work)
 
     async def due_attempts(
         self, now: datetime, hold_until: datetime, limit: int

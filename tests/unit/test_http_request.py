@@ -228,6 +228,39 @@ def test_described_request_masks_secret_looking_headers_and_fields() -> None:
     assert "5125551234" in request.described
 
 
+def test_described_request_masks_a_nested_secret_of_a_dot_key_mapping() -> None:
+    request = build(mapping={"auth.token": "tok-55555", "contact.phone": "{{phone_1}}"})
+    assert orjson.loads(request.body)["auth"] == {"token": "tok-55555"}
+    assert "tok-55555" not in request.described
+    assert '"token":"***"' in request.described
+    assert "5125551234" in request.described
+
+
+def test_described_request_masks_a_secret_looking_lead_field_sent_without_mapping() -> None:
+    fields = parse_lead({"first_name": "Ada", "account": {"password": "pw-777777"}})
+    spec = HttpDelivery.model_validate({"type": "http", "url": "https://buyer.example/leads"})
+    builder = RequestBuilder(spec)
+    request = builder.build(fields, build_context(fields))
+    assert orjson.loads(request.body)["account"] == {"password": "pw-777777"}
+    assert "pw-777777" not in request.described
+    # A lead without one shows its body as sent.
+    plain = builder.build(FIELDS, CONTEXT)
+    assert plain.described.partition("\n\n")[2] == plain.body.decode()
+
+
+def test_described_url_follows_the_lead_values_in_it() -> None:
+    spec = HttpDelivery.model_validate(
+        {"type": "http", "method": "GET", "url": "https://buyer.example/leads?token=tk-123456"}
+    )
+    builder = RequestBuilder(spec)
+    for state, code in (("california", "CA"), ("texas", "TX"), ("california", "CA")):
+        fields = parse_lead({"state": state})
+        request = builder.build(fields, build_context(fields))
+        first_line = request.described.splitlines()[0]
+        assert first_line == f"GET {request.url.replace('tk-123456', MASK)}"
+        assert dict(parse_qsl(urlsplit(request.url).query))["state"] == code
+
+
 def test_described_request_masks_a_url_password_and_token_parameter() -> None:
     request = build(url="https://user:hunter22@buyer.example/leads?token=tk-abcdef&a=1")
     first_line = request.described.splitlines()[0]
