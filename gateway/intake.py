@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.etree.ElementTree import Element, ParseError
@@ -243,6 +244,8 @@ _ANY = frozenset({"*/*", "*"})  # `*` is what Java's URLConnection sends for */*
 NOT_ACCEPTABLE = "Acceptable types: application/json, application/xml, text/plain"
 
 
+# A vendor sends the same Accept header with every lead: each distinct one is read once.
+@lru_cache(maxsize=64)
 def negotiate(accept: str | None) -> str | None:
     """The media type to answer in, or None when the Accept header allows none of OFFERS.
     Matched case-insensitively; each offer takes the quality of the most specific range that
