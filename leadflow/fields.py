@@ -1276,6 +1276,8 @@ def parse_value(type_name: str, raw: object, *, today: date | None = None) -> Fi
 def _parse_any(
     key: str, type_name: str, value: object, custom: Mapping[str, str], today: date | None
 ) -> object:
+    if isinstance(value, str):  # most values: no Mapping check (an ABC's) for them
+        return parse_value(type_name, value, today=today)
     if isinstance(value, Mapping):
         return {
             str(k): _parse_any(f"{key}.{k}", custom.get(f"{key}.{k}", "string"), v, custom, today)
