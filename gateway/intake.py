@@ -156,14 +156,14 @@ def _parse_xml(text: str) -> dict[str, Any]:
 
 def check_depth(value: Any, depth: int = 0) -> None:
     """Refuse objects and lists nested deeper than MAX_DEPTH (iteratively: no recursion limit)."""
-    stack = [(value, depth)]
+    # Only objects and lists are stacked: a lead's values are mostly text, checked for nothing.
+    stack = [(value, depth)] if isinstance(value, (dict, list)) else []
     while stack:
         item, level = stack.pop()
-        if isinstance(item, dict | list):
-            if level >= MAX_DEPTH:
-                raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
+        if level >= MAX_DEPTH:
+            raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _local_name(name: str) -> str:
