@@ -15,7 +15,7 @@ delivery is never retried: the buyer may have the lead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -67,6 +67,26 @@ async def _send(call: Any, message: Any) -> None:
         raise StreamEnded(await call.code(), await call.details() or "") from None
 
 
+# RecordLeadsRequest's `records` (field 1, length-delimited), and a length as protobuf writes it.
+_RECORDS_TAG = b"\x0a"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def record_leads_request(records: Sequence[bytes]) -> bytes:
+    """A RecordLeadsRequest as protobuf encodes it, from its serialized records: each one as its
+    `records` field (field 1, length-delimited). Neither decoded, copied into a message nor
+    encoded again (that cost ~20 us a record on the gateway's event loop)."""
+    return b"".join(_RECORDS_TAG + _varint(len(record)) + record for record in records)
+
+
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 RETRY_PAUSE_S = 0.1
 
@@ -113,6 +133,14 @@ class Downstream:
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(self._channels["routing"])
         self.delivery = delivery_service_pb2_grpc.DeliveryServiceStub(self._channels["delivery"])
         self.ledger = ledger_service_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
+        # RecordLeads taking its request already encoded (record_leads).
+        self._record_leads: grpc.aio.UnaryUnaryMultiCallable[
+            bytes, ledger_service_pb2.RecordLeadsResponse
+        ] = self._channels["ledger"].unary_unary(
+            "/leadflow.ledger.v1.LedgerService/RecordLeads",
+            request_serializer=None,
+            response_deserializer=ledger_service_pb2.RecordLeadsResponse.FromString,
+        )
         # Streams are not bound by the channel's unary interceptor: bound them here.
         self._streams = asyncio.Semaphore(kit.MAX_IN_FLIGHT_PER_CHANNEL)
 
@@ -244,11 +272,13 @@ class Downstream:
         return await self.delivery.ResendBatch(request, timeout=SEND_BATCH_DEADLINE_S)
 
     async def record_leads(
-        self, request: ledger_service_pb2.RecordLeadsRequest
+        self, records: Sequence[bytes]
     ) -> ledger_service_pb2.RecordLeadsResponse:
+        """RecordLeads with serialized RecordLeadRequests (the outbox keeps them so), sent as
+        they are (record_leads_request)."""
         # No wait_for_ready: a ledger that is down fails the call at once and the outbox keeps
         # the records for its next sweep.
-        return await self.ledger.RecordLeads(request, timeout=LEDGER_DEADLINE_S)
+        return await self._record_leads(record_leads_request(records), timeout=LEDGER_DEADLINE_S)
 
     async def get_lead(self, lead_id: str) -> ledger_service_pb2.GetLeadResponse:
         request = ledger_service_pb2.GetLeadRequest(lead_id=lead_id)

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -193,8 +194,11 @@ async def read_body(request: web.Request) -> bytes:
     it knows but cannot decode (br, zstd without their libraries) with a bare 400 of its own."""
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     timeout_s = request.app[BODY_TIMEOUT_KEY]
+    # A body already whole (a lead's usually comes with its headers) is read without waiting:
+    # no deadline to arm and cancel for it.
+    deadline = nullcontext() if request.content.is_eof() else asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with deadline:
             body = await request.read()  # client_max_size bounds the bytes as sent
     except TimeoutError:
         request[ABANDONED_KEY] = True

@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.etree.ElementTree import Element, ParseError
@@ -155,14 +156,14 @@ def _parse_xml(text: str) -> dict[str, Any]:
 
 def check_depth(value: Any, depth: int = 0) -> None:
     """Refuse objects and lists nested deeper than MAX_DEPTH (iteratively: no recursion limit)."""
-    stack = [(value, depth)]
+    # Only objects and lists are stacked: a lead's values are mostly text, checked for nothing.
+    stack = [(value, depth)] if isinstance(value, (dict, list)) else []
     while stack:
         item, level = stack.pop()
-        if isinstance(item, dict | list):
-            if level >= MAX_DEPTH:
-                raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
+        if level >= MAX_DEPTH:
+            raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _local_name(name: str) -> str:
@@ -243,6 +244,8 @@ _ANY = frozenset({"*/*", "*"})  # `*` is what Java's URLConnection sends for */*
 NOT_ACCEPTABLE = "Acceptable types: application/json, application/xml, text/plain"
 
 
+# A vendor sends the same Accept header with every lead: each distinct one is read once.
+@lru_cache(maxsize=64)
 def negotiate(accept: str | None) -> str | None:
     """The media type to answer in, or None when the Accept header allows none of OFFERS.
     Matched case-insensitively; each offer takes the quality of the most specific range that

@@ -17,6 +17,17 @@ RATE_LIMITED = Counter(
 )
 
 
+# Each label set's children, looked up once: `labels()` costs more than the count and the
+# observation together (~10 us of ~18 per lead). Bounded by the configuration's flows and
+# sources times the six outcomes.
+_LEAD_CHILDREN: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+
 def observe_lead(flow: str, source: str, outcome: str, seconds: float) -> None:
-    LEADS.labels(flow, source, outcome).inc()
-    LEAD_SECONDS.labels(flow).observe(seconds)
+    key = (flow, source, outcome)
+    children = _LEAD_CHILDREN.get(key)
+    if children is None:
+        children = _LEAD_CHILDREN[key] = (LEADS.labels(*key), LEAD_SECONDS.labels(flow))
+    count, duration = children
+    count.inc()
+    duration.observe(seconds)

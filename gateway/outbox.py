@@ -55,10 +55,10 @@ class LedgerOutbox:
         # gateway that committed them stopped before forwarding them.
         self._replay_after = timedelta(seconds=replay_after_s)
         self._commits = GroupCommit(store.put_records)
-        # (commit number, record, the lead's trace context: None when tracing is off)
-        self._waiting: deque[tuple[int, ledger_service_pb2.RecordLeadRequest, object | None]] = (
-            deque()
-        )
+        # (commit number, the serialized record, the lead's trace context: None when tracing is
+        # off). Records stay serialized from the commit to the ledger: RecordLeads carries them
+        # as they are (Downstream.record_leads), never copied into a message and encoded again.
+        self._waiting: deque[tuple[int, bytes, object | None]] = deque()
         self._committed = 0  # records committed by this gateway so far
         self._forwarded = 0  # of those, how many the forwarder has been through (sent or not)
         self._wanted = 0  # what flushed() callers wait for: sent without lingering
@@ -77,7 +77,7 @@ class LedgerOutbox:
         record = OutboxRecord(request.lead.id, request.SerializeToString(), result)
         await self._commits.submit(record)
         self._committed += 1
-        self._waiting.append((self._committed, request, tracing.current_context()))
+        self._waiting.append((self._committed, record.request, tracing.current_context()))
         self._wake.set()
         if len(self._waiting) >= BATCH:
             self._hurry.set()
@@ -114,8 +114,7 @@ class LedgerOutbox:
             rows = await self._store.stale_records(before, BATCH)
             if not rows:
                 return sent
-            requests = [ledger_service_pb2.RecordLeadRequest.FromString(row) for row in rows]
-            acknowledged = await self._send(requests)
+            acknowledged = await self._send(rows)
             sent += acknowledged
             if acknowledged < len(rows):
                 return sent  # the ledger is down or refusing: try again at the next sweep
@@ -159,7 +158,7 @@ class LedgerOutbox:
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("replaying lead records failed")
 
-    async def _send(self, records: list[ledger_service_pb2.RecordLeadRequest]) -> int:
+    async def _send(self, records: list[bytes]) -> int:
         """RecordLeads calls of at most BATCH_BYTES; how many records were acknowledged."""
         acknowledged = 0
         for chunk in _chunks(records):
@@ -169,13 +168,11 @@ class LedgerOutbox:
             acknowledged += done
         return acknowledged
 
-    async def _send_chunk(self, records: list[ledger_service_pb2.RecordLeadRequest]) -> int | None:
+    async def _send_chunk(self, records: list[bytes]) -> int | None:
         """One RecordLeads call; acknowledged records leave the table, rejected ones are set
         aside. How many were acknowledged (None when the ledger is unavailable)."""
         try:
-            reply = await self._downstream.record_leads(
-                ledger_service_pb2.RecordLeadsRequest(records=records)
-            )
+            reply = await self._downstream.record_leads(records)
         except grpc.aio.AioRpcError as exc:
             if not self._ledger_down:  # once per outage, not once per batch
                 log.warning("ledger unavailable (%s): lead records wait", exc.code().name)
@@ -197,13 +194,11 @@ class LedgerOutbox:
         return len(done)
 
 
-def _chunks(
-    records: list[ledger_service_pb2.RecordLeadRequest],
-) -> list[list[ledger_service_pb2.RecordLeadRequest]]:
-    chunks: list[list[ledger_service_pb2.RecordLeadRequest]] = [[]]
+def _chunks(records: list[bytes]) -> list[list[bytes]]:
+    chunks: list[list[bytes]] = [[]]
     size = 0
     for record in records:
-        record_size = record.ByteSize()
+        record_size = len(record)
         if chunks[-1] and size + record_size > BATCH_BYTES:
             chunks.append([])
             size = 0

@@ -62,10 +62,11 @@ def unflatten(
         raise ValueError(f"too many fields (more than {max_fields})")
     result: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, Mapping):
+        # Text first: most values are, and a Mapping check is an ABC's (every vendor field).
+        if not isinstance(value, str) and isinstance(value, Mapping):
             value = unflatten(value, max_fields=max_fields, max_parts=max_parts)
         parts = str(key).split(".")
-        if any(not part for part in parts):
+        if "" in parts:
             raise ValueError(f"bad field name {key!r}")
         if max_parts is not None and len(parts) > max_parts:
             raise ValueError(f"field name {str(key)[:40]!r}… has more than {max_parts} parts")

@@ -8,9 +8,11 @@ import orjson
 import pytest
 
 from gateway.intake import (
+    MAX_DEPTH,
     BadRequest,
     Refused,
     SubmissionResult,
+    check_depth,
     decode_body,
     negotiate,
     pairs_to_dict,
@@ -81,6 +83,23 @@ def test_dot_keys_inside_nested_objects_may_not_exceed_the_depth() -> None:
     nested = {".".join(["b"] * 20): {".".join(["c"] * 20): 1}}
     with pytest.raises(BadRequest, match="nested deeper"):
         vendor_fields(nested)
+
+
+def _nested(levels: int, in_list: bool) -> object:
+    value: object = "leaf"
+    for _ in range(levels):
+        value = [value] if in_list else {"a": value, "b": "text"}
+    return value
+
+
+@pytest.mark.parametrize("in_list", [False, True])
+def test_depth_is_checked_up_to_the_limit_in_objects_and_lists(in_list: bool) -> None:
+    check_depth(_nested(MAX_DEPTH, in_list))
+    check_depth("not a container")
+    with pytest.raises(BadRequest, match="nested deeper"):
+        check_depth(_nested(MAX_DEPTH + 1, in_list))
+    with pytest.raises(BadRequest, match="nested deeper"):
+        check_depth({"ok": "x", "deep": _nested(MAX_DEPTH, in_list)})
 
 
 def test_query_pairs_merge_over_body_values() -> None:
