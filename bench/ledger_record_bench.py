@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
-from sqlalchemy import text
-
-from leadflow import db
+from bench.stores import empty_store
 from leadflow.wire import DeliveryAttempt, PriceAudit
 from ledger_service.ledger import Lead, LeadRecord, RecipientEvent, SourceEvent, check_record
 from ledger_service.store import LedgerStore, Verdict
 
-URL = os.environ.get("TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_ledger_record"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 WARMUP = 50
@@ -119,32 +112,6 @@ def batches_of(size: int) -> Callable[[LedgerStore, Sequence[LeadRecord]], Await
     return run
 
 
-@asynccontextmanager
-async def empty_ledger(backend: str) -> AsyncIterator[LedgerStore]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            store = await LedgerStore.open(f"sqlite+aiosqlite:///{Path(directory) / 'l.db'}", "l")
-            try:
-                yield store
-            finally:
-                await store.close()
-        return
-    admin = db.create_engine(URL, SCHEMA)
-    drop = text(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
-    try:
-        async with admin.begin() as conn:
-            await conn.execute(drop)
-        store = await LedgerStore.open(URL, SCHEMA)
-        try:
-            yield store
-        finally:
-            await store.close()
-            async with admin.begin() as conn:
-                await conn.execute(drop)
-    finally:
-        await admin.dispose()
-
-
 async def timed(
     backend: str,
     label: str,
@@ -153,7 +120,7 @@ async def timed(
 ) -> tuple[float, float]:
     """Microseconds per lead, wall clock and this process's CPU (the ledger's side)."""
     records = [record(n) for n in range(WARMUP + leads)]
-    async with empty_ledger(backend) as store:
+    async with empty_store(LedgerStore.open, backend, SCHEMA) as store:
         await write(store, records[:WARMUP])  # connections opened, statements compiled
         wall, cpu = time.perf_counter(), time.process_time()
         await write(store, records[WARMUP:])

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from sqlalchemy import text
-
-from leadflow import db
+from bench.stores import empty_store
 from routing_service.caps import CapRule, Claim
 from routing_service.store import DuplicateClaim, RoutingStore, SaleRecord, step_scope
 
-URL = os.environ.get("TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_routing_store"
 WARMUP = 50
 HOLD = timedelta(minutes=5)
@@ -67,32 +60,6 @@ async def one_lead(store: RoutingStore, n: int, now: datetime) -> None:
     assert committed == 2
 
 
-@asynccontextmanager
-async def empty_store(backend: str) -> AsyncIterator[RoutingStore]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            store = await RoutingStore.open(f"sqlite+aiosqlite:///{Path(directory) / 'r.db'}", "r")
-            try:
-                yield store
-            finally:
-                await store.close()
-        return
-    admin = db.create_engine(URL, SCHEMA)
-    drop = text(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
-    try:
-        async with admin.begin() as conn:
-            await conn.execute(drop)
-        store = await RoutingStore.open(URL, SCHEMA)
-        try:
-            yield store
-        finally:
-            await store.close()
-            async with admin.begin() as conn:
-                await conn.execute(drop)
-    finally:
-        await admin.dispose()
-
-
 async def run(store: RoutingStore, first: int, count: int, concurrency: int) -> None:
     now = datetime.now(UTC)
     numbers = iter(range(first, first + count))
@@ -105,7 +72,7 @@ async def run(store: RoutingStore, first: int, count: int, concurrency: int) -> 
 
 
 async def timed(backend: str, leads: int, concurrency: int) -> None:
-    async with empty_store(backend) as store:
+    async with empty_store(RoutingStore.open, backend, SCHEMA) as store:
         await run(store, 0, WARMUP, concurrency)  # connections opened, statements prepared
         wall, cpu = time.perf_counter(), time.process_time()
         await run(store, WARMUP, leads, concurrency)
